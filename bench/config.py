@@ -1,0 +1,268 @@
+"""Plain dataclasses for one run, typed `key=value` overrides, variant resolution and the run id.
+
+A run is fully described by a `RunConfig`; everything that changes a number lives here, and nothing
+that only says *where* (data root, results dir, device) does, so the run id survives a move.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from bench.errors import BenchError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "breastmnist"  # a medmnist flag, e.g. pathmnist, organmnist3d
+    size: int = 28  # 28/64/128/224 (2D), 28/64 (3D)
+
+
+@dataclass(frozen=True)
+class VitConfig:
+    arch: str = "tiny"  # tiny | small | base (timm's ViT widths; the 3D ViT uses the same ones)
+    patch: int = 0  # 0 = chosen from the image size (28->4, 64->8, 128/224->16)
+    paper_mode: bool = False  # upsample 2D images to 224 and use patch 16, as the paper did
+    pretrained: bool = False  # timm's ImageNet weights (2D only)
+    drop_path: float = 0.0
+
+
+@dataclass(frozen=True)
+class BoosterConfig:
+    """FE -> FL -> FD after the last ViT block. `None` knobs take the variant's default."""
+
+    variant: str = "baseline"  # baseline | adapters (FD(FE z) + z, no LLM) | rllm
+    source: str | None = "minilm-l6"  # hub id, local directory, or minilm-l6 (packaged offline copy)
+    revision: str | None = None  # hub revision; None = main
+    layer: int = -1  # first layer of the block; negative counts from the end
+    num_layers: int = 1  # consecutive layers starting at `layer`
+    residual: str | None = None  # in | out | hybrid | none        (rllm; default in)
+    llm_norm: str | None = None  # none | unit | pretrained        (rllm; default unit)
+    freeze: str | None = None  # frozen | finetune                  (rllm; default frozen)
+    lr_mult: float | None = None  # layer lr multiplier            (finetune only; default 1.0)
+    init: str | None = None  # pretrained | random                   (rllm; default pretrained)
+    pos_emb: str | None = None  # none | rope                        (rllm; default none)
+    mask: str | None = None  # bidirectional | causal                (rllm; default bidirectional)
+    dtype: str = "fp32"  # fp32 | bf16 (block weights; bf16 on CUDA only)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    aug: float = 1.0  # augmentation strength: 0 = none, 1 = flips + shifts of up to 1/8 of the image
+    eval_batch_size: int = 1024
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    vit: VitConfig = field(default_factory=VitConfig)
+    booster: BoosterConfig = field(default_factory=BoosterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    label: str = ""  # the grid's name for this variant; not part of the run id
+
+
+CHOICES: dict[str, tuple] = {
+    "vit.arch": ("tiny", "small", "base"),
+    "booster.variant": ("baseline", "adapters", "rllm"),
+    "booster.residual": ("in", "out", "hybrid", "none"),
+    "booster.llm_norm": ("none", "unit", "pretrained"),
+    "booster.freeze": ("frozen", "finetune"),
+    "booster.init": ("pretrained", "random"),
+    "booster.pos_emb": ("none", "rope"),
+    "booster.mask": ("bidirectional", "causal"),
+    "booster.dtype": ("fp32", "bf16"),
+}
+
+RLLM_DEFAULTS = dict(
+    residual="in", llm_norm="unit", freeze="frozen", init="pretrained", pos_emb="none", mask="bidirectional"
+)
+LLM_KNOBS = ("residual", "llm_norm", "freeze", "lr_mult", "init", "pos_emb", "mask")
+WHICH_LLM = ("source", "revision", "layer", "num_layers", "dtype")
+
+
+def field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls=RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key a user can set, e.g. `train.lr`."""
+    keys = []
+    for name, tp in field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += all_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _unknown_key(key: str) -> BenchError:
+    near = difflib.get_close_matches(key, all_keys(), n=1)
+    hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(all_keys())}"
+    return BenchError(f"unknown config key '{key}': {hint}")
+
+
+def coerce(key: str, tp: Any, value: Any) -> Any:
+    """Type `value` (a string from --set, or a YAML scalar) as the field `key` of type `tp` wants."""
+    optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
+    base = next(a for a in tp.__args__ if a is not type(None)) if optional else tp
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))):
+        return None
+    bad = BenchError(f"{key}={value!r} is not a valid {base.__name__}; e.g. {key}={_example(base)}")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad
+    if base is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            raise bad from None
+    if base is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = str(value)
+            choices = CHOICES.get(key)
+            if choices and value not in choices:
+                raise BenchError(f"{key}={value!r} is not one of {', '.join(choices)}")
+            return value
+        raise bad
+    raise TypeError(f"no coercion for {tp}")
+
+
+def _example(tp) -> str:
+    return {bool: "true", int: "3", float: "0.001", str: "name"}[tp]
+
+
+def override(cfg: RunConfig, updates: Mapping[str, Any]) -> RunConfig:
+    """A copy of `cfg` with dotted keys (`train.lr`) set, each value typed by its field."""
+    for key, value in updates.items():
+        cfg = _set(cfg, key.split("."), value, key)
+    return cfg
+
+
+def _set(obj, path: list[str], value, key: str):
+    hints = field_types(type(obj))
+    name = path[0]
+    if name not in hints:
+        raise _unknown_key(key)
+    tp = hints[name]
+    if dataclasses.is_dataclass(tp):
+        if len(path) == 1:
+            if not isinstance(value, Mapping):
+                raise BenchError(f"'{key}' is a section; set its fields, e.g. {key}.{next(iter(field_types(tp)))}=...")
+            sub = getattr(obj, name)
+            for k, v in value.items():
+                sub = _set(sub, [k], v, f"{key}.{k}")
+            return dataclasses.replace(obj, **{name: sub})
+        return dataclasses.replace(obj, **{name: _set(getattr(obj, name), path[1:], value, key)})
+    if len(path) > 1:
+        raise _unknown_key(key)
+    return dataclasses.replace(obj, **{name: coerce(key, tp, value)})
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """`["train.lr=0.1", ...]` -> `{"train.lr": "0.1"}`; keys are checked when applied."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"--set expects key=value, got '{pair}' (e.g. --set train.epochs=1)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Fill the variant's defaults and refuse knobs that mean nothing for it.
+
+    Which-LLM fields are dropped for the baseline, so a grid crossing LLMs shares one baseline run.
+    """
+    b = cfg.booster
+    set_knobs = [k for k in LLM_KNOBS if getattr(b, k) is not None]
+    if b.variant in ("baseline", "adapters"):
+        if set_knobs:
+            raise BenchError(
+                f"booster.{set_knobs[0]} has no meaning for variant={b.variant} (no LLM layer); "
+                "remove it or use booster.variant=rllm"
+            )
+        if b.variant == "baseline":
+            b = dataclasses.replace(b, source=None, revision=None, layer=0, num_layers=0, dtype="fp32")
+    else:
+        fill = {k: v for k, v in RLLM_DEFAULTS.items() if getattr(b, k) is None}
+        b = dataclasses.replace(b, **fill)
+        if b.freeze == "finetune" and b.lr_mult is None:
+            b = dataclasses.replace(b, lr_mult=1.0)
+        if b.freeze == "frozen" and b.lr_mult is not None:
+            raise BenchError("booster.lr_mult only applies to a fine-tuned layer; set booster.freeze=finetune or drop it")
+        if b.init == "random" and b.llm_norm == "pretrained":
+            raise BenchError("booster.llm_norm=pretrained loads trained weights into a random-init block; use unit or none")
+    if b.variant != "baseline":
+        if not b.source:
+            raise BenchError(f"variant={b.variant} needs booster.source (a hub id, a local directory or minilm-l6)")
+        if b.num_layers < 1:
+            raise BenchError(f"booster.num_layers must be >= 1, got {b.num_layers}")
+    if cfg.vit.pretrained and cfg.data.task.endswith("3d"):
+        raise BenchError("vit.pretrained applies to 2D tasks only (timm has no 3D ImageNet weights); set vit.pretrained=false")
+    if cfg.vit.paper_mode and cfg.data.task.endswith("3d"):
+        raise BenchError("vit.paper_mode (upsample to 224) applies to 2D tasks only; set vit.paper_mode=false")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
+        raise BenchError("train.epochs and train.batch_size must be >= 1")
+    return dataclasses.replace(cfg, booster=b)
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """`{"data.task": ..., "train.lr": ..., "seed": ...}`: one store column per field."""
+    out = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix + k] = v
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def from_flat(flat: Mapping[str, Any]) -> RunConfig:
+    """Inverse of `flatten`, for rebuilding a run's config from its stored row."""
+    keys = set(all_keys())
+    return override(RunConfig(), {k: v for k, v in flat.items() if k in keys})
+
+
+def run_id(cfg: RunConfig) -> str:
+    """A stable hash of the resolved config (the label excluded): equal configs share one stored run."""
+    d = to_dict(resolve(cfg))
+    d.pop("label")
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
