@@ -119,7 +119,7 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
     """Type `value` (a string from --set, or a YAML scalar) as the field `key` of type `tp` wants."""
     optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
     base = next(a for a in tp.__args__ if a is not type(None)) if optional else tp
-    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))):
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("null", "~"))):
         return None
     bad = BenchError(f"{key}={value!r} is not a valid {base.__name__}; e.g. {key}={_example(base)}")
     if base is bool:

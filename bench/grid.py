@@ -1,0 +1,158 @@
+"""YAML grid -> list of resolved run configs. The format is documented in ablations/README.md.
+
+    defaults: a nested config every run starts from
+    axes:     {dotted.key: [values]} crossed with each other
+    variants: {name: {dotted.key: value}} one override set per run; the name becomes the run's label
+    seeds:    [0, 1, 2] crossed with everything
+    exclude:  [{key: value | [values]}] drop runs matching every key ("variant" matches the name)
+    include:  [{variant: name, dotted.key: value}] extra runs (crossed with the seeds)
+    runs:     [{dotted.key: value}] an explicit list instead of axes (each crossed with variants and seeds)
+
+`--set` overrides are applied last, to every run. Runs with the same run id collapse into one
+(e.g. the baseline of a grid that crosses several LLMs).
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from bench.config import RunConfig, all_keys, flatten, override, resolve, run_id
+from bench.errors import BenchError
+
+TOP_KEYS = ("name", "description", "defaults", "axes", "variants", "seeds", "exclude", "include", "runs")
+ABLATIONS = Path(__file__).resolve().parents[1] / "ablations"
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    path: Path
+    runs: list[RunConfig]  # resolved, unique by run id, in grid order
+
+    def run_ids(self) -> list[str]:
+        return [run_id(c) for c in self.runs]
+
+
+def grid_path(name_or_path: str) -> Path:
+    """A path to a YAML file, or the name of one in ablations/ (`smoke` -> ablations/smoke.yaml)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise BenchError(f"grid file '{p}' does not exist")
+        return p
+    for folder in (Path.cwd() / "ablations", ABLATIONS):
+        candidate = folder / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(f.stem for f in ABLATIONS.glob("*.yaml"))
+    raise BenchError(f"unknown grid '{name_or_path}': use one of {', '.join(known)} or a path to a .yaml file")
+
+
+def load_grid(name_or_path: str, sets: Mapping[str, Any] | None = None) -> Grid:
+    path = grid_path(name_or_path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        raise BenchError(f"{path}:{mark.line + 1}:{mark.column + 1}: malformed YAML ({e.problem}); fix that line") from None
+    except yaml.YAMLError as e:
+        raise BenchError(f"{path}: malformed YAML ({e})") from None
+    if not isinstance(spec, dict):
+        raise BenchError(f"{path}: a grid is a YAML mapping with keys {', '.join(TOP_KEYS)}")
+    return Grid(spec.get("name") or path.stem, path, expand(spec, sets or {}, where=str(path)))
+
+
+def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid") -> list[RunConfig]:
+    for key in spec:
+        if key not in TOP_KEYS:
+            raise BenchError(f"{where}: unknown grid key '{key}'{_near(key, TOP_KEYS)}")
+    base = _apply(RunConfig(), spec.get("defaults") or {}, f"{where} defaults")
+    variants = spec.get("variants") or {"": {}}
+    if not isinstance(variants, dict):
+        raise BenchError(f"{where}: 'variants' maps names to override sets, e.g. rllm: {{booster.variant: rllm}}")
+    seeds = spec.get("seeds", [base.seed])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise BenchError(f"{where}: 'seeds' is a list of integers, e.g. seeds: [0, 1, 2]")
+
+    points = _points(spec, where)
+    combos = [(p, name, ov, False) for p in points for name, ov in variants.items()]
+    for extra in spec.get("include") or []:
+        extra = dict(extra)
+        name = extra.pop("variant", "")
+        combos.append((extra, name, variants.get(name, {}), True))
+
+    runs, seen = [], set()
+    excludes = [_check_rule(r, where) for r in spec.get("exclude") or []]
+    for (point, name, ov, included), seed in itertools.product(combos, seeds):
+        ctx = f"{where} variant '{name}'" if name else where
+        cfg = _apply(base, point, ctx)
+        cfg = _apply(cfg, ov or {}, ctx)
+        cfg = override(cfg, {"seed": seed, "label": name or cfg.booster.variant})
+        try:
+            cfg = resolve(override(cfg, sets))
+        except BenchError as e:
+            raise BenchError(f"{ctx}: {e}") from None
+        if not included and any(_matches(rule, cfg) for rule in excludes):
+            continue
+        rid = run_id(cfg)
+        if rid not in seen:
+            seen.add(rid)
+            runs.append(cfg)
+    if not runs:
+        raise BenchError(f"{where}: the grid has no runs (check axes, variants, seeds and exclude rules)")
+    return runs
+
+
+def _points(spec: Mapping[str, Any], where: str) -> list[dict]:
+    axes = spec.get("axes") or {}
+    explicit = spec.get("runs")
+    if axes and explicit:
+        raise BenchError(f"{where}: use either 'axes' or 'runs', not both")
+    if explicit is not None:
+        if not isinstance(explicit, list) or not all(isinstance(r, dict) for r in explicit):
+            raise BenchError(f"{where}: 'runs' is a list of override mappings, e.g. - {{data.task: breastmnist}}")
+        return explicit
+    if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
+        raise BenchError(f"{where}: 'axes' maps dotted keys to non-empty lists, e.g. data.task: [breastmnist]")
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+
+
+def _apply(cfg: RunConfig, overrides: Mapping[str, Any], where: str) -> RunConfig:
+    if not isinstance(overrides, Mapping):
+        raise BenchError(f"{where}: expected a mapping of config keys, got {overrides!r}")
+    try:
+        return override(cfg, overrides)
+    except BenchError as e:
+        raise BenchError(f"{where}: {e}") from None
+
+
+def _check_rule(rule: Any, where: str) -> dict:
+    if not isinstance(rule, dict):
+        raise BenchError(f"{where}: each exclude rule is a mapping, e.g. - {{variant: rope, data.task: chestmnist}}")
+    valid = set(all_keys()) | {"variant"}
+    for key in rule:
+        if key not in valid:
+            raise BenchError(f"{where}: unknown key '{key}' in exclude{_near(key, valid)}")
+    return rule
+
+
+def _matches(rule: Mapping[str, Any], cfg: RunConfig) -> bool:
+    flat = flatten(cfg)
+    for key, want in rule.items():
+        have = cfg.label if key == "variant" else flat[key]
+        wants = want if isinstance(want, list) else [want]
+        if not any(str(have) == str(w) for w in wants):
+            return False
+    return True
+
+
+def _near(key: str, valid) -> str:
+    near = difflib.get_close_matches(key, list(valid), n=1)
+    return f"; did you mean '{near[0]}'?" if near else ""

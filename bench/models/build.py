@@ -1,0 +1,70 @@
+"""Config -> model: a ViT backbone, optionally boosted by FE/FL/FD before its final norm."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+from torch import nn
+
+from bench.config import RunConfig
+from bench.data import TaskSpec
+from bench.models.booster import Booster
+from bench.models.llm_layer import LLMBlock, llm_hidden_size, load_llm_block
+from bench.models.vit import build_backbone
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class RLLMViT(nn.Module):
+    """tokens -> [booster] -> final norm -> head. A frozen LLM layer stays in eval mode (a fixed function)."""
+
+    def __init__(self, backbone: nn.Module, booster: Booster | None, frozen_llm: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.booster = booster
+        self.frozen_llm = frozen_llm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.backbone.tokens(x)
+        if self.booster is not None:
+            t = self.booster(t)
+        return self.backbone.forward_head(self.backbone.norm(t))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_llm:
+            self.booster.llm.eval()
+        return self
+
+    def llm_parameters(self) -> list[nn.Parameter]:
+        llm = self.booster.llm if self.booster is not None else None
+        return list(llm.parameters()) if llm is not None else []
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_block(source, revision, layer, num_layers, init, pos_emb, mask, llm_norm, dtype, seed) -> LLMBlock:
+    """A worker's grid reuses one loaded layer across its runs; callers get a deep copy."""
+    return load_llm_block(source, layer, num_layers, revision=revision, init=init, pos_emb=pos_emb, mask=mask,
+                          llm_norm=llm_norm, dtype=DTYPES[dtype], seed=seed)
+
+
+def build_model(cfg: RunConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
+    """The model for a resolved config and the LLM provenance to store with the run."""
+    v, b = cfg.vit, cfg.booster
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(v, spec.size, spec.n_channels, spec.n_classes, spec.is_3d)
+    info: dict = {}
+    booster = None
+    if b.variant == "adapters":
+        booster = Booster(backbone.embed_dim, llm_hidden_size(b.source, b.revision), "adapters", None)
+    elif b.variant == "rllm":
+        block = copy.deepcopy(_cached_block(b.source, b.revision, b.layer, b.num_layers, b.init, b.pos_emb, b.mask,
+                                            b.llm_norm, b.dtype, cfg.seed if b.init == "random" else 0))
+        info = dict(block.info)
+        booster = Booster(backbone.embed_dim, block.hidden_size, b.residual, block)
+    model = RLLMViT(backbone, booster, frozen_llm=b.variant == "rllm" and b.freeze == "frozen")
+    for p in model.llm_parameters():
+        p.requires_grad_(not model.frozen_llm)
+    return model, info

@@ -1,0 +1,206 @@
+"""One run, top to bottom: fit on train, select the epoch on val, evaluate test once with its weights.
+
+Nothing about the test split influences any choice: it is touched once, after training, and not at
+all when `splits.test` is None (tuning). Knows nothing about grids or files.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bench.config import RunConfig, resolve
+from bench.data import Splits, TaskSpec, prepare_batch
+from bench.errors import BenchError
+from bench.metrics import evaluate, loss_fn, scores_from_logits
+from bench.models.build import RLLMViT, build_model
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf: the run fails, the grid goes on."""
+
+
+@dataclass
+class RunResult:
+    metrics: dict  # best_epoch, val/test ACC/AUC, cost, parameter counts, LLM provenance
+    history: list[dict]  # one dict per epoch
+    y_score: np.ndarray | None  # test probabilities at the selected epoch (N x C)
+    y_true: np.ndarray | None  # test labels as in the npz (N x L)
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: RLLMViT, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW without decay on biases, norms and embeddings; a fine-tuned LLM layer at lr * lr_mult.
+
+    Frozen parameters are left out, so they carry no gradients and no optimizer state.
+    """
+    llm_ids = {id(p) for p in model.llm_parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2 and not name.endswith(("pos_embed", "cls_token"))
+        groups.setdefault((decay, id(p) in llm_ids), []).append(p)
+    lr_mult = cfg.booster.lr_mult or 1.0
+    param_groups = [
+        {"params": ps, "weight_decay": cfg.train.weight_decay if decay else 0.0, "lr_scale": lr_mult if is_llm else 1.0}
+        for (decay, is_llm), ps in groups.items()
+    ]
+    return torch.optim.AdamW(param_groups, lr=cfg.train.lr, fused=device.type == "cuda")
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warmup, then cosine decay to zero."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.inference_mode()
+def predict(model, images: torch.Tensor, batch_size: int, autocast) -> torch.Tensor:
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        with autocast:
+            out.append(model(prepare_batch(images[i : i + batch_size], False, 0.0, None)).float())
+    return torch.cat(out)
+
+
+def fit(
+    cfg: RunConfig,
+    splits: Splits,
+    spec: TaskSpec,
+    device: torch.device,
+    *,
+    on_epoch: Callable[[int, float], None] | None = None,
+    micro_batch: int | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> RunResult:
+    """Train one config. `on_epoch(epoch, val_auc)` may raise to stop (pruning);
+    `micro_batch` splits each batch with gradient accumulation (same effective batch, less memory)."""
+    cfg = resolve(cfg)
+    t = cfg.train
+    seed_everything(cfg.seed)
+    model, llm_info = build_model(cfg, spec)
+    model.to(device)
+    forward = torch.compile(model) if t.compile else model
+    optimizer = make_optimizer(model, cfg, device)
+    criterion = loss_fn(spec.task_type, t.label_smoothing)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    x_train, y_train = splits.train.images.to(device), splits.train.labels.to(device)
+    x_val = splits.val.images.to(device)
+    y_val = splits.val.labels.numpy()
+    n = len(x_train)
+    batch = min(t.batch_size, n)
+    steps_per_epoch = n // batch  # drop the ragged last batch: every step sees a full batch
+    total_steps = t.epochs * steps_per_epoch
+    warmup = round(t.warmup_epochs * steps_per_epoch)
+    chunk = micro_batch or batch
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    history, best, best_state, step, train_s = [], None, None, 0, 0.0
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}  # never change: no need to copy
+    for epoch in range(t.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        t0 = time.perf_counter()
+        for i in range(steps_per_epoch):
+            lr = lr_at(step, total_steps, warmup, t.lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            idx = perm[i * batch : (i + 1) * batch]
+            optimizer.zero_grad(set_to_none=True)
+            for j in range(0, batch, chunk):
+                sub = idx[j : j + chunk]
+                with autocast:
+                    loss = criterion(forward(prepare_batch(x_train[sub], True, t.aug, aug_gen)), y_train[sub])
+                (loss * (len(sub) / batch)).backward()
+                loss_sum += loss.detach() * (len(sub) / batch)
+            optimizer.step()
+            step += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_s = time.perf_counter() - t0
+        train_s += epoch_s
+        train_loss = (loss_sum / max(1, steps_per_epoch)).item()
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"train loss is {train_loss} at epoch {epoch}")
+
+        val_score = scores_from_logits(spec.task_type, predict(forward, x_val, t.eval_batch_size, autocast))
+        val_acc, val_auc = evaluate(spec.task_type, y_val, val_score)
+        record = dict(epoch=epoch, train_loss=train_loss, val_acc=val_acc, val_auc=val_auc, lr=lr, epoch_s=epoch_s)
+        history.append(record)
+        key = (_finite(val_auc), _finite(val_acc))
+        if best is None or key > best[0]:  # best val AUC, ties broken by val ACC, earliest wins
+            best = (key, epoch)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in frozen}
+        if progress:
+            progress(epoch, record)
+        if on_epoch:
+            on_epoch(epoch, val_auc)
+
+    model.load_state_dict(best_state, strict=False)
+    best_epoch = best[1]
+    metrics = dict(
+        best_epoch=best_epoch,
+        val_acc=history[best_epoch]["val_acc"],
+        val_auc=history[best_epoch]["val_auc"],
+        test_acc=None,
+        test_auc=None,
+        epochs_run=len(history),
+        train_s=train_s,
+        train_img_per_s=steps_per_epoch * batch * len(history) / train_s if train_s > 0 else None,
+        peak_mem_bytes=_peak_mem(device),
+        params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        params_frozen=sum(p.numel() for p in model.parameters() if not p.requires_grad),
+        device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        micro_batch=chunk,
+        **llm_info,
+    )
+    y_score = y_true = None
+    if splits.test is not None:
+        y_true = splits.test.labels.numpy()
+        y_score = scores_from_logits(spec.task_type, predict(forward, splits.test.images.to(device), t.eval_batch_size, autocast))
+        metrics["test_acc"], metrics["test_auc"] = evaluate(spec.task_type, y_true, y_score)
+    return RunResult(metrics, history, y_score, y_true)
+
+
+def _finite(x: float) -> float:
+    return x if x is not None and math.isfinite(x) else -math.inf
+
+
+def _peak_mem(device: torch.device) -> int:
+    """CUDA: the run's peak allocated bytes; CPU: the process's peak RSS (covers earlier runs in the process)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,61 @@
+import pytest
+
+from bench.config import RunConfig, flatten, from_flat, override, parse_sets, resolve, run_id
+from bench.errors import BenchError
+
+
+def test_set_types_values_by_field():
+    cfg = override(RunConfig(), parse_sets(["train.lr=1e-3", "train.epochs=2", "vit.pretrained=true", "seed=3"]))
+    assert cfg.train.lr == 0.001 and cfg.train.epochs == 2 and cfg.vit.pretrained is True and cfg.seed == 3
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("train.epoch=2", "did you mean 'train.epochs'"),
+    ("train.epochs=two", "not a valid int"),
+    ("vit.pretrained=maybe", "not a valid bool"),
+    ("booster.residual=sideways", "not one of in, out, hybrid, none"),
+    ("train=3", "is a section"),
+])
+def test_bad_overrides_say_what_to_do(pair, message):
+    with pytest.raises(BenchError, match=message):
+        override(RunConfig(), parse_sets([pair]))
+
+
+def test_set_needs_key_value():
+    with pytest.raises(BenchError, match="key=value"):
+        parse_sets(["train.epochs"])
+
+
+def test_run_id_stable_and_ignores_label():
+    a = override(RunConfig(), {"booster.variant": "rllm"})
+    assert run_id(a) == run_id(override(a, {"label": "paper"}))
+    assert run_id(a) != run_id(override(a, {"seed": 1}))
+    assert run_id(a) == run_id(override(a, {"booster.residual": "in"}))  # the rllm default, spelled out
+
+
+def test_baseline_drops_which_llm_so_llm_axes_share_one_baseline():
+    a = override(RunConfig(), {"booster.source": "x/y", "booster.layer": 3})
+    assert run_id(a) == run_id(RunConfig())
+    assert resolve(a).booster.source is None
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"booster.freeze": "finetune"}, "no meaning for variant=baseline"),
+    ({"booster.variant": "adapters", "booster.pos_emb": "rope"}, "no meaning for variant=adapters"),
+    ({"booster.variant": "rllm", "booster.lr_mult": 0.1}, "only applies to a fine-tuned layer"),
+    ({"booster.variant": "rllm", "booster.source": None}, "needs booster.source"),
+    ({"data.task": "organmnist3d", "vit.pretrained": True}, "2D tasks only"),
+])
+def test_knobs_that_make_no_sense_together(sets, message):
+    with pytest.raises(BenchError, match=message):
+        resolve(override(RunConfig(), sets))
+
+
+def test_rllm_defaults_are_the_paper():
+    b = resolve(override(RunConfig(), {"booster.variant": "rllm"})).booster
+    assert (b.residual, b.freeze, b.init, b.pos_emb, b.mask) == ("in", "frozen", "pretrained", "none", "bidirectional")
+
+
+def test_flat_roundtrip():
+    cfg = resolve(override(RunConfig(), {"booster.variant": "rllm", "booster.freeze": "finetune", "seed": 2}))
+    assert from_flat(flatten(cfg)) == cfg
