@@ -27,6 +27,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class VitConfig:
     arch: str = "tiny"  # tiny | small | base (timm's ViT widths; the 3D ViT uses the same ones)
+    depth: int = 12  # transformer blocks (12 in every timm ViT; fewer for quick checks)
     patch: int = 0  # 0 = chosen from the image size (28->4, 64->8, 128/224->16)
     paper_mode: bool = False  # upsample 2D images to 224 and use patch 16, as the paper did
     pretrained: bool = False  # timm's ImageNet weights (2D only)
@@ -230,8 +231,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise BenchError("vit.pretrained applies to 2D tasks only (timm has no 3D ImageNet weights); set vit.pretrained=false")
     if cfg.vit.paper_mode and cfg.data.task.endswith("3d"):
         raise BenchError("vit.paper_mode (upsample to 224) applies to 2D tasks only; set vit.paper_mode=false")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise BenchError("train.epochs and train.batch_size must be >= 1")
+    if cfg.vit.pretrained and cfg.vit.depth != 12:
+        raise BenchError("vit.pretrained loads timm's 12-block ViTs; set vit.depth=12 or vit.pretrained=false")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.vit.depth < 1:
+        raise BenchError("train.epochs, train.batch_size and vit.depth must be >= 1")
     return dataclasses.replace(cfg, booster=b)
 
 

@@ -29,18 +29,15 @@ def scores_from_logits(task_type: str, logits: torch.Tensor) -> np.ndarray:
     return (z.sigmoid() if task_type == MULTI_LABEL else z.softmax(-1)).cpu().numpy()
 
 
-def auc_columns(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
-    """ROC AUC of each column of binary `y_true` (N, K) against `y_score` (N, K); NaN where undefined.
+def auc_columns(positive: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """ROC AUC of each column of boolean `positive` (N, K) against `y_score` (N, K).
 
-    Mann-Whitney U with average ranks: equal to sklearn's trapezoidal ROC AUC, ties included.
+    Mann-Whitney U with average ranks: equal to sklearn's trapezoidal ROC AUC, ties included. Every
+    column needs at least one positive and one negative.
     """
-    pos = y_true.astype(bool)
-    n_pos = pos.sum(0)
-    n_neg = len(pos) - n_pos
-    ranks = rankdata(y_score, axis=0)
-    u = (ranks * pos).sum(0) - n_pos * (n_pos + 1) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+    n_pos = positive.sum(0)
+    u = (rankdata(y_score, axis=0) * positive).sum(0) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * (len(positive) - n_pos))
 
 
 def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float]:
@@ -52,25 +49,25 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> tuple[f
 
     `y_true` is (N,) or (N, L) integer labels; `y_score` is (N, C) (binary also accepts (N,)). Where
     AUC is undefined for a class (no positives, or no negatives, in `y_true`), medmnist's mean is NaN
-    (sklearn warns and returns NaN for that class); this averages over the classes where it is defined
+    (sklearn warns and gives NaN for that class); this averages over the classes where it is defined
     instead, and is NaN only when it is defined for none.
     """
     _check(task_type)
     y_score = np.asarray(y_score, dtype=np.float64)
     y_true = np.asarray(y_true).reshape(len(y_score), -1)
     if task_type == MULTI_LABEL:
-        acc = np.mean((y_score > 0.5) == y_true.astype(bool))
-        auc = auc_columns(y_true, y_score)
+        positive, score = y_true.astype(bool), y_score
+        acc = np.mean((score > 0.5) == positive)
     elif task_type == BINARY:
-        pos = y_score[:, -1] if y_score.ndim == 2 else y_score
-        acc = np.mean((pos > 0.5) == (y_true[:, 0] == 1))
-        auc = auc_columns(y_true[:, :1] == 1, pos[:, None])
+        positive, score = y_true[:, :1] == 1, (y_score[:, -1] if y_score.ndim == 2 else y_score)[:, None]
+        acc = np.mean((score > 0.5) == positive)
     else:
-        labels = y_true[:, 0]
-        acc = np.mean(y_score.argmax(1) == labels)
-        auc = auc_columns(labels[:, None] == np.arange(y_score.shape[1]), y_score)
-    defined = auc[~np.isnan(auc)]
-    return float(acc), float(defined.mean()) if defined.size else float("nan")
+        positive, score = y_true[:, :1] == np.arange(y_score.shape[1]), y_score
+        acc = np.mean(score.argmax(1) == y_true[:, 0])
+    n_pos = positive.sum(0)
+    defined = (n_pos > 0) & (n_pos < len(positive))
+    auc = auc_columns(positive[:, defined], score[:, defined]).mean() if defined.any() else np.nan
+    return float(acc), float(auc)
 
 
 def loss_fn(task_type: str, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -37,3 +37,33 @@ def fixture_root(tmp_path):
         return root
 
     return make_fixture
+
+
+TINY_LLMS = {  # tiny random configs of every supported family (hidden 32, 2 layers)
+    "llama": ("LlamaConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)),
+    "qwen2": ("Qwen2Config", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)),
+    "mistral": ("MistralConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)),
+    "gpt2": ("GPT2Config", dict(n_embd=32, n_head=4, n_positions=1024, bos_token_id=0, eos_token_id=0)),
+    "opt": ("OPTConfig", dict(hidden_size=32, ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32)),
+    "bert": ("BertConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4)),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """`tiny_llm(family) -> dir`: a random checkpoint saved by save_pretrained (made once per session)."""
+    import torch
+    import transformers
+
+    made: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in made:
+            cls, kw = TINY_LLMS[family]
+            config = getattr(transformers, cls)(vocab_size=64, max_position_embeddings=1024, num_hidden_layers=2, **kw)
+            torch.manual_seed(0)
+            made[family] = tmp_path_factory.mktemp(f"tiny-{family}")
+            transformers.AutoModel.from_config(config).save_pretrained(made[family])
+        return made[family]
+
+    return make

@@ -55,6 +55,8 @@ def test_auc_averages_over_defined_classes():
     expected = np.mean([roc_auc_score(y[:, 0] == k, score[:, k]) for k in range(3)])
     assert evaluate("multi-class", y, score)[1] == pytest.approx(expected, abs=1e-12)
     assert np.isnan(evaluate("binary-class", np.zeros((5, 1)), np.full(5, 0.3))[1])
+    score[7, 0] = np.nan  # a diverged model's NaN is not averaged away
+    assert np.isnan(evaluate("multi-class", y, score)[1])
 
 
 def test_scores_from_logits():

@@ -202,6 +202,7 @@ def _download(spec: TaskSpec, root: Path) -> None:
     fetch = f"`bench data fetch {spec.task} --size {spec.size}`"
     part = root / f".{name}.{os.getpid()}.part"
     try:
+        root.mkdir(parents=True, exist_ok=True)
         part.unlink(missing_ok=True)  # download_url skips an existing file when given no md5
         download_url(url, str(root), filename=part.name)
         md5 = _hash(part)

@@ -18,7 +18,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class RLLMViT(nn.Module):
-    """tokens -> [booster] -> final norm -> head. A frozen LLM layer stays in eval mode (a fixed function)."""
+    """tokens -> [booster] -> final norm -> head."""
 
     def __init__(self, backbone: nn.Module, booster: Booster | None, frozen_llm: bool):
         super().__init__()
@@ -31,12 +31,6 @@ class RLLMViT(nn.Module):
         if self.booster is not None:
             t = self.booster(t)
         return self.backbone.forward_head(self.backbone.norm(t))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen_llm:
-            self.booster.llm.eval()
-        return self
 
     def llm_parameters(self) -> list[nn.Parameter]:
         llm = self.booster.llm if self.booster is not None else None

@@ -19,8 +19,7 @@ from torch import nn
 from bench.config import VitConfig
 from bench.errors import BenchError
 
-WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed dim, heads; depth 12
-DEPTH = 12
+WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed dim, heads
 TIMM_WEIGHTS = {  # timm's ImageNet checkpoints (the paper's ViT-S was ImageNet-pretrained)
     "tiny": "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
     "small": "vit_small_patch16_224.augreg_in21k_ft_in1k",
@@ -49,7 +48,7 @@ class ViT2D(nn.Module):
         if cfg.pretrained:
             self.vit = _pretrained_timm(cfg.arch, kwargs)
         else:
-            self.vit = VisionTransformer(embed_dim=dim, depth=DEPTH, num_heads=heads, **kwargs)
+            self.vit = VisionTransformer(embed_dim=dim, depth=cfg.depth, num_heads=heads, **kwargs)
         self.embed_dim = self.vit.embed_dim
         self.norm = self.vit.norm
 
@@ -102,7 +101,7 @@ class ViT3D(nn.Module):
         n_tokens = (size // patch) ** 3 + 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, dim))
-        rates = torch.linspace(0, cfg.drop_path, DEPTH).tolist()
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.Sequential(*[Block(dim, heads, qkv_bias=True, drop_path=r) for r in rates])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)

@@ -1,0 +1,536 @@
+"""bench.models.llm_layer: one LLM layer cut out of a checkpoint equals the same layer of the whole model.
+
+Tiny random models (hidden 64, 8 layers) of every supported family are saved as sharded safetensors; the block
+loaded from them must match `AutoModel.from_pretrained` tensor for tensor and output for output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.models import llm_layer
+from bench.models.llm_layer import SUPPORTED, LLMBlock, llm_hidden_size, load_llm_block, minilm_dir
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+H, N_LAYERS, T = 64, 8, 7
+ROTARY = ("llama", "qwen2", "mistral")
+
+
+def _tiny(family: str):
+    """(config, model class to save): task models and base models, so both key prefixes get exercised."""
+    t = transformers
+    common = dict(vocab_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=4)
+    if family == "llama":
+        return t.LlamaConfig(hidden_size=H, intermediate_size=96, num_key_value_heads=2, **common), t.LlamaForCausalLM
+    if family == "qwen2":
+        return t.Qwen2Config(hidden_size=H, intermediate_size=96, num_key_value_heads=2, **common), t.Qwen2Model
+    if family == "mistral":
+        config = t.MistralConfig(hidden_size=H, intermediate_size=96, num_key_value_heads=2, **common)
+        return config, t.MistralForCausalLM
+    if family == "gpt2":  # layer-index-dependent attention scaling: the layer must be built with its real index
+        return t.GPT2Config(n_embd=H, n_layer=N_LAYERS, n_head=4, n_positions=32, vocab_size=64,
+                            scale_attn_by_inverse_layer_idx=True), t.GPT2LMHeadModel
+    if family == "opt":
+        return t.OPTConfig(hidden_size=H, ffn_dim=128, word_embed_proj_dim=H, max_position_embeddings=32,
+                           **common), t.OPTForCausalLM
+    if family == "bert":
+        return t.BertConfig(hidden_size=H, intermediate_size=128, max_position_embeddings=32, **common), t.BertModel
+    raise KeyError(family)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """family -> (directory of a sharded save_pretrained checkpoint, total parameter count)."""
+    cache: dict = {}
+
+    def get(family: str):
+        if family not in cache:
+            config, cls = _tiny(family)
+            torch.manual_seed(0)
+            model = cls(config)
+            with torch.no_grad():  # norms and biases away from 1/0, so every tensor is distinctive
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+            d = tmp_path_factory.mktemp(family)
+            model.save_pretrained(d, max_shard_size="100KB")
+            assert len(list(d.glob("model-*-of-*.safetensors"))) >= 3, "the fixture must be sharded"
+            cache[family] = (d, sum(p.numel() for p in model.parameters()))
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def refs(saved):
+    cache: dict = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = transformers.AutoModel.from_pretrained(saved(family)[0]).eval()
+        return cache[family]
+
+    return get
+
+
+def _ref_layers(ref, family):
+    return {"gpt2": lambda: ref.h, "opt": lambda: ref.decoder.layers, "bert": lambda: ref.encoder.layer}.get(
+        family, lambda: ref.layers)()
+
+
+def _ref_forward(ref, family, x, indices, mask, pos_emb):
+    """The reference: the whole model's own layers, called with an explicit additive mask and positions."""
+    Tn = x.shape[1]
+    m = torch.zeros(1, 1, Tn, Tn)
+    if mask == "causal":
+        m = m.masked_fill(torch.ones(Tn, Tn, dtype=torch.bool).triu(1), torch.finfo(x.dtype).min)
+    kw = {"attention_mask": m}
+    pos = torch.arange(Tn)[None]
+    h = x
+    if family in ROTARY:
+        if pos_emb == "rope":
+            kw["position_embeddings"] = ref.rotary_emb(x, pos)
+        else:
+            hd = ref.layers[0].self_attn.head_dim
+            kw["position_embeddings"] = (torch.ones(1, Tn, hd), torch.zeros(1, Tn, hd))
+    elif pos_emb == "rope":
+        h = h + {"gpt2": lambda: ref.wpe(pos), "opt": lambda: ref.decoder.embed_positions(None, position_ids=pos),
+                 "bert": lambda: ref.embeddings.position_embeddings(pos)}[family]()
+    layers = _ref_layers(ref, family)
+    for i in indices:
+        out = layers[i](h, **kw)
+        h = out[0] if isinstance(out, tuple) else out
+    return h
+
+
+def _shards_holding(d: Path, prefix_re: str) -> list[str]:
+    import re
+
+    wm = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    return sorted({f for k, f in wm.items() if re.match(prefix_re, k)})
+
+
+FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt", "bert"]
+LAYER_RE = {"llama": r"model\.layers\.{i}\.", "qwen2": r"layers\.{i}\.", "mistral": r"model\.layers\.{i}\.",
+            "gpt2": r"transformer\.h\.{i}\.", "opt": r"model\.decoder\.layers\.{i}\.", "bert": r"encoder\.layer\.{i}\."}
+
+
+def test_supported_families_listed():
+    assert set(SUPPORTED) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_matches_whole_model(family, saved, refs):
+    d, n_params = saved(family)
+    ref = refs(family)
+    torch.manual_seed(1)
+    x = torch.randn(2, T, H)
+    for layer, idx, mask, pos_emb in [(3, 3, "bidirectional", "none"), (-1, N_LAYERS - 1, "causal", "rope"),
+                                      (-8, 0, "bidirectional", "rope"), (5, 5, "causal", "none")]:
+        block = load_llm_block(str(d), layer, mask=mask, pos_emb=pos_emb, llm_norm="none")
+        assert isinstance(block, LLMBlock) and block.hidden_size == H
+        assert block.info["llm.layers"] == str(idx)
+        # every tensor equals the whole model's
+        ours, theirs = block.layers[0].state_dict(), _ref_layers(ref, family)[idx].state_dict()
+        assert ours.keys() == theirs.keys()
+        for k in ours:
+            assert torch.equal(ours[k], theirs[k]), k
+        block.train()  # dropout is disabled inside the block: train mode == the reference in eval mode
+        with torch.no_grad():
+            got, want = block(x), _ref_forward(ref, family, x, [idx], mask, pos_emb)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4, msg=f"{family} {layer} {mask} {pos_emb}")
+        # only the shard(s) holding the layer were read, and hashed
+        shards = _shards_holding(d, LAYER_RE[family].format(i=idx))
+        pos_shards = []
+        if pos_emb == "rope" and family not in ROTARY:
+            key = {"gpt2": "transformer.wpe.weight", "opt": "model.decoder.embed_positions.weight",
+                   "bert": "embeddings.position_embeddings.weight"}[family]
+            pos_shards = _shards_holding(d, key.replace(".", r"\.") + "$")
+        want_hash = ",".join(hashlib.sha256((d / f).read_bytes()).hexdigest() for f in sorted({*shards, *pos_shards}))
+        assert block.info["llm.file_hash"] == want_hash
+    assert block.info["llm.params"] == n_params
+    assert block.info["llm.model_type"] == family
+    assert block.info["llm.num_hidden_layers"] == N_LAYERS and block.info["llm.hidden_size"] == H
+    assert block.info["llm.source"] == str(d.resolve())
+    assert llm_hidden_size(str(d)) == H
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "bert"])
+def test_two_layers_equal_two_chained(family, saved, refs):
+    d, _ = saved(family)
+    x = torch.randn(2, T, H)
+    block = load_llm_block(str(d), -3, num_layers=2, mask="causal", pos_emb="rope", llm_norm="none")
+    assert block.info["llm.layers"] == f"{N_LAYERS - 3},{N_LAYERS - 2}" and len(block.layers) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _ref_forward(refs(family), family, x, [5, 6], "causal", "rope"),
+                                   atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_pretrained_final_norm(family, saved, refs):
+    d, _ = saved(family)
+    ref = refs(family)
+    final = {"llama": lambda: ref.norm, "gpt2": lambda: ref.ln_f, "opt": lambda: ref.decoder.final_layer_norm}[family]()
+    x = torch.randn(2, T, H)
+    block = load_llm_block(str(d), -1, llm_norm="pretrained")
+    for k, v in final.state_dict().items():
+        assert torch.equal(block.norm.state_dict()[k], v)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), final(_ref_forward(ref, family, x, [N_LAYERS - 1], "bidirectional",
+                                                                "none")), atol=2e-5, rtol=1e-4)
+
+
+def test_unit_norm_has_nothing_to_train(saved):
+    x = torch.randn(2, T, H) * 3 + 1
+    rms = load_llm_block(str(saved("llama")[0]), 0, llm_norm="unit")
+    ln = load_llm_block(str(saved("gpt2")[0]), 0, llm_norm="unit")
+    assert not list(rms.norm.parameters()) and not list(ln.norm.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(rms(x).pow(2).mean(-1), torch.ones(2, T), atol=1e-4, rtol=0)
+        y = ln(x)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(2, T), atol=1e-4, rtol=0)
+
+
+def test_dtype_casts_weights_and_io(saved):
+    d = str(saved("llama")[0])
+    x = torch.randn(2, T, H)
+    fp32 = load_llm_block(d, 2)
+    bf16 = load_llm_block(d, 2, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    with torch.no_grad():
+        y = bf16(x)
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y, fp32(x), atol=0.1, rtol=0.05)
+
+
+def test_learned_positions_limit(saved):
+    block = load_llm_block(str(saved("gpt2")[0]), 0, pos_emb="rope")
+    block(torch.randn(1, 32, H))  # n_positions = 32
+    with pytest.raises(BenchError, match="32 learned positions"):
+        block(torch.randn(1, 33, H))
+
+
+def _single_file(src: Path, dst: Path, rename, extra=None) -> Path:
+    """Re-save a sharded fixture as one model.safetensors with renamed keys (plus `extra` tensors)."""
+    from safetensors.torch import load_file, save_file
+
+    sd = {}
+    for f in sorted(src.glob("model-*.safetensors")):
+        sd.update({rename(k): v for k, v in load_file(f).items()})
+    sd.update(extra or {})
+    dst.mkdir()
+    save_file(sd, str(dst / "model.safetensors"), {"format": "pt"})
+    shutil.copy(src / "config.json", dst)
+    return dst
+
+
+def test_legacy_single_file_checkpoints(tmp_path, saved):
+    # GPT-2 as on the hub: one file, no "transformer." prefix, causal-mask buffers stored with every layer
+    src, n_params = saved("gpt2")
+    buffers = {f"h.{i}.attn.{b}": torch.ones(1, 1, 32, 32) for i in range(N_LAYERS) for b in ("bias", "masked_bias")}
+    d = _single_file(src, tmp_path / "gpt2", lambda k: k.removeprefix("transformer."), buffers)
+    kw = dict(pos_emb="rope", llm_norm="pretrained")
+    a, b = load_llm_block(str(d), 2, **kw), load_llm_block(str(src), 2, **kw)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    assert a.info["llm.params"] == n_params  # the stored buffers are not parameters
+    # BERT as saved by TF-era code: "bert." prefix, LayerNorm gamma/beta
+    src, _ = saved("bert")
+    d = _single_file(src, tmp_path / "bert", lambda k: "bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma")
+                     .replace("LayerNorm.bias", "LayerNorm.beta"))
+    a, b = load_llm_block(str(d), 1, pos_emb="rope"), load_llm_block(str(src), 1, pos_emb="rope")
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------------------- memory
+
+MEM_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    import torch
+    from bench.models.llm_layer import load_llm_block
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
+    load_llm_block(sys.argv[2], 0)  # warm-up on a tiny model: imports and code paths
+    try:
+        open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+        before, peak = status("VmRSS"), lambda: status("VmHWM")
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    block = load_llm_block(sys.argv[1], 5, llm_norm="none")
+    extra = peak() - before
+    layer = sum(p.numel() * p.element_size() for p in block.parameters())
+    print(json.dumps({"extra": extra, "layer": layer, "layer_params": sum(p.numel() for p in block.parameters())}))
+""")
+
+
+def test_loading_one_layer_costs_about_its_own_bytes(tmp_path, saved):
+    """16 bf16 layers of hidden 512 in 8 shards, loaded as fp32 (as LLaMA's fp16/bf16 checkpoints are): one layer
+    (~13 MiB) must not cost more than 2x its bytes. Converting the dtype touches every byte loaded, so loading the
+    whole model (even lazily mmapped) would show here as ~300 MiB."""
+    from safetensors.torch import save_file
+
+    config = transformers.LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=16,
+                                      num_attention_heads=8, num_key_value_heads=8, vocab_size=256)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in transformers.LlamaForCausalLM(config).state_dict().items()}
+    groups: dict[str, dict] = {}
+    for k, shape in shapes.items():
+        i = int(k.split(".")[2]) // 2 if k.startswith("model.layers.") else 8
+        groups.setdefault(f"model-{i + 1:05d}-of-00009.safetensors", {})[k] = shape
+    weight_map, total = {}, 0
+    for fname, tensors in groups.items():
+        save_file({k: torch.full(s, 0.01, dtype=torch.bfloat16) for k, s in tensors.items()}, str(tmp_path / fname),
+                  {"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, fname))
+        total += sum(torch.Size(s).numel() for s in tensors.values())
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 2 * total}, "weight_map": weight_map}))
+    config.save_pretrained(tmp_path)
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", MEM_SCRIPT, str(tmp_path), str(saved("llama")[0])], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert total > 16 * r["layer_params"]
+    print(f"one layer {r['layer'] / 2**20:.1f} MiB, peak memory +{r['extra'] / 2**20:.1f} MiB")
+    assert r["extra"] <= 2 * r["layer"], f"loading one layer raised peak memory by {r['extra'] / 2**20:.1f} MiB"
+
+
+# --------------------------------------------------------------------------------------------------- MiniLM
+
+
+@pytest.fixture(scope="module")
+def minilm_x():
+    return torch.randn(2, 10, 384, generator=torch.Generator().manual_seed(0))
+
+
+def test_minilm_loads(minilm_x):
+    assert (minilm_dir() / "config.json").is_file() and (minilm_dir() / "model.safetensors").is_file()
+    block = load_llm_block("minilm-l6", -1)
+    assert block.hidden_size == 384 == llm_hidden_size("minilm-l6")
+    with torch.no_grad():
+        y = block(minilm_x)
+    assert y.shape == minilm_x.shape and torch.isfinite(y).all()
+    info = block.info
+    assert info["llm.source"] == str(minilm_dir())
+    assert info["llm.model_type"] == "bert" and info["llm.layers"] == "5"
+    assert info["llm.hidden_size"] == 384 and info["llm.num_hidden_layers"] == 6
+    assert abs(info["llm.params"] - 22.7e6) < 0.1e6
+    assert info["llm.file_hash"] == hashlib.sha256((minilm_dir() / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_minilm_knobs_change_the_output(minilm_x):
+    with torch.no_grad():
+        base = load_llm_block("minilm-l6", 2)(minilm_x)
+        causal = load_llm_block("minilm-l6", 2, mask="causal")(minilm_x)
+        rope = load_llm_block("minilm-l6", 2, pos_emb="rope")(minilm_x)
+    assert not torch.allclose(base, causal, atol=1e-3)
+    torch.testing.assert_close(base[:, -1], causal[:, -1], atol=1e-4, rtol=1e-4)  # the last token sees everything
+    assert not torch.allclose(base, rope, atol=1e-3)
+
+
+def test_minilm_pretrained_norm_is_an_error():
+    with pytest.raises(BenchError, match="BERT has no final norm"):
+        load_llm_block("minilm-l6", -1, llm_norm="pretrained")
+
+
+def test_random_init_is_seeded_and_differs(minilm_x):
+    rng = torch.random.get_rng_state()
+    a = load_llm_block("minilm-l6", -1, init="random", seed=0)
+    assert torch.equal(torch.random.get_rng_state(), rng), "random init must not move the global RNG"
+    b = load_llm_block("minilm-l6", -1, init="random", seed=0)
+    c = load_llm_block("minilm-l6", -1, init="random", seed=1)
+    p = load_llm_block("minilm-l6", -1)
+    sa, sb, sc, sp = (m.state_dict() for m in (a, b, c, p))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["layers.0.attention.self.query.weight"], sc["layers.0.attention.self.query.weight"])
+    assert not torch.equal(sa["layers.0.attention.self.query.weight"], sp["layers.0.attention.self.query.weight"])
+    w = sa["layers.0.intermediate.dense.weight"]
+    assert abs(w.std().item() - 0.02) < 0.002  # BERT's _init_weights: normal(0, initializer_range)
+    assert torch.equal(sa["layers.0.output.LayerNorm.weight"], torch.ones(384))
+    assert a.info["llm.file_hash"] == "" and a.info["llm.params"] == p.info["llm.params"]
+    with torch.no_grad():
+        assert not torch.allclose(a(minilm_x), p(minilm_x))
+
+
+def test_random_init_rope_table_is_random_too(saved):
+    d = str(saved("gpt2")[0])
+    a = load_llm_block(d, 1, init="random", pos_emb="rope", seed=3)
+    p = load_llm_block(d, 1, pos_emb="rope")
+    assert a.pos_table.shape == p.pos_table.shape and not torch.equal(a.pos_table, p.pos_table)
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+def test_unknown_local_source():
+    with pytest.raises(BenchError, match="does not exist"):
+        load_llm_block("/no/such/model/dir", 0)
+
+
+def test_layer_out_of_range():
+    for layer, n in [(6, 1), (-7, 1), (5, 2)]:
+        with pytest.raises(BenchError, match="has 6 layers") as e:
+            load_llm_block("minilm-l6", layer, n)
+        assert "\n" not in str(e.value)
+
+
+def test_bad_knobs():
+    with pytest.raises(BenchError, match="booster.mask"):
+        load_llm_block("minilm-l6", 0, mask="diagonal")
+    with pytest.raises(BenchError, match="num_layers"):
+        load_llm_block("minilm-l6", 0, 0)
+    with pytest.raises(BenchError, match="revision"):
+        load_llm_block("minilm-l6", 0, revision="v1")
+    with pytest.raises(BenchError, match="random-init"):
+        load_llm_block("minilm-l6", 0, init="random", llm_norm="pretrained")
+
+
+def test_pretrained_norm_needs_a_final_norm(tmp_path):
+    transformers.OPTConfig(hidden_size=H, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                           do_layer_norm_before=False).save_pretrained(tmp_path)  # OPT-350m style
+    with pytest.raises(BenchError, match="no final layer norm"):
+        load_llm_block(str(tmp_path), 0, llm_norm="pretrained")
+
+
+def test_unsupported_architecture(tmp_path):
+    transformers.T5Config(d_model=32, num_layers=2, num_heads=2, d_ff=64, vocab_size=32).save_pretrained(tmp_path)
+    with pytest.raises(BenchError, match="t5 model; supported model types: llama, qwen2, mistral, gpt2, opt, bert"):
+        load_llm_block(str(tmp_path), 0)
+    with pytest.raises(BenchError, match="supported model types"):
+        llm_hidden_size(str(tmp_path))
+
+
+def test_missing_weights(tmp_path, saved):
+    src, _ = saved("llama")
+    only_config = tmp_path / "cfg"
+    only_config.mkdir()
+    shutil.copy(src / "config.json", only_config)
+    with pytest.raises(BenchError, match="no model.safetensors"):
+        load_llm_block(str(only_config), 0)
+    assert llm_hidden_size(str(only_config)) == H  # config only
+
+    holed = tmp_path / "holed"
+    shutil.copytree(src, holed)
+    index = json.loads((holed / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["model.layers.3.mlp.up_proj.weight"]
+    (holed / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(BenchError, match=r"missing weights: .* lacks model\.layers\.3\.mlp\.up_proj\.weight"):
+        load_llm_block(str(holed), 3)
+    load_llm_block(str(holed), 2)  # the other layers are intact
+
+    liar = tmp_path / "liar"  # GPT-2 tensors under a llama config: no llama-named tensors at all
+    shutil.copytree(saved("gpt2")[0], liar)
+    shutil.copy(src / "config.json", liar / "config.json")
+    with pytest.raises(BenchError, match="missing weights"):
+        load_llm_block(str(liar), 0)
+
+
+# ------------------------------------------------------------------------------------------------------ hub
+
+
+class FakeHub:
+    """hf_hub_download served from a local checkpoint in the hub cache layout (snapshots/<sha>/file)."""
+
+    SHA = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, src: Path, cache: Path):
+        self.src, self.snap, self.calls = src, cache / "models--org--tiny" / "snapshots" / self.SHA, []
+        self.snap.mkdir(parents=True)
+
+    def __call__(self, repo_id, filename, *, revision=None, **kw):
+        from huggingface_hub.errors import EntryNotFoundError
+
+        self.calls.append((repo_id, filename, revision))
+        if not (self.src / filename).is_file():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        shutil.copy(self.src / filename, self.snap / filename)
+        return str(self.snap / filename)
+
+
+def _offline_metadata(*a, **k):
+    raise ConnectionError("offline")
+
+
+def test_hub_downloads_only_what_the_layer_needs(tmp_path, saved, monkeypatch):
+    import huggingface_hub
+
+    src, n_params = saved("llama")
+    hub = FakeHub(src, tmp_path)
+    monkeypatch.setattr(llm_layer, "hf_hub_download", hub)
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", _offline_metadata)
+    block = load_llm_block("org/tiny", 4, revision="v1.0")
+    got = [f for _, f, _ in hub.calls]
+    assert got[:2] == ["config.json", "model.safetensors.index.json"]
+    assert sorted(got[2:]) == _shards_holding(src, r"model\.layers\.4\.")
+    assert hub.calls[0][2] == "v1.0" and all(r == FakeHub.SHA for _, _, r in hub.calls[1:])  # pinned to the commit
+    assert block.info["llm.source"] == f"org/tiny@{FakeHub.SHA}"
+    total = json.loads((src / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+    assert block.info["llm.params"] == total // 4 == n_params  # offline: estimated from the index
+    local = load_llm_block(str(src), 4)
+    assert all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), local.state_dict().values(), strict=True))
+    assert block.info["llm.file_hash"] == local.info["llm.file_hash"]
+
+    def online_metadata(repo_id, revision=None, **k):  # what the hub answers from the shards' headers
+        assert repo_id == "org/tiny" and revision == FakeHub.SHA
+        files = {f: types.SimpleNamespace(tensors={n: types.SimpleNamespace(dtype=v["dtype"], shape=v["shape"])
+                                                   for n, v in llm_layer._read_header(f).items()})
+                 for f in src.glob("model-*.safetensors")}
+        return types.SimpleNamespace(files_metadata=files)
+
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", online_metadata)
+    assert load_llm_block("org/tiny", -1).info["llm.params"] == n_params
+
+    hub.calls.clear()
+    assert llm_hidden_size("org/tiny") == H and [f for _, f, _ in hub.calls] == ["config.json"]
+    hub.calls.clear()
+    load_llm_block("org/tiny", 4, init="random")
+    assert not any(f.startswith("model-") for _, f, _ in hub.calls), "init=random reads no checkpoint tensors"
+
+
+def _raiser(exc):
+    def download(*a, **k):
+        raise exc
+
+    return download
+
+
+def test_hub_unknown_repo(monkeypatch):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    response = types.SimpleNamespace(headers={}, request=None, status_code=404)
+    monkeypatch.setattr(llm_layer, "hf_hub_download", _raiser(RepositoryNotFoundError("404", response=response)))
+    with pytest.raises(BenchError, match="not a local directory, not minilm-l6, and the hub has no repo") as e:
+        load_llm_block("org/does-not-exist", 0)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("exc", ["connection", "local-entry"])
+def test_hub_unreachable(monkeypatch, exc):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    err = ConnectionError("Name or service not known") if exc == "connection" else LocalEntryNotFoundError("x")
+    monkeypatch.setattr(llm_layer, "hf_hub_download", _raiser(err))
+    with pytest.raises(BenchError, match=r"cannot reach the Hugging Face hub .* booster\.source=DIR") as e:
+        load_llm_block("meta-llama/Llama-2-7b-hf", -1)
+    assert "download meta-llama/Llama-2-7b-hf --include config.json" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(BenchError, match="cannot reach"):
+        llm_hidden_size("meta-llama/Llama-2-7b-hf")

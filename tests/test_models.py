@@ -1,0 +1,123 @@
+"""The R-LLM model: shapes, what trains and what stays frozen, every variant end to end, real data."""
+
+import hashlib
+
+import pytest
+import torch
+
+from bench.config import RunConfig, override, resolve
+from bench.data import load_splits, task_spec
+from bench.models.build import build_model
+from bench.train import fit
+
+FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt", "bert"]
+RESIDUALS = ["in", "out", "hybrid", "none"]
+
+
+def cfg_for(task="breastmnist", **sets):
+    base = {"data.task": task, "vit.arch": "tiny", "vit.depth": 1, "train.epochs": 1, "train.batch_size": 16, "train.warmup_epochs": 0}
+    return resolve(override(RunConfig(), {**base, **sets}))
+
+
+@pytest.mark.parametrize("task", ["breastmnist", "adrenalmnist3d"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shapes_every_family_and_residual(tiny_llm, family, task):
+    spec = task_spec(task, 28)
+    x = torch.randn(2, spec.n_channels, *([28] * (3 if spec.is_3d else 2)))
+    for residual in RESIDUALS:
+        cfg = cfg_for(task, **{"booster.variant": "rllm", "booster.source": str(tiny_llm(family)), "booster.residual": residual})
+        model, info = build_model(cfg, spec)
+        assert model(x).shape == (2, spec.n_classes)
+        assert info["llm.model_type"] == family and info["llm.hidden_size"] == 32
+
+
+def test_residual_wiring_is_what_the_docs_say(tiny_llm):
+    spec = task_spec("breastmnist", 28)
+    z = torch.randn(2, 50, 192)
+    cfg = cfg_for(**{"booster.variant": "rllm", "booster.source": str(tiny_llm("llama"))})
+    booster = build_model(cfg, spec)[0].booster
+    fe, fl, fd = booster.fe, booster.llm, booster.fd
+    expected = {"in": fd(fl(fe(z)) + fe(z)), "out": fd(fl(fe(z))) + z, "hybrid": fd(fl(fe(z)) + fe(z)) + z, "none": fd(fl(fe(z)))}
+    for mode, want in expected.items():
+        booster.residual = mode
+        torch.testing.assert_close(booster(z), want)
+
+
+def _digest(params) -> str:
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("freeze", ["frozen", "finetune"])
+def test_frozen_layer_is_bit_identical_after_training_finetuned_changes(tiny_llm, fixture_root, freeze, monkeypatch):
+    root = fixture_root("breastmnist", n=(32, 16, 16))
+    spec = task_spec("breastmnist", 28)
+    cfg = cfg_for(**{"booster.variant": "rllm", "booster.source": str(tiny_llm("llama")), "booster.freeze": freeze})
+    built = {}
+
+    def spy(cfg, spec):
+        model, info = build_model(cfg, spec)
+        built["model"] = model
+        built["before"] = _digest(model.llm_parameters())
+        return model, info
+
+    monkeypatch.setattr("bench.train.build_model", spy)
+    result = fit(cfg, load_splits(spec, root), spec, torch.device("cpu"))
+    model = built["model"]
+    llm = model.llm_parameters()
+    others = [p for p in model.parameters() if all(p is not q for q in llm)]
+    assert all(p.requires_grad for p in others)
+    if freeze == "frozen":
+        assert not any(p.requires_grad for p in llm) and all(p.grad is None for p in llm)
+        assert _digest(llm) == built["before"]
+        assert result.metrics["params_frozen"] == sum(p.numel() for p in llm)
+    else:
+        assert all(p.requires_grad for p in llm)
+        assert _digest(llm) != built["before"]
+        assert result.metrics["params_frozen"] == 0
+
+
+VARIANTS = {
+    "baseline": {},
+    "adapters": {"booster.variant": "adapters"},
+    "rllm": {"booster.variant": "rllm"},
+    "finetune": {"booster.variant": "rllm", "booster.freeze": "finetune", "booster.lr_mult": 0.1},
+    "random_init": {"booster.variant": "rllm", "booster.init": "random"},
+    "rope": {"booster.variant": "rllm", "booster.pos_emb": "rope"},
+    "causal": {"booster.variant": "rllm", "booster.mask": "causal"},
+    "res_out": {"booster.variant": "rllm", "booster.residual": "out"},
+    "res_hybrid": {"booster.variant": "rllm", "booster.residual": "hybrid"},
+    "res_none": {"booster.variant": "rllm", "booster.residual": "none"},
+    "pretrained_norm": {"booster.variant": "rllm", "booster.llm_norm": "pretrained"},
+    "two_layers": {"booster.variant": "rllm", "booster.layer": -2, "booster.num_layers": 2},
+}
+
+
+@pytest.mark.parametrize("task", ["breastmnist", "adrenalmnist3d"])
+def test_every_variant_trains_end_to_end(tiny_llm, fixture_root, task):
+    root = fixture_root(task, n=(16, 8, 8))
+    spec = task_spec(task, 28)
+    splits = load_splits(spec, root)
+    for name, sets in VARIANTS.items():
+        cfg = cfg_for(task, **{"booster.source": str(tiny_llm("qwen2")), **sets})
+        r = fit(cfg, splits, spec, torch.device("cpu"))
+        assert r.history[0]["train_loss"] > 0 and r.metrics["test_auc"] is not None, name
+        assert r.y_score.shape == (8, spec.n_classes), name
+
+
+@pytest.mark.slow
+def test_real_breastmnist_with_frozen_minilm_layer(shared_data, tmp_path):
+    from bench.runner import run_one
+    from bench.store import read_history, read_run
+
+    cfg = cfg_for(**{"booster.variant": "rllm", "booster.source": "minilm-l6", "vit.depth": 12, "train.epochs": 1,
+                     "train.batch_size": 128})
+    row = run_one(cfg, shared_data, tmp_path)
+    assert row["status"] == "ok", row.get("error")
+    stored = read_run(tmp_path, row["run_id"])
+    assert stored["llm.model_type"] == "bert" and stored["llm.hidden_size"] == 384 and stored["llm.layers"] == "5"
+    assert stored["data.fixture"] == False and stored["params_frozen"] > 1_000_000  # noqa: E712
+    losses = read_history(tmp_path, [row["run_id"]])["train_loss"]
+    assert len(losses) == 1 and losses.notna().all() and (losses < 10).all()
