@@ -490,6 +490,19 @@ class LLMBlock(nn.Module):
         object.__setattr__(self, "_rotary", rotary)
         self._head_dim = _head_dim(config) if family.rotary_cls else None
 
+    def _apply(self, fn, recurse=True):
+        """`.to(device)` / `.cuda()` / `.to_empty(device=...)` also move the out-of-tree rotary embedding (its device
+        only: it stays fp32). Otherwise RoPE's forward copies `inv_freq` host -> device on every call, a copy that
+        synchronises the host with the device inside every training step."""
+        out = super()._apply(fn, recurse)
+        rotary = self.__dict__.get("_rotary")
+        freq = getattr(rotary, "inv_freq", None)
+        if isinstance(freq, torch.Tensor) and not freq.is_meta:
+            device = fn(freq).device
+            if device != freq.device and device.type != "meta":
+                rotary.to(device)
+        return out
+
     def _position_embeddings(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = h.shape[1]
         if self.pos_emb == "rope":

@@ -1,0 +1,109 @@
+"""The grid as one table: every planned run with its status (ok | failed | missing) and its stored row.
+
+A report is about a grid, so runs that were planned but never stored must stay visible as missing
+rather than disappear; runs in the store that the grid did not plan are left out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from bench.config import RunConfig, all_keys, flatten, run_id
+from bench.errors import BenchError
+from bench.store import read_runs
+
+# Settings that define the comparison (pairing and table rows); booster.* is what the variants change.
+SETTING_PREFIXES = ("data.", "vit.", "train.")
+NEEDED = ["status", "error", "label", "task", "size", "seed", "booster.variant", "test_acc", "test_auc",
+          "llm.source", "llm.layers", "llm.params", "booster.source"]
+
+
+def expected_runs(configs: Iterable[RunConfig]) -> pd.DataFrame:
+    """The planned runs of a grid as rows: run_id, label, task, size, seed and every config field."""
+    rows = []
+    for cfg in configs:
+        flat = {k: v for k, v in flatten(cfg).items() if k not in ("seed", "label")}
+        rows.append({"run_id": run_id(cfg), "label": cfg.label or cfg.booster.variant, "task": cfg.data.task,
+                     "size": cfg.data.size, "seed": cfg.seed, **flat})
+    return pd.DataFrame(rows)
+
+
+def collect(results: Path, expected: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per planned run (unique run_id); stored values win, the plan fills in missing runs."""
+    runs = read_runs(results)
+    if expected is None:
+        if runs.empty:
+            raise BenchError(f"no runs stored under {Path(results) / 'runs'}: "
+                             "run a grid first or pass the right --results")
+        grid = runs.drop_duplicates("run_id").reset_index(drop=True)
+    else:
+        if "run_id" not in expected.columns or expected.empty:
+            raise BenchError("the expected runs need a run_id column and at least one row "
+                             "(see bench.report.expected_runs)")
+        plan = expected.drop_duplicates("run_id").set_index("run_id")
+        stored = runs.set_index("run_id") if not runs.empty else pd.DataFrame(index=pd.Index([], name="run_id"))
+        have = plan.index.intersection(stored.index)
+        if have.empty:
+            raise BenchError(f"none of the {len(plan)} planned runs is stored under {Path(results) / 'runs'}: "
+                             "run the grid first or pass the right --results")
+        # Stored rows as written (dtypes intact); planned-only rows from the plan, marked missing below.
+        grid = pd.concat([stored.loc[have], plan.drop(index=have)]).reindex(plan.index)
+        if "label" in plan.columns:  # the grid's name for the variant wins over a stored empty label
+            named = plan["label"].fillna("").astype(str) != ""
+            grid.loc[named, "label"] = plan.loc[named, "label"]
+        grid = grid.reset_index()
+    return _normalise(grid)
+
+
+def _normalise(grid: pd.DataFrame) -> pd.DataFrame:
+    grid = grid.copy()
+    for col in NEEDED:
+        if col not in grid.columns:
+            grid[col] = np.nan
+    grid["status"] = grid["status"].fillna("missing")
+    grid["booster.variant"] = grid["booster.variant"].fillna("baseline")
+    label = grid["label"].fillna("").astype(str)
+    grid["label"] = label.where(label != "", grid["booster.variant"])
+    for short, full in (("task", "data.task"), ("size", "data.size")):
+        if full in grid.columns:
+            grid[short] = grid[short].fillna(grid[full])
+    grid["size"] = pd.to_numeric(grid["size"], errors="coerce").astype("Int64")
+    grid["seed"] = pd.to_numeric(grid["seed"], errors="coerce").astype("Int64")
+    for col in ("test_acc", "test_auc", "llm.params"):
+        grid[col] = pd.to_numeric(grid[col], errors="coerce")
+    # LLM identity: the resolved provenance when the run recorded it, else the configured source.
+    grid["llm"] = grid["llm.source"].where(grid["llm.source"].notna(), grid["booster.source"])
+    grid.loc[grid["booster.variant"] == "baseline", "llm"] = np.nan
+    grid["setting"] = _setting(grid)
+    return grid
+
+
+def _setting(grid: pd.DataFrame) -> pd.Series:
+    """'vit.arch=small, train.epochs=100' for the data/vit/train fields that vary across the grid.
+
+    Task and size are table rows already; any other varying setting becomes part of the row so runs
+    trained differently are never averaged together. Empty when nothing else varies.
+    """
+    shown = grid.apply(lambda col: col.map(_text)) if len(grid) else grid
+    keys = [k for k in all_keys() if k.startswith(SETTING_PREFIXES) and k in grid.columns
+            and k not in ("data.task", "data.size") and shown[k].nunique() > 1]
+    if not keys:
+        return pd.Series("", index=grid.index)
+    return shown[keys].apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1)
+
+
+def _text(value) -> str:
+    """A setting as text that does not depend on how it was stored (1 and 1.0 read the same)."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        return f"{float(value):g}"
+    return str(value)
+
+
+def pair_keys(columns: Iterable[str]) -> list[str]:
+    """The columns a variant run and its baseline must share: data.*, vit.*, train.* and the seed."""
+    columns = set(columns)
+    return [k for k in all_keys() if k.startswith(SETTING_PREFIXES) and k in columns] + ["seed"]

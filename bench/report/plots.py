@@ -1,0 +1,225 @@
+"""Report plots (PNG for the page, SVG for papers), drawn with seaborn on the Agg backend.
+
+Each function returns a `Plot` when it wrote files, or a one-line `Skipped` reason when its data
+does not vary enough to say anything, so the page can state why a plot is absent.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from bench.report.stats import METRICS, ROW, first_layer  # noqa: E402
+from bench.report.tables import NAMES, label_order, row_name  # noqa: E402
+
+
+@contextmanager
+def style():
+    """Seaborn's theme for the report's plots only; rcParams (which optuna also changes) are restored."""
+    with plt.rc_context():
+        sns.set_theme(style="whitegrid", context="notebook")
+        yield
+
+
+@dataclass
+class Plot:
+    title: str
+    stem: str  # files <stem>.png and <stem>.svg in the report folder
+    caption: str = ""
+
+    @property
+    def files(self) -> list[str]:
+        return [f"{self.stem}.png", f"{self.stem}.svg"]
+
+
+class Skipped(str):
+    """Why a plot was not drawn; shown on the page in its place."""
+
+
+def _save(fig, out: Path, stem: str) -> None:
+    fig.savefig(out / f"{stem}.png", dpi=110, bbox_inches="tight")
+    fig.savefig(out / f"{stem}.svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+
+
+def _rows(df: pd.DataFrame) -> pd.Series:
+    return pd.Series([row_name(*r) for r in df[ROW].itertuples(index=False)], index=df.index)
+
+
+def delta_bars(summary: pd.DataFrame, metric: str, labels: list[str], out: Path) -> Plot | Skipped:
+    """Bars of the paired Δ per task, one panel per variant, with the paired-t 95% CI as error bars."""
+    title = f"Δ test {NAMES[metric]} vs baseline"
+    d = summary[(summary["booster.variant"] != "baseline") & summary[f"delta_{metric}_mean"].notna()]
+    if d.empty:
+        return Skipped(f"{title}: skipped, no variant run has an ok baseline to pair with.")
+    d = d.assign(row=_rows(d))
+    rows = list(dict.fromkeys(d["row"]))
+    labels = [lab for lab in labels if lab in set(d["label"])]
+    ncol = min(len(labels), 3 if len(rows) <= 6 else 2)
+    nrow = -(-len(labels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, sharey=True, squeeze=False,
+                             figsize=(ncol * max(4.0, 0.4 * len(rows) + 1.5), nrow * 3.8))
+    for ax, lab, color in zip(axes.flat, labels, sns.color_palette("deep", len(labels))):
+        sub = d[d["label"] == lab]
+        x = np.array([rows.index(r) for r in sub["row"]])
+        mean = sub[f"delta_{metric}_mean"].to_numpy(float)
+        lo, hi = sub[f"delta_{metric}_ci_low"].to_numpy(float), sub[f"delta_{metric}_ci_high"].to_numpy(float)
+        has = ~np.isnan(lo)
+        ax.bar(x, mean, 0.7, color=color)
+        ax.errorbar(x[has], mean[has], yerr=[mean[has] - lo[has], hi[has] - mean[has]], fmt="none",
+                    ecolor="black", capsize=3, lw=1)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.grid(axis="x", visible=False)
+        ax.set_xticks(range(len(rows)), rows, rotation=45, ha="right", fontsize=9)
+        ax.set_title(lab)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"Δ test {NAMES[metric]}")
+    for ax in axes.flat[len(labels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{title} (variant − baseline)")
+    fig.tight_layout()
+    _save(fig, out, f"delta_{metric}")
+    return Plot(title, f"delta_{metric}", "Mean paired difference over seeds, one panel per variant; whiskers: "
+                "paired-t 95% CI (none when fewer than 2 pairs).")
+
+
+def heatmap(summary: pd.DataFrame, metric: str, labels: list[str], out: Path) -> Plot | Skipped:
+    title = f"Test {NAMES[metric]}: variants × tasks"
+    s = summary.assign(row=_rows(summary))
+    grid = s.pivot_table(index="label", columns="row", values=f"{metric}_mean", aggfunc="first", dropna=False)
+    grid = grid.reindex(index=labels, columns=list(dict.fromkeys(s["row"])))
+    if grid.notna().sum().sum() < 2:
+        return Skipped(f"{title}: skipped, fewer than two cells have an ok run.")
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * grid.shape[1] + 2), max(2.5, 0.5 * grid.shape[0] + 1.5)))
+    ax.set_facecolor("#eeeeee")
+    ax.grid(False)
+    sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", mask=grid.isna(), ax=ax,
+                cbar_kws={"label": f"mean test {NAMES[metric]}"})
+    for i, j in zip(*np.where(grid.isna().to_numpy())):
+        ax.text(j + 0.5, i + 0.5, "—", ha="center", va="center", color="dimgrey", fontsize=14)
+    ax.set_xlabel("")
+    ax.set_ylabel("variant")
+    ax.set_title(title)
+    _save(fig, out, f"heatmap_{metric}")
+    return Plot(title, f"heatmap_{metric}", "Mean over ok seeds; — = no ok run.")
+
+
+def layer_curve(runs: pd.DataFrame | None, metric: str, out: Path) -> Plot | Skipped:
+    title = f"Test {NAMES[metric]} vs LLM layer index"
+    if runs is None:
+        return Skipped(f"{title}: skipped, no LLM was run at more than one layer index.")
+    data = runs.assign(row=_rows(runs), layer=first_layer(runs["llm.layers"]))
+    g = sns.relplot(data=data, x="layer", y=METRICS[metric], hue="llm", col="row", kind="line", marker="o",
+                    col_wrap=min(3, data["row"].nunique()), errorbar="sd", height=3.2, aspect=1.3,
+                    facet_kws={"sharey": False})
+    g.set_axis_labels("first layer of the LLM block", f"test {NAMES[metric]}")
+    g.set_titles("{col_name}")
+    g.figure.suptitle(title, y=1.03)
+    _save(g.figure, out, f"layer_{metric}")
+    return Plot(title, f"layer_{metric}", "Mean ± sd over seeds; other LLM knobs at the R-LLM defaults.")
+
+
+def llm_size_curve(runs: pd.DataFrame | None, metric: str, out: Path) -> Plot | Skipped:
+    title = f"Test {NAMES[metric]} vs LLM size"
+    if runs is None or runs.dropna(subset=["llm.params"])["llm"].nunique() < 2:
+        return Skipped(f"{title}: skipped, fewer than two LLMs with a known parameter count.")
+    data = runs.dropna(subset=["llm.params"]).assign(row=_rows(runs))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(data=data, x="llm.params", y=METRICS[metric], hue="row", marker="o", errorbar="sd", ax=ax)
+    ax.set_xscale("log")
+    for name, params in data.groupby("llm")["llm.params"].first().items():
+        ax.annotate(str(name).split("/")[-1], (params, 1), xycoords=("data", "axes fraction"),
+                    rotation=90, va="top", ha="right", fontsize=8, color="grey")
+    ax.set_xlabel("LLM parameters (log)")
+    ax.set_ylabel(f"test {NAMES[metric]}")
+    ax.legend(title="task · size", bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title(title)
+    _save(fig, out, f"llm_size_{metric}")
+    return Plot(title, f"llm_size_{metric}", "Mean ± sd over seeds, one line per task.")
+
+
+def val_curves(history: pd.DataFrame, ok: pd.DataFrame, metric: str, out: Path) -> Plot | Skipped:
+    """Validation metric per epoch for one task: the one with the most ok runs that have a history."""
+    title = f"Validation {NAMES[metric]} per epoch"
+    col = f"val_{metric}"
+    if history.empty or col not in history.columns:
+        return Skipped(f"{title}: skipped, no training history is stored for the ok runs.")
+    data = history.merge(ok[["run_id", "label", *ROW]], on="run_id").dropna(subset=[col])
+    if data.empty or data["epoch"].nunique() < 2:
+        return Skipped(f"{title}: skipped, fewer than two epochs of history.")
+    data = data.assign(row=_rows(data))
+    task = data.groupby("row", sort=False)["run_id"].nunique().idxmax()
+    data = data[data["row"] == task]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sns.lineplot(data=data, x="epoch", y=col, hue="label", hue_order=label_order(data["label"]), errorbar="sd", ax=ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"val {NAMES[metric]}")
+    ax.legend(title="variant", bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title(f"{title}: {task}")
+    _save(fig, out, f"val_{metric}")
+    return Plot(f"{title}: {task}", f"val_{metric}", "Mean ± sd over seeds of the ok runs; the task with the most "
+                "ok runs that have a history.")
+
+
+def optuna_plots(results: Path, out: Path) -> list[Plot | Skipped]:
+    """History and parameter importances of every study in <results>/optuna/*.log (none: no output)."""
+    logs = sorted((Path(results) / "optuna").glob("*.log"))
+    if not logs:
+        return []
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    made: list[Plot | Skipped] = []
+    try:
+        for log in logs:
+            try:
+                storage = JournalStorage(JournalFileBackend(str(log)))
+                studies = [optuna.load_study(study_name=s.study_name, storage=storage)
+                           for s in optuna.get_all_study_summaries(storage)]
+            except Exception as e:  # a broken or half-written journal must not sink the whole report
+                made.append(Skipped(f"Optuna journal {log.name}: skipped, could not be read ({e})."))
+                continue
+            for study in studies:
+                made += _study_plots(study, log, out)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return made
+
+
+def _study_plots(study, log: Path, out: Path) -> list[Plot | Skipped]:
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    stem = "optuna_" + re.sub(r"[^A-Za-z0-9_-]+", "_", f"{log.stem}_{study.study_name}")
+    title = f"Optuna study '{study.study_name}' ({log.name})"
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(study.directions) > 1 or len(done) < 2:
+        return [Skipped(f"{title}: skipped, needs a single-objective study with at least two complete trials.")]
+    made: list[Plot | Skipped] = []
+    for kind, plot in (("history", ovm.plot_optimization_history), ("importance", ovm.plot_param_importances)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+                ax = plot(study)
+        except (ValueError, RuntimeError) as e:  # e.g. importances need a parameter that varies
+            made.append(Skipped(f"{title} {kind}: skipped ({e})."))
+            continue
+        fig = (ax[0] if isinstance(ax, np.ndarray) else ax).figure
+        fig.set_size_inches(7, 4.2)
+        _save(fig, out, f"{stem}_{kind}")
+        made.append(Plot(f"{title}: {kind}", f"{stem}_{kind}", f"{len(done)} complete trials."))
+    return made
