@@ -31,16 +31,28 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="train and evaluate the runs of a grid, skipping those stored ok",
-                       description="Train every run of a grid not yet stored with status ok; failed runs are retried.")
+                       description="Train every run of a grid not yet stored ok. Failed runs are retried on every "
+                                   "call (--skip-failed leaves them); --force reruns all. Safe to kill and rerun.")
     _add_grid(p)
     _add_results(p)
     _add_data_root(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--force", action="store_true", help="rerun runs already stored ok (their rows are replaced)")
-    p.add_argument("--dry-run", action="store_true", help="print what would run and exit")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="parallel worker processes (joblib): one GPU each, round-robin, or a share of the CPU cores")
+    p.add_argument("--backend", choices=("local", "dask"), default="local",
+                   help="local (this machine, --jobs) or dask (an existing cluster, --scheduler)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
+    p.add_argument("--force", action="store_true", help="rerun runs already stored ok (a failed rerun keeps the ok row)")
+    p.add_argument("--skip-failed", action="store_true", help="do not retry runs stored as failed")
+    p.add_argument("--dry-run", action="store_true", help="print what would run and exit (no training, no network)")
+    p.add_argument("--params", metavar="tuned|DIR",
+                   help="apply tuned hyperparameters: 'tuned' reads <results>/tuned/<task>__<variant>.json "
+                        "(written by bench tune) for every run, DIR another folder of such files; "
+                        "the run ids change with the values and each row names its file (params_file)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("list", help="the runs of a grid and which are done", description="List a grid's runs.")
+    p = sub.add_parser("list", help="the runs of a grid and which are done",
+                       description="List a grid's runs: how many, a table of them, and their state in the store.")
     _add_grid(p)
     _add_results(p)
     p.set_defaults(func=cmd_list)
@@ -56,6 +68,35 @@ def parser() -> argparse.ArgumentParser:
     _add_data_root(p)
     p.set_defaults(func=cmd_data_fetch)
 
+    p = sub.add_parser("tune", help="search one variant's hyperparameters with Optuna (val AUC; test never touched)",
+                       description="Optuna TPE search for one task and variant of a grid, scored on the best val AUC, "
+                                   "pruned per epoch. The study is resumable and shareable: rerun, or start more "
+                                   "processes/machines on the same --storage, and trials add up to --trials. The best "
+                                   "parameters go to <results>/tuned/<task>__<variant>.json for `bench run --params tuned`.")
+    p.add_argument("--task", required=True, help="a medmnist flag, e.g. breastmnist")
+    p.add_argument("--variant", required=True, help="a variant (label) of the grid, e.g. baseline or rllm")
+    p.add_argument("--grid", metavar="NAME|PATH", default=None,
+                   help="the grid whose variant is the base config (default: smoke, offline and quick; "
+                        "use the grid you will compare with, e.g. paper, for the real study)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="override a base config field, e.g. --set train.epochs=20 (repeatable; part of the study hash)")
+    p.add_argument("--trials", type=int, required=True, metavar="N",
+                   help="the study's total number of trials, counted over every process and earlier calls")
+    p.add_argument("--timeout", type=float, metavar="S", help="start no new trial after S seconds (this process)")
+    p.add_argument("--storage", metavar="URL|FILE",
+                   help="an Optuna RDB URL (postgresql://user@host/db, sqlite:///f.db) or a journal file "
+                        "(default: <results>/optuna/<study>.log)")
+    p.add_argument("--study", metavar="NAME", help="the study name (default: <task>__<variant>__<hash of the base config>)")
+    p.add_argument("--jobs", type=int, default=1, metavar="K", help="worker processes on this machine (default 1)")
+    p.add_argument("--space", metavar="FILE", help="a YAML search-space file (params, replace, pruner, sampler); "
+                                                    "see bench/tune.py for the format")
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), help="per-epoch pruner (default: median)")
+    p.add_argument("--seed", type=int, default=0, help="the sampler seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    _add_results(p)
+    _add_data_root(p)
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("report", help="tables, statistics, plots and one HTML page from the store")
     _add_results(p)
     p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
@@ -67,49 +108,112 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _run_table(grid_runs, ids: list[str], status: dict, why: dict | None = None) -> None:
+    head = f"{'run_id':<16}  {'status':<7} {'label':<14} {'task':<20} {'size':>4} {'llm':<22} {'layer':>5} {'seed':>4}"
+    print(head + ("  why" if why else ""))
+    for cfg, rid in zip(grid_runs, ids):
+        b = cfg.booster
+        llm = Path(b.source).name if b.source and b.variant != "baseline" else "-"
+        layer = str(b.layer) if b.variant == "rllm" else "-"
+        line = (f"{rid:<16}  {status.get(rid) or '-':<7} {cfg.label[:14]:<14} {cfg.data.task:<20} {cfg.data.size:>4} "
+                f"{llm[:22]:<22} {layer:>5} {cfg.seed:>4}")
+        print(line + (f"  {why[rid]}" if why else ""))
+
+
 def cmd_run(args) -> int:
+    import signal
+    import threading
+
     from bench import runner
-    from bench.config import parse_sets, run_id
+    from bench.config import parse_sets
+    from bench.data import resolve_root
     from bench.grid import load_grid
+    from bench.tune import with_params as tune_params
 
     grid = load_grid(args.grid, parse_sets(args.sets))
-    todo = runner.pending(grid.runs, args.results, args.force)
-    print(f"grid {grid.name}: {len(grid.runs)} runs, {len(grid.runs) - len(todo)} already done, {len(todo)} to run")
+    grid = tune_params(grid, args.params, args.results)  # --params tuned: each run gets its tuned values
+    if args.jobs < 1:
+        raise BenchError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.scheduler and args.backend != "dask":
+        raise BenchError("--scheduler is for --backend dask; add --backend dask")
+    if args.backend == "dask" and not args.scheduler:
+        raise BenchError("--backend dask needs --scheduler ADDRESS (e.g. tcp://10.0.0.1:8786)")
+    runner.check_tasks(grid.runs)
+    ids = grid.run_ids()
+    status = runner.statuses(args.results, ids)
+    retry = not args.skip_failed
+    todo_ids = [rid for rid in ids if runner.wanted(status[rid], args.force, retry)]
+    todo_set = set(todo_ids)
+    todo = [c for c, rid in zip(grid.runs, ids) if rid in todo_set]
+    n_ok = sum(s == "ok" for s in status.values())
+    n_failed = sum(s == "failed" for s in status.values())
+    print(f"grid {grid.name}: {len(grid.runs)} runs, {n_ok} done, {n_failed} failed, {len(todo)} to run"
+          + (" (failed runs are retried)" if n_failed and retry and not args.force else ""))
     if args.dry_run:
-        for cfg in todo:
-            print(f"  {run_id(cfg)}  {cfg.label:<12} {cfg.data.task}@{cfg.data.size} seed={cfg.seed}")
+        for note in runner.check_offline(todo, resolve_root(args.data_root)):
+            print(f"note: {note}")
+        why = {rid: {"ok": "forced", "failed": "retry failed"}.get(status[rid], "new") for rid in todo_ids}
+        if todo:
+            _run_table(todo, todo_ids, status, why)
         return 0
-    rows = runner.run_all(todo, args.data_root, args.results, args.device, force=args.force)
-    failed = [r for r in rows if r["status"] != "ok"]
-    for r in failed:
-        print(f"failed {r['run_id']} ({r['label']} {r['task']} seed={r['seed']}): {r['error']}")
-    print(f"done: {len(rows) - len(failed)} ok, {len(failed)} failed; results in {args.results}")
-    return 1 if failed else 0
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None  # SIGTERM stops like Ctrl-C
+    try:
+        summary = runner.run_all(grid.runs, args.data_root, args.results, args.device, force=args.force,
+                                 jobs=args.jobs, backend=args.backend, scheduler=args.scheduler, retry_failed=retry)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    for r in summary.failed:
+        kept = " (the earlier ok result is kept)" if r["run_id"] in summary.kept else ""
+        print(f"failed {r['run_id']} ({r['label']} {r['task']}@{r['size']} seed={r['seed']}): {r['error']}{kept}; "
+              f"log: {runner.log_path(args.results, r['run_id'])}")
+    n_failed = len(summary.failed)
+    print(f"done: {len(summary.rows) - n_failed} ok, {n_failed} failed, {summary.skipped} skipped; "
+          f"results in {args.results}")
+    return 1 if n_failed else 0
 
 
 def cmd_list(args) -> int:
-    from bench import store
-    from bench.config import parse_sets, run_id
+    from collections import Counter
+
+    from bench import runner, store
+    from bench.config import parse_sets
     from bench.grid import load_grid
 
     grid = load_grid(args.grid, parse_sets(args.sets))
-    done = 0
-    print(f"{'run_id':<16}  {'status':<7} {'label':<14} {'task':<22} {'size':>4} {'seed':>4}")
-    for cfg in grid.runs:
-        status = store.run_status(args.results, run_id(cfg)) or "-"
-        done += status == "ok"
-        print(f"{run_id(cfg):<16}  {status:<7} {cfg.label:<14} {cfg.data.task:<22} {cfg.data.size:>4} {cfg.seed:>4}")
-    print(f"grid {grid.name}: {len(grid.runs)} runs, {done} done")
+    runner.check_tasks(grid.runs)
+    ids = grid.run_ids()
+    status = runner.statuses(args.results, ids)
+    counts = Counter(status.values())
+    line = (f"grid {grid.name}: {len(grid.runs)} runs, {counts['ok']} done, {counts['failed']} failed, "
+            f"{counts[None]} not run (store: {args.results})")
+    print(line)
+    _run_table(grid.runs, ids, status)
+    by_label: dict = {}
+    for cfg, rid in zip(grid.runs, ids):
+        c = by_label.setdefault(cfg.label, Counter())
+        c["total"] += 1
+        c[status[rid] or "todo"] += 1
+    print("by variant: " + ", ".join(f"{k} {v['ok']}/{v['total']}" for k, v in by_label.items()))
+    for rid in ids:
+        if status[rid] == "failed":
+            row = store.read_run(args.results, rid) or {}
+            print(f"failed {rid}: {row.get('error')}")
+    print(line)
     return 0
 
 
 def cmd_data_list(args) -> int:
-    from bench.data import TASKS, file_status, resolve_root, sizes_of, task_spec
+    from bench.data import TASKS, available_sizes, file_status, resolve_root, task_spec
 
     root = resolve_root(args.data_root)
     print(f"data root: {root}")
     for task in TASKS:
-        states = [f"{size}:{file_status(task_spec(task, size), root)}" for size in sizes_of(task)]
+        states = [f"{size}:{file_status(task_spec(task, size), root)}" for size in available_sizes(task)]
         print(f"  {task:<22} " + "  ".join(states))
     return 0
 
@@ -121,6 +225,26 @@ def cmd_data_fetch(args) -> int:
     specs = [task_spec(t, s) for t in args.tasks for s in (args.size or [28])]  # validate all first
     for spec in specs:
         print(f"{spec.task}@{spec.size}: {ensure_file(spec, root, download=True)} verified")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from bench import tune
+    from bench.config import parse_sets
+
+    setup = tune.prepare(args.task, args.variant, grid=args.grid, sets=parse_sets(args.sets), trials=args.trials,
+                         timeout=args.timeout, storage=args.storage, study=args.study, space=args.space,
+                         pruner=args.pruner, seed=args.seed, data_root=args.data_root, device=args.device,
+                         results=args.results)
+    print(f"study {setup.study} in {tune.describe_storage(setup.storage)}: {args.task}/{args.variant} of grid "
+          f"{setup.grid}, {args.trials} trials, searching {', '.join(setup.space)}")
+    s = tune.run(setup, jobs=args.jobs)
+    print(f"done: {s['done']}/{s['n_trials']} trials ({s['complete']} complete, {s['pruned']} pruned, "
+          f"{s['failed']} failed" + (f", {s['interrupted']} interrupted" if s["interrupted"] else "") + ")")
+    if s["export"] is None:
+        print("no complete trial: nothing exported")
+        return 1
+    print(f"best val AUC {s['best_value']:.4f} (trial {s['best_trial']}); parameters in {s['export']}")
     return 0
 
 

@@ -1,0 +1,203 @@
+"""`bench` end to end on fixture data: a run's row, history and predictions agree; reruns skip; seeds
+reproduce; every user mistake is one line on stderr, exit 2, before anything is written."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import cli, store
+from bench.data import task_spec, write_fixture
+from bench.metrics import evaluate
+
+BENCH = str(Path(sys.executable).with_name("bench"))
+TINY = """
+    defaults:
+      data: {task: breastmnist, size: 28}
+      vit: {arch: tiny, patch: 7, depth: 2}
+      booster: {variant: baseline}
+      train: {epochs: 3, batch_size: 8, eval_batch_size: 64, warmup_epochs: 0}
+    seeds: [0]
+"""
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-data") / "medmnist"
+    write_fixture(root, "breastmnist", 28, n=(32, 16, 16))
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def grid_file(tmp_path: Path, text: str = TINY) -> str:
+    p = tmp_path / "tiny.yaml"
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+def run(grid: str, results: Path, data_root: Path | str, *extra: str) -> int:
+    return cli.main(["run", "--grid", grid, "--results", str(results), "--data-root", str(data_root), *extra])
+
+
+def test_run_stores_a_row_history_and_predictions_that_agree(tmp_path, data_root, capsys):
+    results = tmp_path / "results"
+    grid = grid_file(tmp_path)
+    assert run(grid, results, data_root) == 0
+    assert "done: 1 ok, 0 failed" in capsys.readouterr().out
+
+    runs = store.read_runs(results)
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    rid = row["run_id"]
+    assert row["status"] == "ok" and row["data.fixture"] and row["attempt"] == 1
+
+    hist = store.read_history(results, [rid])
+    assert list(hist["epoch"]) == [0, 1, 2] and (hist["run_id"] == rid).all()
+    best = hist.set_index("epoch").loc[row["best_epoch"]]
+    assert best["val_auc"] == row["val_auc"] and best["val_acc"] == row["val_acc"]
+    assert row["val_auc"] == hist["val_auc"].max()  # selected on val AUC
+
+    pred = store.read_predictions(results, rid)
+    assert pred["y_score"].shape == (16, 2) and pred["y_true"].shape == (16, 1)
+    acc, auc = evaluate(task_spec("breastmnist", 28).task_type, pred["y_true"], pred["y_score"])
+    assert auc == row["test_auc"] and acc == row["test_acc"]
+    log = (results / store.LOGS / f"{rid}.log").read_text()
+    assert "epoch 3/3" in log and "status ok" in log
+
+    # a rerun skips it and writes nothing
+    mtimes = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file() and p.name != ".bench.lock"}
+    assert run(grid, results, data_root) == 0
+    assert "1 runs, 1 done, 0 failed, 0 to run" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_same_seed_twice_gives_identical_results(tmp_path, data_root):
+    grid = grid_file(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(grid, a, data_root) == 0 and run(grid, b, data_root) == 0
+    ra, rb = store.read_runs(a).iloc[0], store.read_runs(b).iloc[0]
+    for key in ("run_id", "best_epoch", "val_auc", "val_acc", "test_auc", "test_acc"):
+        assert ra[key] == rb[key], key
+    cols = ["epoch", "train_loss", "val_acc", "val_auc", "lr"]
+    pd.testing.assert_frame_equal(store.read_history(a)[cols], store.read_history(b)[cols])
+    assert (store.read_predictions(a, ra["run_id"])["y_score"] == store.read_predictions(b, rb["run_id"])["y_score"]).all()
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def _offline(monkeypatch):
+    import urllib.error
+
+    def fail(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", fail)
+
+
+BAD_SETS = {
+    "unknown task": (["--set", "data.task=breastmnst"], "unknown task 'breastmnst': did you mean 'breastmnist'? valid tasks: pathmnist,"),
+    "size it lacks": (["--set", "data.size=32"], "size 32 is not available for breastmnist: use one of 28, 64, 128, 224"),
+    "unknown --set key": (["--set", "train.lrr=0.1"], "unknown config key 'train.lrr': did you mean 'train.lr'?"),
+    "wrong type": (["--set", "train.epochs=two"], "train.epochs='two' is not a valid int"),
+    "bad choice": (["--set", "booster.variant=rlm"], "booster.variant='rlm' is not one of baseline, adapters, rllm"),
+    "set without =": (["--set", "train.epochs"], "--set expects key=value"),
+    "missing data offline": (["--set", "data.task=pneumoniamnist"], "could not download pneumoniamnist.npz (URLError"),
+    "bad device": (["--device", "tpu"], "unknown device 'tpu'"),
+    "jobs 0": (["--jobs", "0"], "--jobs must be >= 1"),
+    "scheduler without dask": (["--scheduler", "tcp://h:1"], "--scheduler is for --backend dask"),
+    "dask without scheduler": (["--backend", "dask"], "--backend dask needs --scheduler"),
+}
+
+BAD_GRIDS = {
+    "malformed yaml": ("defaults: {train: {epochs: 1}\nseeds: [0]\n", "tiny.yaml:2:1: malformed YAML"),
+    "unknown grid key": ("axis: {data.task: [breastmnist]}\n", "unknown grid key 'axis'; did you mean 'axes'?"),
+    "unknown nested key": ("defaults: {train: {epoch: 1}}\n", "unknown config key 'train.epoch': did you mean 'train.epochs'?"),
+    "wrong type in yaml": ("defaults: {train: {lr: fast}}\n", "train.lr='fast' is not a valid float"),
+    "empty after excludes": ("seeds: [0]\nexclude: [{seed: 0}]\n", "the grid has no runs"),
+    "seeds not ints": ("seeds: [a]\n", "'seeds' is a list of integers"),
+}
+
+
+def _assert_one_line_error(capsys, message: str, results: Path) -> None:
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("bench: error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert not results.exists()  # nothing was written
+
+
+@pytest.mark.parametrize("name", list(BAD_SETS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, data_root, capsys, monkeypatch):
+    _offline(monkeypatch)
+    args, message = BAD_SETS[name]
+    results = tmp_path / "results"
+    assert run(grid_file(tmp_path), results, data_root, *args) == 2
+    _assert_one_line_error(capsys, message, results)
+
+
+@pytest.mark.parametrize("name", list(BAD_GRIDS))
+def test_bad_grid_is_one_line_exit_2(name, tmp_path, data_root, capsys):
+    text, message = BAD_GRIDS[name]
+    results = tmp_path / "results"
+    for command in (["run", "--data-root", str(data_root)], ["list"]):
+        assert cli.main([*command, "--grid", grid_file(tmp_path, text), "--results", str(results)]) == 2
+        _assert_one_line_error(capsys, message, results)
+
+
+def test_corrupt_data_file_is_refused(tmp_path, capsys):
+    root = tmp_path / "medmnist"
+    path = write_fixture(root, "breastmnist", 28, n=(32, 16, 16))
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # same size, other bytes: md5 mismatch
+    results = tmp_path / "results"
+    assert run(grid_file(tmp_path), results, root) == 2
+    _assert_one_line_error(capsys, "breastmnist.npz is corrupt (md5", results)
+
+
+def test_unknown_grid_name_lists_shipped_grids(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert cli.main(["list", "--grid", "nope", "--results", str(results)]) == 2
+    _assert_one_line_error(capsys, "unknown grid 'nope': use one of ci, full, paper, smoke", results)
+
+
+# ------------------------------------------------------------------------------------------------ help
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _subcommands(sub, (*prefix, name))
+
+
+def test_help_of_bench_and_every_subcommand(capsys):
+    commands = list(_subcommands(cli.parser()))
+    assert {("run",), ("list",), ("data",), ("data", "list"), ("data", "fetch"), ("report",)} <= set(commands)
+    for command in [(), *commands]:
+        with pytest.raises(SystemExit) as e:
+            cli.main([*command, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: bench") and "--help" in out
+    # the installed entry point
+    done = subprocess.run([BENCH, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "run" in done.stdout and "list" in done.stdout
+    done = subprocess.run([BENCH, "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--jobs" in done.stdout and "--dry-run" in done.stdout

@@ -1,0 +1,535 @@
+"""The runner: the `ci` grid end to end (serial, joblib workers, a real Dask cluster), resume and retry,
+failures that do not stop a grid, out-of-memory retry, SIGKILL at any moment, Ctrl-C, the shipped grids.
+
+Everything trains on fixture data with the tiny random LLaMA of conftest's `tiny_llm`, ViT depth 2,
+one epoch: a few seconds per run on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from bench import cli, runner, store
+from bench.config import run_id
+from bench.data import write_fixture
+from bench.grid import expand, load_grid
+
+CI_TASKS = ("breastmnist", "adrenalmnist3d")
+BENCH = str(Path(sys.executable).with_name("bench"))
+
+
+@pytest.fixture(scope="module")
+def ci_env(tmp_path_factory, tiny_llm):
+    """(fixture data root, tiny LLM dir) for the `ci` grid."""
+    base = tmp_path_factory.mktemp("ci-env")
+    for task in CI_TASKS:
+        write_fixture(base / "medmnist", task, 28, n=(32, 16, 16))
+    return base / "medmnist", tiny_llm("llama")
+
+
+def ci_args(env, results, *extra) -> list[str]:
+    root, llm = env
+    return ["run", "--grid", "ci", "--data-root", str(root), "--results", str(results),
+            "--set", f"booster.source={llm}", *extra]
+
+
+def ci_grid(env, *sets):
+    from bench.config import parse_sets
+
+    return load_grid("ci", parse_sets([f"booster.source={env[1]}", *sets]))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tests train in this process: one torch thread, as a fair share of a busy CI box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ci_results(ci_env, tmp_path_factory, one_thread):
+    """The ci grid run once in this process (jobs=1); tests copy it before changing it."""
+    results = tmp_path_factory.mktemp("ci-serial") / "results"
+    assert cli.main(ci_args(ci_env, results)) == 0
+    return results
+
+
+def copy_store(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "results"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def assert_store_consistent(results: Path, expected_ids: set[str] | None = None, complete: bool = False) -> pd.DataFrame:
+    """Every file readable, no temp files once `complete`, each ok row with its history, predictions and log."""
+    rows = store.read_runs(results)
+    for p in (results / store.HISTORY).glob("*.parquet"):
+        pd.read_parquet(p)
+    for p in (results / store.PREDICTIONS).glob("*.npz"):
+        store.read_predictions(results, p.stem)
+    if rows.empty:
+        return rows
+    assert rows["run_id"].is_unique
+    if expected_ids is not None:
+        assert set(rows["run_id"]) <= expected_ids
+    for rid in rows.loc[rows["status"] == "ok", "run_id"]:
+        assert (results / store.HISTORY / f"{rid}.parquet").is_file()
+        assert (results / store.PREDICTIONS / f"{rid}.npz").is_file()
+        assert runner.log_path(results, rid).is_file()
+    if complete:
+        assert not list(results.rglob("*.tmp")), list(results.rglob("*.tmp"))
+        assert not list(results.rglob(f"*{runner.RUNNING_SUFFIX}"))
+        assert set(rows["run_id"]) == expected_ids and (rows["status"] == "ok").all(), rows[["run_id", "status", "error"]]
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ serial, resume
+
+
+def test_ci_grid_serial_stores_every_run_whole(ci_env, ci_results, capsys):
+    grid = ci_grid(ci_env)
+    assert len(grid.runs) == 5 and {c.data.task for c in grid.runs} == set(CI_TASKS)
+    rows = assert_store_consistent(ci_results, set(grid.run_ids()), complete=True)
+    assert (rows["attempt"] == 1).all() and not rows["oom_retry"].any()
+    assert (rows["worker_pid"] == os.getpid()).all()  # jobs=1 trains in the dispatcher
+    assert (rows["data.fixture"]).all()
+    # the second run of a task in this process found the dataset in memory
+    for task in CI_TASKS:
+        cached = rows[rows["task"] == task].sort_values("worker_run_index")["data_cached"].tolist()
+        assert cached[1:] == [True] * (len(cached) - 1)
+    log = runner.log_path(ci_results, rows["run_id"].iloc[0]).read_text()
+    assert "epoch 1/1" in log and "status ok" in log and "config {" in log
+
+    before = {p.name: p.stat().st_mtime_ns for p in (ci_results / store.RUNS).iterdir()}
+    assert cli.main(ci_args(ci_env, ci_results)) == 0
+    out = capsys.readouterr().out
+    assert "5 done, 0 failed, 0 to run" in out and "0 ok, 0 failed, 5 skipped" in out
+    assert {p.name: p.stat().st_mtime_ns for p in (ci_results / store.RUNS).iterdir()} == before
+
+
+def test_list_and_dry_run(ci_env, ci_results, tmp_path, capsys):
+    results = copy_store(ci_results, tmp_path)
+    grid = ci_grid(ci_env)
+    victim = grid.run_ids()[1]
+    row = store.read_run(results, victim)
+    store.write_run(results, {**row, "status": "failed", "error": "RuntimeError: boom"})
+
+    assert cli.main(["list", "--grid", "ci", "--results", str(results), "--set", f"booster.source={ci_env[1]}"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("grid ci: 5 runs, 4 done, 1 failed, 0 not run")
+    assert all(rid in out for rid in grid.run_ids())
+    assert f"failed {victim}: RuntimeError: boom" in out
+
+    assert cli.main(ci_args(ci_env, results, "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "1 to run (failed runs are retried)" in out and f"{victim}  failed" in out and "retry failed" in out
+    assert cli.main(ci_args(ci_env, results, "--dry-run", "--force")) == 0
+    assert "5 to run" in capsys.readouterr().out
+    assert store.read_run(results, victim)["status"] == "failed"  # a dry run changes nothing
+
+
+def test_failed_runs_are_retried_and_force_keeps_ok_results(ci_env, ci_results, tmp_path, capsys, monkeypatch):
+    results = copy_store(ci_results, tmp_path)
+    ids = ci_grid(ci_env).run_ids()
+    victim = ids[0]
+    row = store.read_run(results, victim)
+    store.write_run(results, {**row, "status": "failed", "error": "RuntimeError: boom"})
+
+    assert cli.main(ci_args(ci_env, results, "--skip-failed")) == 0  # left alone
+    assert store.read_run(results, victim)["status"] == "failed"
+
+    assert cli.main(ci_args(ci_env, results)) == 0  # retried: only that one runs
+    out = capsys.readouterr().out
+    assert "1 ok, 0 failed, 4 skipped" in out
+    again = store.read_run(results, victim)
+    assert again["status"] == "ok" and again["attempt"] == 2 and again["test_auc"] == row["test_auc"]
+
+    # --force reruns everything; a forced rerun that fails keeps the ok row and logs the failure beside it
+    import bench.train
+
+    def broken_fit(cfg, *a, **k):
+        if run_id(cfg) == ids[1]:
+            raise RuntimeError("disk on fire")
+        return real_fit(cfg, *a, **k)
+
+    real_fit = bench.train.fit
+    monkeypatch.setattr(bench.train, "fit", broken_fit)
+    ok_before = store.read_run(results, ids[1])
+    assert cli.main(ci_args(ci_env, results, "--force")) == 1
+    out = capsys.readouterr().out
+    assert "the earlier ok result is kept" in out and "disk on fire" in out
+    kept = store.read_run(results, ids[1])
+    assert kept["status"] == "ok" and kept["finished_at"] == ok_before["finished_at"]
+    assert "disk on fire" in (results / store.LOGS / f"{ids[1]}.failed.log").read_text()
+    rows = assert_store_consistent(results, set(ids), complete=True)
+    assert rows.set_index("run_id").loc[ids[2], "attempt"] == 2
+
+
+def test_failures_do_not_stop_the_grid_and_oom_retries_at_half_batch(ci_env, tmp_path, capsys, monkeypatch, one_thread):
+    """Seeds 0-4 of one config: exception, NaN loss, OOM once (retried), OOM always, fine."""
+    import torch
+
+    import bench.train
+    from bench.train import TrainingDiverged
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(yaml.safe_dump({
+        "defaults": {"data": {"task": "breastmnist"}, "vit": {"arch": "tiny", "patch": 7, "depth": 2},
+                     "booster": {"variant": "baseline"},
+                     "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 64, "warmup_epochs": 0}},
+        "seeds": [0, 1, 2, 3, 4]}))
+    calls = []
+    real_fit = bench.train.fit
+
+    def fake_fit(cfg, splits, spec, device, **kw):
+        calls.append((cfg.seed, kw.get("micro_batch"), cfg.train.eval_batch_size))
+        if cfg.seed == 0:
+            raise ValueError("shapes do not match")
+        if cfg.seed == 1:
+            raise TrainingDiverged("train loss is nan at epoch 0")
+        if cfg.seed in (2, 3) and (kw.get("micro_batch") is None or cfg.seed == 3):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(cfg, splits, spec, device, **kw)
+
+    monkeypatch.setattr(bench.train, "fit", fake_fit)
+    results = tmp_path / "results"
+    args = ["run", "--grid", str(grid_file), "--data-root", str(ci_env[0]), "--results", str(results)]
+    assert cli.main(args) == 1  # some failed: exit 1, after the whole grid
+    out = capsys.readouterr().out
+    assert "done: 2 ok, 3 failed" in out
+    rows = store.read_runs(results).set_index("seed")
+    assert list(rows["status"].sort_index()) == ["failed", "failed", "ok", "failed", "ok"]
+    assert rows.loc[0, "error"] == "ValueError: shapes do not match"
+    assert rows.loc[1, "error"].startswith("TrainingDiverged: train loss is nan")
+    assert rows.loc[2, "oom_retry"] and rows.loc[2, "micro_batch"] == 4 and rows.loc[2, "train.batch_size"] == 8
+    assert "OutOfMemoryError" in rows.loc[3, "error"] and rows.loc[3, "oom_retry"]
+    assert not rows.loc[4, "oom_retry"] and rows.loc[4, "micro_batch"] == 8
+    assert (2, None, 64) in calls and (2, 4, 32) in calls  # retried once at half the batch (and eval batch)
+    assert [c for c in calls if c[0] == 3] == [(3, None, 64), (3, 4, 32)]  # exactly one retry
+    # the retried run's numbers are those of a plain run: same effective batch, same data order
+    assert rows.loc[2, "run_id"] == run_id(load_grid(str(grid_file)).runs[2])
+    for seed in (0, 1, 3):
+        assert not (results / store.PREDICTIONS / f"{rows.loc[seed, 'run_id']}.npz").exists()
+        assert "FAILED" in runner.log_path(results, rows.loc[seed, "run_id"]).read_text()
+    assert "out of memory" in runner.log_path(results, rows.loc[2, "run_id"]).read_text()
+
+    monkeypatch.setattr(bench.train, "fit", real_fit)  # a rerun retries only the failed ones
+    assert cli.main(args) == 0
+    rows = store.read_runs(results).set_index("seed")
+    assert (rows["status"] == "ok").all() and list(rows["attempt"].sort_index()) == [2, 2, 1, 2, 1]
+
+
+def test_stale_temp_files_are_removed_and_one_dispatcher_per_store(ci_env, ci_results, tmp_path, capsys):
+    results = copy_store(ci_results, tmp_path)
+    junk = [results / store.RUNS / ".abc.parquet.x1.tmp", results / store.PREDICTIONS / ".abc.npz.x2.tmp",
+            results / store.LOGS / f"abc{runner.RUNNING_SUFFIX}"]
+    for p in junk:
+        p.write_bytes(b"half a file")
+    with runner.results_lock(results):
+        assert cli.main(ci_args(ci_env, results)) == 2
+        err = capsys.readouterr().err
+        assert "in use by another `bench run`" in err and f"pid {os.getpid()}" in err and err.count("\n") == 1
+    assert all(p.exists() for p in junk)  # the refused run touched nothing
+    assert cli.main(ci_args(ci_env, results)) == 0
+    assert "removed 3 temp/live-log files" in capsys.readouterr().out
+    assert not any(p.exists() for p in junk)
+
+
+# ------------------------------------------------------------------------------------ parallel backends
+
+
+@pytest.mark.slow
+def test_jobs_two_worker_processes_share_cores_and_reuse_data(ci_env, ci_results, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert cli.main(ci_args(ci_env, results, "--jobs", "2")) == 0
+    ids = set(ci_grid(ci_env).run_ids())
+    rows = assert_store_consistent(results, ids, complete=True)
+    assert "2 worker processes" in capsys.readouterr().out
+    assert os.getpid() not in set(rows["worker_pid"]) and rows["worker_pid"].nunique() <= 2
+    assert rows["torch_threads"].between(1, max(1, runner._cores() // 2)).all()  # the cores split between 2
+    # a worker keeps its datasets: any later run of a task it already ran found the data in memory
+    for _, runs in rows.sort_values("worker_run_index").groupby("worker_pid"):
+        seen = set()
+        for task, cached in zip(runs["task"], runs["data_cached"]):
+            assert cached == (task in seen)
+            seen.add(task)
+    assert rows["data_cached"].any()  # 3 breastmnist runs on 2 workers: one worker ran two
+    # same configs, same numbers as the serial run
+    serial = store.read_runs(ci_results).set_index("run_id")["test_auc"]
+    assert rows.set_index("run_id")["test_auc"].to_dict() == serial.to_dict()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_replaced_and_its_run_redone(ci_env, tmp_path, capsys):
+    """The OS kills a pool worker (e.g. for memory) while it trains: its run is re-dispatched, the grid completes."""
+    import threading
+
+    import psutil
+
+    results = tmp_path / "results"
+    killed = []
+
+    def killer():
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120 and not killed:
+            live = list((results / store.LOGS).glob(f"*{runner.RUNNING_SUFFIX}")) if (results / store.LOGS).is_dir() else []
+            workers = [c for c in psutil.Process().children(recursive=True) if "popen_loky" in " ".join(c.cmdline())]
+            if live and workers:
+                workers[0].kill()
+                killed.append(workers[0].pid)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    assert cli.main(ci_args(ci_env, results, "--jobs", "2", "--set", "train.epochs=2")) == 0
+    thread.join()
+    assert killed
+    assert "a worker process died" in capsys.readouterr().err
+    rows = assert_store_consistent(results, set(ci_grid(ci_env, "train.epochs=2").run_ids()), complete=True)
+    assert killed[0] not in set(rows["worker_pid"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_pool_workers(ci_env, tmp_path, capsys, monkeypatch):
+    """With workers, Ctrl-C reaches the dispatcher (workers ignore SIGINT); it terminates them and keeps what is stored."""
+    import psutil
+
+    real_commit, commits, workers = runner.commit, [], []
+
+    def commit_then_ctrl_c(*a, **k):
+        commits.append(real_commit(*a, **k))
+        workers.extend(c.pid for c in psutil.Process().children(recursive=True)
+                       if "popen_loky" in " ".join(c.cmdline()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "commit", commit_then_ctrl_c)
+    results = tmp_path / "results"
+    assert cli.main(ci_args(ci_env, results, "--jobs", "2")) == 130
+    assert "interrupted: 1 runs finished and stored, 4 not" in capsys.readouterr().out
+    assert commits == ["ok"] and len(assert_store_consistent(results)) == 1
+    assert not list((results / store.LOGS).glob(f"*{runner.RUNNING_SUFFIX}"))
+    assert len(workers) == 2 and _gone(workers), "pool workers still alive after Ctrl-C"
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_runs_the_ci_grid_one_gpu_slot_at_a_time(ci_env, ci_results, tmp_path):
+    from distributed import LocalCluster
+
+    results = tmp_path / "results"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, resources={"GPU": 1}, host="127.0.0.1",
+                      dashboard_address=None, worker_dashboard_address=None) as cluster:
+        rc = cli.main(ci_args(ci_env, results, "--backend", "dask", "--scheduler", cluster.scheduler_address))
+    assert rc == 0
+    rows = assert_store_consistent(results, set(ci_grid(ci_env).run_ids()), complete=True)
+    assert os.getpid() not in set(rows["worker_pid"])  # trained in the cluster's worker process
+    # two worker threads, but GPU=1 per run: the runs never overlapped
+    spans = sorted(zip(rows["started_unix"], rows["started_unix"] + rows["wall_s"]))
+    assert all(end <= nxt + 0.05 for (_, end), (nxt, _) in zip(spans, spans[1:]))
+    serial = store.read_runs(ci_results).set_index("run_id")["test_auc"]
+    assert rows.set_index("run_id")["test_auc"].to_dict() == serial.to_dict()
+
+
+# ----------------------------------------------------------------------------- kill, interrupt, resume
+
+
+def _start(env, results, *extra) -> subprocess.Popen:
+    proc_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([BENCH, *ci_args(env, results, "--set", "train.epochs=2", *extra)], env=proc_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 150.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"bench exited {proc.returncode} early:\n{proc.stdout.read()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def _rows(results: Path) -> set[str]:
+    return {p.stem for p in (results / store.RUNS).glob("*.parquet")}
+
+
+def _mid_run(results: Path, since: float) -> bool:
+    """Some run started after `since` is training and has no row yet (older live logs are a killed run's)."""
+    live = set()
+    for p in (results / store.LOGS).glob(f"*{runner.RUNNING_SUFFIX}"):
+        try:
+            if p.stat().st_mtime >= since:
+                live.add(p.name[: -len(runner.RUNNING_SUFFIX)])
+        except FileNotFoundError:
+            pass
+    return bool(live - _rows(results))
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _gone(pids, timeout=10.0) -> bool:
+    import psutil
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_rerun_stores_each_run_exactly_once(ci_env, tmp_path):
+    results = tmp_path / "results"
+    expected = set(ci_grid(ci_env, "train.epochs=2").run_ids())
+
+    # 1. SIGKILL the whole (single-process) run right after its first row is written
+    p = _start(ci_env, results)
+    _wait_for(lambda: len(_rows(results)) >= 1, p)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert_store_consistent(results, expected)
+    assert len(_rows(results)) < len(expected)
+
+    # 2. two worker processes; SIGKILL only the dispatcher while a run trains: its workers exit on their own,
+    #    so no orphan keeps training a run the next dispatcher will train again
+    since = time.time()
+    p = _start(ci_env, results, "--jobs", "2")
+    _wait_for(lambda: _mid_run(results, since), p)
+    kids = _children(p.pid)
+    assert kids
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert _gone(kids), "orphaned workers kept training after the dispatcher died"
+    assert_store_consistent(results, expected)
+
+    # 3. the rerun removes what the kills left and completes the grid: every run once, all ok, nothing partial
+    p = _start(ci_env, results)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    rows = assert_store_consistent(results, expected, complete=True)
+    assert len(rows) == len(expected)
+    for rid in rows["run_id"]:
+        hist = pd.read_parquet(results / store.HISTORY / f"{rid}.parquet")
+        assert list(hist["epoch"]) == [0, 1]
+        pred = store.read_predictions(results, rid)
+        assert np.isfinite(pred["y_score"]).all() and len(pred["y_true"]) == 16
+
+
+def test_ctrl_c_keeps_finished_runs_serial(ci_env, tmp_path, capsys, monkeypatch, one_thread):
+    import bench.train
+
+    real_fit, calls = bench.train.fit, []
+
+    def interrupted_fit(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(bench.train, "fit", interrupted_fit)
+    results = tmp_path / "results"
+    assert cli.main(ci_args(ci_env, results)) == 130
+    captured = capsys.readouterr()
+    assert "interrupted: 1 runs finished and stored, 4 not" in captured.out
+    assert captured.err == "bench: interrupted; finished runs are kept\n"
+    rows = assert_store_consistent(results, set(ci_grid(ci_env).run_ids()))
+    assert len(rows) == 1 and rows["status"].iloc[0] == "ok"
+    assert not list((results / store.LOGS).glob(f"*{runner.RUNNING_SUFFIX}"))
+
+
+# -------------------------------------------------------------------------------------- shipped grids
+
+
+def _no_network(monkeypatch):
+    import huggingface_hub
+
+    import bench.models.llm_layer as llm_layer
+
+    def refuse(*a, **k):
+        raise AssertionError("touched the network")
+
+    monkeypatch.setattr(llm_layer, "hf_hub_download", refuse)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", refuse)
+
+
+def test_paper_grid_lists_and_dry_runs_offline(tmp_path, capsys, monkeypatch):
+    _no_network(monkeypatch)
+    grid = load_grid("paper")
+    assert len(grid.runs) == 10 * 6 * 3
+    tasks = {c.data.task for c in grid.runs}
+    assert len(tasks) == 10 and sum(t.endswith("3d") for t in tasks) == 4
+    rllm = [c for c in grid.runs if c.booster.variant == "rllm"]
+    assert {c.booster.source for c in rllm} == {"meta-llama/Llama-2-7b-hf"} and {c.booster.layer for c in rllm} == {-1}
+    assert {c.vit.arch for c in grid.runs} == {"small"} and {c.seed for c in grid.runs} == {0, 1, 2}
+    assert {(c.booster.residual, c.booster.freeze) for c in rllm} == {("in", "frozen"), ("in", "finetune"),
+                                                                      ("out", "frozen"), ("hybrid", "frozen")}
+    assert all(c.vit.paper_mode != c.data.task.endswith("3d") for c in grid.runs)
+
+    results = tmp_path / "results"
+    assert cli.main(["list", "--grid", "paper", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("grid paper: 180 runs, 0 done, 0 failed, 180 not run") and out.count("Llama-2-7b-hf") == 150  # all but the 30 baselines
+    assert cli.main(["run", "--grid", "paper", "--results", str(results), "--data-root", str(tmp_path / "nodata"),
+                     "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "180 to run" in out and "hub model meta-llama/Llama-2-7b-hf is checked and fetched when the grid runs" in out
+    assert "breastmnist_224" not in out and "breastmnist.npz is not in" in out
+    assert not results.exists()
+
+
+def test_full_grid_structure(monkeypatch):
+    """Expanding all 8154 runs takes a minute on a busy CI box: check the structure on one task, the rest by count."""
+    from bench.data import TASKS
+
+    _no_network(monkeypatch)
+    spec = yaml.safe_load((Path(__file__).parents[1] / "ablations" / "full.yaml").read_text())
+    assert sorted(spec["axes"]["data.task"]) == sorted(TASKS) and len(TASKS) == 18
+    assert len(spec["seeds"]) >= 3
+    spec["axes"]["data.task"] = ["breastmnist"]
+    runs = expand(spec, {})
+    per_task = len(runs) // len(spec["seeds"])
+    assert len(runs) == 151 * 3 and per_task * 18 * 3 == 8154
+    n_layers = {"HuggingFaceTB/SmolLM2-135M": 30, "HuggingFaceTB/SmolLM2-360M": 32, "Qwen/Qwen2.5-0.5B": 24,
+                "Qwen/Qwen2.5-1.5B": 28, "TinyLlama/TinyLlama_v1.1": 22, "meta-llama/Llama-2-7b-hf": 32}
+    assert len(n_layers) >= 3
+    for source, n in n_layers.items():
+        mine = [c for c in runs if c.booster.source == source and c.seed == 0]
+        rllm = [c for c in mine if c.booster.variant == "rllm"]
+        assert {c.booster.layer for c in rllm} == {0, n // 2, -1}  # first, middle, last
+        assert len(rllm) == 3 * 8 and len({c.label for c in rllm}) == 8
+        assert [c.booster.layer for c in mine if c.booster.variant == "adapters"] == [-1]
+    labels = {c.label for c in runs}
+    assert labels == {"baseline", "adapters", "rllm", "finetune", "random-init", "rope", "causal", "residual-out",
+                      "residual-hybrid", "residual-none"}
+    assert sum(c.label == "baseline" for c in runs) == 3  # one baseline per task and seed, shared by all LLMs
+    assert len({run_id(c) for c in runs}) == len(runs)
+
+
+def test_smoke_and_ci_grids_expand():
+    assert len(load_grid("smoke").runs) == 3
+    ci = load_grid("ci")
+    assert {c.data.task for c in ci.runs} == set(CI_TASKS) and all(c.train.epochs == 1 for c in ci.runs)

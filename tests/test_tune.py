@@ -1,0 +1,477 @@
+"""`bench tune` and `bench run --params tuned`.
+
+Most studies here train a scripted stand-in for `bench.train.fit` (`curve_fit`: val AUC per epoch as a
+function of the learning rate, reported through the same `on_epoch` hook), so pruning, resuming and
+sharing a study are checked deterministically in seconds; the test-split check and `--params tuned`
+train the real tiny ViT on fixture data.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bench import cli, store, tune
+from bench.config import override, run_id
+from bench.grid import load_grid
+from bench.train import RunResult
+
+GRID = """\
+name: tunetest
+defaults:
+  data: {task: breastmnist, size: 28}
+  vit: {arch: tiny}
+  train: {epochs: EPOCHS, batch_size: 16, lr: 0.001}
+variants:
+VARIANTS
+seeds: SEEDS
+"""
+BAD_LR = 0.05  # curve_fit: above this learning rate nothing is learnt (val AUC 0.5 from the first epoch)
+
+
+def curve_fit(cfg, splits, spec, device, *, on_epoch=None, **_):
+    """Stand-in for `bench.train.fit`: val AUC rises per epoch near lr=1e-3; flat 0.5 in the bad region."""
+    assert splits.test is None and splits.train is not None and splits.val is not None
+    lr, epochs = cfg.train.lr, cfg.train.epochs
+    if os.environ.get("FAKE_FAIL_ABOVE") and lr > float(os.environ["FAKE_FAIL_ABOVE"]):
+        raise RuntimeError(f"train loss is nan at epoch 0 (lr {lr})")
+    history = []
+    for epoch in range(epochs):
+        if lr > BAD_LR:
+            auc = 0.5
+        else:
+            auc = 0.7 + 0.2 * (epoch + 1) / epochs - 0.02 * abs(math.log10(lr / 1e-3))
+        history.append({"epoch": epoch, "val_auc": auc, "val_acc": auc})
+        time.sleep(float(os.environ.get("FAKE_EPOCH_S", "0")))
+        if on_epoch:
+            on_epoch(epoch, auc)
+    best = max(range(len(history)), key=lambda e: history[e]["val_auc"])
+    metrics = {"best_epoch": best, "val_auc": history[best]["val_auc"], "val_acc": history[best]["val_acc"],
+               "test_auc": None, "test_acc": None, "epochs_run": len(history), "train_s": 0.0}
+    return RunResult(metrics, history, None, None)
+
+
+@pytest.fixture
+def env(tmp_path, fixture_root, monkeypatch):
+    """`make_grid(...)` writes a tiny grid; breastmnist fixture data; a results dir; cwd is tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+    def grid(epochs=3, variants=("baseline",), seeds=(0, 1)) -> Path:
+        body = "\n".join(f"  {v}: {{booster.variant: {v}}}" for v in variants)
+        path = tmp_path / f"grid_{epochs}_{'_'.join(variants)}_{len(seeds)}.yaml"
+        path.write_text(GRID.replace("EPOCHS", str(epochs)).replace("VARIANTS", body).replace("SEEDS", str(list(seeds))))
+        return path
+
+    class Env:
+        root = fixture_root("breastmnist", n=(32, 16, 16))
+        results = tmp_path / "results"
+        make_grid = staticmethod(grid)
+
+        def tune(self, *extra, grid=None, trials=2):
+            return cli.main(["tune", "--task", "breastmnist", "--variant", "baseline", "--grid", str(grid or self.make_grid()),
+                             "--trials", str(trials), "--data-root", str(self.root), "--results", str(self.results),
+                             "--device", "cpu", *map(str, extra)])
+
+    return Env()
+
+
+@pytest.fixture
+def fake_fit(monkeypatch):
+    monkeypatch.setattr(tune, "fit", curve_fit)
+
+
+def load(results: Path, export: dict | None = None, name: str | None = None, storage: str | None = None):
+    if name is None or storage is None:
+        export = export or exported(results)
+        name, storage = name or export["study"], storage or export["storage"]
+    return optuna.load_study(study_name=name, storage=tune.open_storage(str(storage)))
+
+
+def exported(results: Path, variant: str = "baseline") -> dict:
+    return json.loads((results / "tuned" / f"breastmnist__{variant}.json").read_text())
+
+
+def one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("bench: error: ") and "\n" not in err, err
+    return err
+
+
+def space_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("params:\n  train.lrr: {type: float, low: 0.001, high: 0.1}\n", "unknown parameter 'train.lrr': did you mean 'train.lr'"),
+    ("params:\n  train.lr: {type: float, low: 0.1, high: 0.001}\n", "low (0.1) must be below high (0.001)"),
+    ("params:\n  train.lr: {type: normal, low: 0.001, high: 0.1}\n", "type must be one of float, int, categorical"),
+    ("params:\n  train.lr: {type: float, lo: 0.001, high: 0.1}\n", "unknown field 'lo'"),
+    ("params:\n  train.batch_size: {type: float, low: 16, high: 64}\n", "integer field"),
+    ("params:\n  booster.lr_mult: {type: float, low: 0.1, high: 1}\n", "booster.lr_mult"),
+    ("params:\n  data.task: {type: categorical, choices: [breastmnist]}\n", "cannot be searched"),
+    ("train.lr: {type: float, low: 0.001, high: 0.1}\n", "parameters go under 'params:'"),
+    ("pruner: {type: median, n_startup: 3}\n", "pruner median"),
+])
+def test_bad_search_space_is_one_line(env, tmp_path, capsys, text, expect):
+    rc = env.tune("--space", space_file(tmp_path, text))
+    assert expect in one_line_error(capsys, rc)
+    assert not env.results.exists()
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--task", "breastmnsit", "--variant", "baseline"], "unknown task 'breastmnsit': did you mean 'breastmnist'"),
+    (["--task", "breastmnist", "--variant", "rlm"], "has no variant 'rlm'"),
+    (["--task", "breastmnist", "--variant", "baseline", "--grid", "nosuchgrid"], "unknown grid 'nosuchgrid'"),
+    (["--task", "breastmnist", "--variant", "baseline", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
+])
+def test_unknown_task_or_variant_is_one_line(env, capsys, args, expect):
+    if "--grid" not in args:
+        args = [*args, "--grid", str(env.make_grid())]
+    rc = cli.main(["tune", *args, "--trials", "1", "--data-root", str(env.root), "--results", str(env.results)])
+    assert expect in one_line_error(capsys, rc)
+    assert not env.results.exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_storage_that_cannot_connect_is_one_line(env, capsys, fake_fit):
+    url = f"postgresql://bench:s3cret@127.0.0.1:{_closed_port()}/optuna"
+    err = one_line_error(capsys, env.tune("--storage", url))
+    assert "cannot connect to storage postgresql://bench:***@127.0.0.1" in err
+    assert "s3cret" not in err
+    err = one_line_error(capsys, env.tune("--storage", "nosuchdb://x/y"))
+    assert "nosuchdb" in err
+    assert not (env.results / "tuned").exists()
+
+
+# -------------------------------------------------------------------------------------- the search
+
+
+def test_bad_region_is_pruned(env, tmp_path, capsys, fake_fit):
+    """Trials in the bad lr region are stopped after their first epoch; good ones train all 4 epochs."""
+    space = space_file(tmp_path, "params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0, log: true}\nreplace: true\n"
+                                 "pruner: {type: median, n_startup_trials: 3, n_warmup_steps: 0}\n")
+    journal = env.results / "optuna" / "prune.log"
+    journal.parent.mkdir(parents=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.create_study(study_name="prune", storage=storage, direction="maximize")
+    lrs = [1e-3, 2e-3, 5e-4, 0.3, 0.6, 1.5e-3]
+    for lr in lrs:  # fix the order: three good trials, two in the bad region, one good
+        study.enqueue_trial({"train.lr": lr})
+    assert env.tune("--space", space, "--study", "prune", grid=env.make_grid(epochs=4), trials=len(lrs)) == 0
+    out = capsys.readouterr().out
+    trials = load(env.results, name="prune", storage=str(journal)).trials
+    assert [t.params["train.lr"] for t in trials] == lrs
+    for t in trials:
+        if t.params["train.lr"] > BAD_LR:
+            assert t.state == TrialState.PRUNED and sorted(t.intermediate_values) == [0], t
+        else:
+            assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [0, 1, 2, 3], t
+    assert "trial 3 pruned after epoch 0" in out and "6/6 done" in out
+    assert "(4 complete, 2 pruned, 0 failed)" in out
+    assert exported(env.results)["params"]["train.lr"] == 1e-3
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(env, tmp_path, capsys, fake_fit, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL_ABOVE", str(BAD_LR))
+    space = space_file(tmp_path, "params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0, log: true}\nreplace: true\n")
+    journal = env.results / "optuna" / "fail.log"
+    journal.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="fail", direction="maximize", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    for lr in (1e-3, 0.5, 2e-3):
+        study.enqueue_trial({"train.lr": lr})
+    assert env.tune("--space", space, "--study", "fail", "--pruner", "none", trials=3) == 0
+    trials = load(env.results, name="fail", storage=str(journal)).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["error"].startswith("RuntimeError: train loss is nan")
+    out = capsys.readouterr().out
+    assert "trial 1 failed: RuntimeError" in out and "(2 complete, 0 pruned, 1 failed)" in out
+
+
+def test_hyperband_pruner_runs(env, capsys, fake_fit):
+    assert env.tune("--pruner", "hyperband", grid=env.make_grid(epochs=3), trials=4) == 0
+    trials = load(env.results).trials
+    assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+def test_test_split_is_untouched_during_tuning(env, capsys, monkeypatch):
+    """Real training: the npz's test arrays are never read, fit never sees them, the store gets no runs."""
+    import numpy as np
+
+    with np.load(env.root / "breastmnist.npz") as z:
+        npz_class = type(z)
+    read_keys = []
+    original_getitem = npz_class.__getitem__
+
+    def spy(self, key):
+        read_keys.append(key)
+        return original_getitem(self, key)
+
+    seen, real_fit = [], tune.fit
+
+    def checked_fit(cfg, splits, spec, device, **kw):
+        seen.append(splits.test)
+        return real_fit(cfg, splits, spec, device, **kw)
+
+    monkeypatch.setattr(npz_class, "__getitem__", spy)
+    monkeypatch.setattr(tune, "fit", checked_fit)
+    assert env.tune(grid=env.make_grid(epochs=1), trials=1) == 0
+    assert seen == [None]
+    assert read_keys and all(not k.startswith("test_") for k in read_keys), read_keys
+    assert {"train_images", "val_images"} <= set(read_keys)
+    assert sorted(p.name for p in env.results.iterdir()) == ["optuna", "tuned"]  # no runs/, history/, predictions/
+    out = capsys.readouterr().out
+    assert "1/1 done, best val AUC" in out
+    doc = exported(env.results)
+    assert doc["metric"] == "val_auc" and 0.0 <= doc["best_value"] <= 1.0 and doc["n_trials"] == 1
+
+
+def test_resume_continues_the_same_study(env, capsys, fake_fit):
+    assert env.tune(trials=2) == 0
+    first = exported(env.results)
+    assert first["study"].startswith("breastmnist__baseline__")
+    assert first["storage"] == str(env.results / "optuna" / f"{first['study']}.log")
+
+    # a process killed mid-trial leaves it RUNNING; the next start marks it failed (and does not count it)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    study = load(env.results, first)
+    ghost = study.ask()
+    ghost.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+
+    assert env.tune(trials=4) == 0
+    out = capsys.readouterr().out
+    assert f"study {first['study']} in" in out
+    assert f"trial 2 was left running (process {socket.gethostname()}:{dead.pid} is gone): marked failed" in out
+    trials = load(env.results, first).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert trials[2].state == TrialState.FAIL and "interrupted" in trials[2].user_attrs
+    assert [t.state for t in trials if t.number != 2] == [TrialState.COMPLETE] * 4
+    assert exported(env.results)["n_trials"] == 4 and exported(env.results)["study"] == first["study"]
+    assert "4/4 done" in out
+    # new trials are new draws, not the first ones replayed by a freshly seeded sampler
+    assert trials[3].params != trials[0].params and trials[4].params != trials[1].params
+    # a third call with the same --trials adds nothing
+    assert env.tune(trials=4) == 0
+    assert len(load(env.results, first).trials) == 5
+
+    # a fresh study with the same seed replays the same first draw
+    assert env.tune("--study", "replay", trials=1) == 0
+    assert load(env.results, name="replay", storage=str(env.results / "optuna" / "replay.log")).trials[0].params \
+        == trials[0].params
+
+
+def test_study_name_hashes_the_base_without_searched_fields(env, capsys, fake_fit):
+    names = []
+    for sets in ([], ["--set", "train.batch_size=32"], ["--set", "train.epochs=2"]):
+        assert env.tune(*sets, trials=1) == 0
+        names.append(exported(env.results)["study"])
+    assert names[0] == names[1] != names[2]  # batch size is searched; epochs are part of the base
+    assert all(n.startswith("breastmnist__baseline__") for n in names)
+
+
+def test_params_tuned_runs_with_the_exported_values(env, capsys, fake_fit):
+    grid = env.make_grid(epochs=1, seeds=(0,))  # one real run; the tuned base is the grid's first seed anyway
+    assert env.tune(grid=grid, trials=2) == 0
+    doc = exported(env.results)
+    tuned_file = env.results / "tuned" / "breastmnist__baseline.json"
+
+    # a grid with a variant that has no tuned file: one line naming it and the command, nothing runs
+    both = env.make_grid(epochs=1, variants=("baseline", "adapters"), seeds=(0,))
+    rc = cli.main(["run", "--grid", str(both), "--params", "tuned", "--results", str(env.results),
+                   "--data-root", str(env.root), "--device", "cpu"])
+    err = one_line_error(capsys, rc)
+    assert "breastmnist__adapters.json" in err and "bench tune --task breastmnist --variant adapters" in err
+    assert not (env.results / "runs").exists()
+
+    rc = cli.main(["run", "--grid", str(grid), "--params", "tuned", "--results", str(env.results),
+                   "--data-root", str(env.root), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr()
+    rows = store.read_runs(env.results)
+    plain = load_grid(str(grid)).runs
+    assert len(rows) == 1 and list(rows["status"]) == ["ok"]
+    for (_, row), cfg in zip(rows.iterrows(), plain):
+        assert row["params_file"] == str(tuned_file)
+        for key, value in doc["params"].items():
+            assert row[key] == pytest.approx(value), key
+        assert row["run_id"] == run_id(override(cfg, doc["params"])) != run_id(cfg)
+    assert rows.iloc[0]["run_id"] == doc["tuned_run_id"]
+
+    # --params DIR: another folder of tuned files (e.g. tuned on another machine)
+    elsewhere = env.results.parent / "from-elsewhere"
+    shutil.copytree(env.results / "tuned", elsewhere)
+    rc = cli.main(["run", "--grid", str(grid), "--params", str(elsewhere), "--results", str(env.results),
+                   "--data-root", str(env.root), "--device", "cpu", "--dry-run"])
+    assert rc == 0 and "1 done" in capsys.readouterr().out  # same values, same run ids: nothing to run
+
+
+def test_default_space_searches_lr_mult_only_when_finetuning():
+    from bench.config import RunConfig, resolve
+
+    def keys(**booster):
+        base = resolve(override(RunConfig(), {"booster.variant": "rllm", **{f"booster.{k}": v for k, v in booster.items()}}))
+        return set(tune.default_space(base))
+
+    assert "booster.lr_mult" in keys(freeze="finetune")
+    assert "booster.lr_mult" not in keys(freeze="frozen")
+    assert {"train.lr", "train.weight_decay", "train.warmup_epochs", "train.batch_size", "train.label_smoothing",
+            "vit.drop_path", "train.aug"} <= keys()
+
+
+# ------------------------------------------------------------------------------------------ scale-out
+
+WRAPPER = """\
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import bench.tune
+from test_tune import curve_fit
+
+_started = []
+
+def barrier_fit(*args, **kwargs):
+    # every worker process holds a trial at the same time before any finishes one
+    if not _started:
+        _started.append(1)
+        Path(os.environ["FAKE_BARRIER"], str(os.getpid())).touch()
+        t0 = time.time()
+        while len(os.listdir(os.environ["FAKE_BARRIER"])) < int(os.environ["FAKE_WORKERS"]) and time.time() - t0 < 120:
+            time.sleep(0.05)
+    return curve_fit(*args, **kwargs)
+
+bench.tune.fit = barrier_fit
+
+if __name__ == "__main__":
+    from bench.cli import main
+    raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_processes_share_one_journal_study(env, tmp_path):
+    """Two `bench tune` processes (one with --jobs 2) on one journal study: all three workers add trials."""
+    wrapper = tmp_path / "fake_bench.py"
+    wrapper.write_text(WRAPPER.format(tests=str(Path(__file__).parent)))
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    environ = {**os.environ, "FAKE_BARRIER": str(barrier), "FAKE_WORKERS": "3", "FAKE_EPOCH_S": "0.2"}
+    args = ["tune", "--task", "breastmnist", "--variant", "baseline", "--grid", str(env.make_grid(epochs=2)),
+            "--trials", "6", "--pruner", "none", "--data-root", str(env.root), "--results", str(env.results),
+            "--device", "cpu"]
+    procs = [subprocess.Popen([sys.executable, str(wrapper), *args, *jobs], env=environ, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for jobs in (["--jobs", "2"], [])]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    trials = load(env.results).trials
+    workers = {t.user_attrs["worker"] for t in trials}
+    host = socket.gethostname()
+    assert f"{host}:{procs[0].pid}" in workers and f"{host}:{procs[1].pid}" in workers
+    assert len(workers) == 3, workers  # and the --jobs child
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    assert 6 <= len(trials) <= 8  # racing workers may each start one past the total
+    assert len(exported(env.results)["params"]) == 7
+
+
+@pytest.mark.slow
+def test_a_killed_process_leaves_a_trial_that_the_next_start_fails(env, tmp_path, capsys, fake_fit):
+    wrapper = tmp_path / "fake_bench.py"
+    wrapper.write_text(WRAPPER.format(tests=str(Path(__file__).parent)))
+    (tmp_path / "barrier").mkdir()
+    environ = {**os.environ, "FAKE_BARRIER": str(tmp_path / "barrier"), "FAKE_WORKERS": "1", "FAKE_EPOCH_S": "1"}
+    grid = env.make_grid(epochs=60)
+    proc = subprocess.Popen([sys.executable, str(wrapper), "tune", "--task", "breastmnist", "--variant", "baseline",
+                             "--grid", str(grid), "--trials", "3", "--study", "killed", "--data-root", str(env.root),
+                             "--results", str(env.results), "--device", "cpu"],
+                            env=environ, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = env.results / "optuna" / "killed.log"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # wait until it is inside a trial (an epoch reported)
+            if journal.exists() and journal.stat().st_size:
+                trials = load(env.results, name="killed", storage=str(journal)).trials
+                if trials and trials[0].intermediate_values:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the tuning process never started a trial")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert load(env.results, name="killed", storage=str(journal)).trials[0].state == TrialState.RUNNING
+
+    assert env.tune("--study", "killed", grid=env.make_grid(epochs=2), trials=2) == 0
+    trials = load(env.results, name="killed", storage=str(journal)).trials
+    assert trials[0].state == TrialState.FAIL and "is gone" in trials[0].user_attrs["interrupted"]
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2
+    assert "trial 0 was left running" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp dir; yields its URL."""
+    pytest.importorskip("psycopg2", reason="psycopg2 (pip install psycopg2-binary) is needed for PostgreSQL URLs")
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    initdb = bins[-1] if bins else shutil.which("initdb")
+    if not initdb:
+        pytest.skip("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
+    bindir = Path(initdb).parent
+    as_user: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _closed_port()
+
+    def pg(*cmd):
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    try:
+        pg(str(bindir / "initdb"), "-D", str(data / "db"), "-U", "bench", "--auth=trust", "-E", "UTF8", "--no-sync")
+        pg(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-t", "60", "-o",
+           f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={data} -c fsync=off", "start")
+    except subprocess.CalledProcessError as e:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {e.stderr.decode(errors='replace')[-500:]}")
+    try:
+        yield f"postgresql://bench@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_postgresql_url_runs_and_resumes_trials(env, capsys, fake_fit, postgres):
+    assert env.tune("--storage", postgres, trials=2) == 0
+    doc = exported(env.results)
+    assert doc["storage"] == postgres
+    assert env.tune("--storage", postgres, trials=3) == 0
+    trials = load(env.results, doc, storage=postgres).trials
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert not (env.results / "optuna").exists()  # nothing in the default journal
+    assert "3/3 done" in capsys.readouterr().out
