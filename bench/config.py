@@ -74,6 +74,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     label: str = ""  # the grid's name for this variant; not part of the run id
+    params_file: str = ""  # the tuned-params file applied (bench run --params); its values are, the path is not
 
 
 CHOICES: dict[str, tuple] = {
@@ -264,8 +265,9 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
 
 
 def run_id(cfg: RunConfig) -> str:
-    """A stable hash of the resolved config (the label excluded): equal configs share one stored run."""
+    """A stable hash of the resolved config (label and params file excluded): equal configs share one run."""
     d = to_dict(resolve(cfg))
     d.pop("label")
+    d.pop("params_file")
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:16]

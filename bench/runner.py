@@ -203,15 +203,22 @@ def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True)
     nothing touches the network: tasks and sizes are checked, local LLM sources read, hub ids skipped,
     and a missing or corrupt data file is an error.
     """
-    from bench.models.llm_layer import llm_hidden_size
+    from bench.models.llm_layer import check_block, llm_hidden_size
 
     runs = list(runs)
     specs = [task_spec(task, size) for task, size in sorted({(c.data.task, c.data.size) for c in runs})]
     for spec in specs:
         ensure_file(spec, data_root, download=download)
-    for source, revision in sorted({(c.booster.source, c.booster.revision) for c in runs if c.booster.source}, key=str):
-        if download or not _is_hub_id(source):
+    blocks = {(b.variant, b.source, b.revision, b.layer, b.num_layers, b.init, b.pos_emb, b.mask, b.llm_norm)
+              for b in (c.booster for c in runs) if b.source}
+    for variant, source, revision, layer, num_layers, init, pos_emb, mask, llm_norm in sorted(blocks, key=str):
+        if not download and _is_hub_id(source):
+            continue
+        if variant == "adapters":
             llm_hidden_size(source, revision)
+        else:  # the layer range, model type and final norm, from the config alone
+            check_block(source, layer, num_layers, revision=revision, init=init, pos_emb=pos_emb, mask=mask,
+                        llm_norm=llm_norm)
 
 
 def check_offline(runs: Iterable[RunConfig], data_root: Path) -> list[str]:
@@ -441,7 +448,7 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
     t0 = time.perf_counter()
     row: dict[str, Any] = {
         "run_id": rid, "status": "ok", "error": None, "label": cfg.label, "task": cfg.data.task, "size": cfg.data.size,
-        **flatten(cfg), "params_file": getattr(task.cfg, "params_file", None),  # set by bench.tune.with_params
+        **flatten(cfg),
         "attempt": task.attempt, "started_at": _now(), "started_unix": time.time(), **provenance(), "worker_pid": os.getpid(),
         "worker_run_index": state["runs"], "torch_threads": torch.get_num_threads(), "oom_retry": False,
     }
@@ -536,7 +543,7 @@ def _pool(tasks: list[Task], jobs: int, results: Path) -> Iterator[tuple[Task, d
 def _died(task: Task, why: str) -> dict:
     cfg = resolve(task.cfg)
     row = {"run_id": run_id(cfg), "status": "failed", "error": why, "label": cfg.label, "task": cfg.data.task,
-           "size": cfg.data.size, **flatten(cfg), "params_file": getattr(task.cfg, "params_file", None),
+           "size": cfg.data.size, **flatten(cfg),
            "attempt": task.attempt, "started_at": None, "finished_at": _now(),
            **provenance(), "oom_retry": False}
     return {"row": row, "history": None, "y_score": None, "y_true": None, "log": f"{_now()} FAILED {why}\n"}

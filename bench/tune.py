@@ -292,9 +292,10 @@ def _drop(d: dict, key: str) -> None:
 
 
 def base_hash(base: RunConfig, searched) -> str:
-    """Hash of the resolved base config without the searched fields (and the label)."""
+    """Hash of the resolved base config without the searched fields (and the label and params file)."""
     d = to_dict(resolve(base))
     d.pop("label")
+    d.pop("params_file")
     for key in searched:
         _drop(d, key)
     return hashlib.sha1(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
@@ -835,7 +836,7 @@ def with_params(grid: Grid, params: str | None, results: Path,
                 log: Callable[[str], None] | None = None) -> Grid:
     """`bench run --params tuned|DIR`: each run gets `<DIR>/<task>__<label>.json`'s params (DIR defaults to
     <results>/tuned). Every file must exist first (else one line naming them and the `bench tune` to make
-    them). Each returned config carries the file in `cfg.params_file`, which the runner stores in the row;
+    them). Each returned config names the file in `cfg.params_file` (stored in the row, not in the run id);
     the params change the config, so they change the run id."""
     if params in (None, "", "none"):
         return grid
@@ -879,7 +880,6 @@ def with_params(grid: Grid, params: str | None, results: Path,
         if rid in seen:
             continue
         seen.add(rid)
-        object.__setattr__(tuned, "params_file", str(path))  # not a config field: it does not change the run id
-        runs.append(tuned)
+        runs.append(dataclasses.replace(tuned, params_file=str(path)))
     return dataclasses.replace(grid, runs=runs)
 
