@@ -72,14 +72,18 @@ MAX_WORKER_DEATHS = 2  # a run whose worker process dies this often is stored fa
 
 
 def statuses(results: Path, run_ids: Iterable[str]) -> dict[str, str | None]:
-    """{run_id: 'ok' | 'failed' | None}, reading only the status column of the rows that exist."""
-    import pandas as pd
+    """{run_id: 'ok' | 'failed' | None}, reading only the status column of the rows that exist (~1 ms each)."""
+    import pyarrow.parquet as pq
 
     folder = Path(results) / store.RUNS
     present = {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
     out = {}
     for rid in run_ids:
-        out[rid] = pd.read_parquet(folder / f"{rid}.parquet", columns=["status"])["status"].iloc[0] if rid in present else None
+        if rid in present:
+            with pq.ParquetFile(folder / f"{rid}.parquet") as f:
+                out[rid] = f.read(columns=["status"]).column(0)[0].as_py()
+        else:
+            out[rid] = None
     return out
 
 
