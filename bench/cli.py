@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="parallel worker processes (joblib): one GPU each, round-robin, or a share of the CPU cores")
+    p.add_argument("--runs-per-gpu", type=int, metavar="K",
+                   help="K runs at once on each visible GPU (sets --jobs to K x GPUs); for small runs")
     p.add_argument("--backend", choices=("local", "dask"), default="local",
                    help="local (this machine, --jobs) or dask (an existing cluster, --scheduler)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
@@ -163,7 +165,8 @@ def cmd_run(args) -> int:
     previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None  # SIGTERM stops like Ctrl-C
     try:
         summary = runner.run_all(grid.runs, args.data_root, args.results, args.device, force=args.force,
-                                 jobs=args.jobs, backend=args.backend, scheduler=args.scheduler, retry_failed=retry)
+                                 jobs=args.jobs, backend=args.backend, scheduler=args.scheduler, retry_failed=retry,
+                                 runs_per_gpu=args.runs_per_gpu)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

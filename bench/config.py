@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import types
@@ -96,6 +97,7 @@ LLM_KNOBS = ("residual", "llm_norm", "freeze", "lr_mult", "init", "pos_emb", "ma
 WHICH_LLM = ("source", "revision", "layer", "num_layers", "dtype")
 
 
+@functools.cache
 def field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -214,6 +216,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
             )
         if b.variant == "baseline":
             b = dataclasses.replace(b, source=None, revision=None, layer=0, num_layers=0, dtype="fp32")
+        else:  # adapters take only the LLM's width: one run per LLM, whatever layer the grid sweeps
+            b = dataclasses.replace(b, layer=0, num_layers=0, dtype="fp32")
     else:
         fill = {k: v for k, v in RLLM_DEFAULTS.items() if getattr(b, k) is None}
         b = dataclasses.replace(b, **fill)
@@ -226,7 +230,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if b.variant != "baseline":
         if not b.source:
             raise BenchError(f"variant={b.variant} needs booster.source (a hub id, a local directory or minilm-l6)")
-        if b.num_layers < 1:
+        if b.variant == "rllm" and b.num_layers < 1:
             raise BenchError(f"booster.num_layers must be >= 1, got {b.num_layers}")
     if cfg.vit.pretrained and cfg.data.task.endswith("3d"):
         raise BenchError("vit.pretrained applies to 2D tasks only (timm has no 3D ImageNet weights); set vit.pretrained=false")

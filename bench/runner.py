@@ -652,9 +652,19 @@ def describe(cfg: RunConfig) -> str:
 
 def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, device: str | None = None,
             force: bool = False, *, jobs: int = 1, backend: str = "local", scheduler: str | None = None,
-            retry_failed: bool = True, echo: Callable[[str], None] | None = None, bars: bool | None = None) -> Summary:
-    """Run what is not stored ok yet; returns a Summary. Raises KeyboardInterrupt after a clean stop."""
+            retry_failed: bool = True, echo: Callable[[str], None] | None = None, bars: bool | None = None,
+            runs_per_gpu: int | None = None) -> Summary:
+    """Run what is not stored ok yet; returns a Summary. Raises KeyboardInterrupt after a clean stop.
+
+    `runs_per_gpu=K` sets jobs to K per visible GPU: small runs leave a GPU mostly idle, so K share it."""
     from tqdm.auto import tqdm
+
+    if runs_per_gpu is not None:
+        gpus = _visible_gpus()
+        if runs_per_gpu < 1 or not gpus or backend != "local" or device not in (None, "", "auto", "cuda"):
+            raise BenchError("--runs-per-gpu K needs K >= 1, CUDA GPUs, the local backend and --device auto or cuda; "
+                             "on CPU use --jobs N")
+        jobs = runs_per_gpu * len(gpus)
 
     if backend not in BACKENDS:
         raise BenchError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
