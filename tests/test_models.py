@@ -121,3 +121,31 @@ def test_real_breastmnist_with_frozen_minilm_layer(shared_data, tmp_path):
     assert stored["data.fixture"] == False and stored["params_frozen"] > 1_000_000  # noqa: E712
     losses = read_history(tmp_path, [row["run_id"]])["train_loss"]
     assert len(losses) == 1 and losses.notna().all() and (losses < 10).all()
+
+
+def test_pretrained_vit_loads_timm_weights_from_a_local_file(tmp_path, monkeypatch):
+    """Offline users point BENCH_TIMM_WEIGHTS at timm's file; timm resamples patch and position embeddings."""
+    import timm
+    from safetensors.torch import save_file
+
+    from bench.config import VitConfig
+    from bench.models.vit import TIMM_WEIGHTS, ViT2D
+
+    source = timm.create_model(TIMM_WEIGHTS["tiny"].split(".")[0], pretrained=False)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
+    monkeypatch.setenv("BENCH_TIMM_WEIGHTS", str(tmp_path / "model.safetensors"))
+    vit = ViT2D(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=1, num_classes=2)
+    torch.testing.assert_close(vit.vit.blocks[3].mlp.fc1.weight, source.blocks[3].mlp.fc1.weight)
+    assert vit.vit.patch_embed.proj.weight.shape == (192, 1, 4, 4) and vit.vit.pos_embed.shape[1] == 50
+    assert vit.forward_head(vit.norm(vit.tokens(torch.randn(2, 1, 28, 28)))).shape == (2, 2)
+
+
+def test_pretrained_vit_offline_without_a_file_says_how_to_fix(monkeypatch):
+    from bench.config import VitConfig
+    from bench.errors import BenchError
+    from bench.models.vit import ViT2D
+
+    monkeypatch.delenv("BENCH_TIMM_WEIGHTS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BenchError, match="BENCH_TIMM_WEIGHTS"):
+        ViT2D(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=3, num_classes=2)

@@ -73,8 +73,8 @@ def _pretrained_timm(arch: str, kwargs: dict) -> VisionTransformer:
     except (OSError, RuntimeError, ValueError) as e:
         raise BenchError(
             f"could not load timm weights '{name}' ({type(e).__name__}: {str(e).splitlines()[0][:120]}); offline, "
-            f"download them elsewhere (`huggingface-cli download timm/{name.split('.')[0]}.{name.split('.')[1]}`) "
-            "and set BENCH_TIMM_WEIGHTS=/path/to/model.safetensors"
+            f"download them where the hub is reachable (`hf download timm/{name}`) and set "
+            "BENCH_TIMM_WEIGHTS=/path/to/model.safetensors"
         ) from None
 
 
