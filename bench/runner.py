@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import store
+from bench.atomic import write_atomic
 from bench.config import RunConfig, flatten, resolve, run_id
 from bench.data import Splits, TaskSpec, data_file, ensure_file, load_splits, resolve_root, task_spec
 from bench.errors import BenchError
@@ -138,21 +139,6 @@ def results_lock(results: Path):
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Same whole-or-nothing write as `bench.store` (hidden temp + os.replace), for the log files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def log_path(results: Path, rid: str) -> Path:
     return Path(results) / store.LOGS / f"{rid}.log"
 
@@ -169,16 +155,16 @@ def commit(results: Path, outcome: dict, previous: str | None) -> str:
     if row["status"] == "ok":
         store.write_history(results, rid, outcome["history"])
         store.write_predictions(results, rid, outcome["y_score"], outcome["y_true"])
-        _write_atomic(log_path(results, rid), log_text.encode())
+        write_atomic(log_path(results, rid), log_text.encode())
         store.write_run(results, row)
         result = "ok"
     elif previous == "ok":  # a forced rerun failed: keep the ok result, keep the failure's log beside it
-        _write_atomic(Path(results) / store.LOGS / f"{rid}.failed.log", log_text.encode())
+        write_atomic(Path(results) / store.LOGS / f"{rid}.failed.log", log_text.encode())
         result = "kept"
     else:
         for stale in (Path(results) / store.HISTORY / f"{rid}.parquet", Path(results) / store.PREDICTIONS / f"{rid}.npz"):
             stale.unlink(missing_ok=True)  # left by an attempt killed before its row: not this row's
-        _write_atomic(log_path(results, rid), log_text.encode())
+        write_atomic(log_path(results, rid), log_text.encode())
         store.write_run(results, row)
         result = "failed"
     _running_log(results, rid).unlink(missing_ok=True)

@@ -14,30 +14,15 @@ Knows nothing about torch.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
+from bench.atomic import write_atomic
+
 RUNS, HISTORY, PREDICTIONS, LOGS = "runs", "history", "predictions", "logs"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are shared with the team reading them
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -53,18 +38,18 @@ def run_path(results: Path, run_id: str) -> Path:
 def write_history(results: Path, run_id: str, epochs: list[Mapping[str, Any]]) -> None:
     df = pd.DataFrame(list(epochs))
     df.insert(0, "run_id", run_id)
-    _atomic_write(Path(results) / HISTORY / f"{run_id}.parquet", _parquet_bytes(df))
+    write_atomic(Path(results) / HISTORY / f"{run_id}.parquet", _parquet_bytes(df))
 
 
 def write_predictions(results: Path, run_id: str, y_score: np.ndarray, y_true: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, y_score=y_score, y_true=y_true)
-    _atomic_write(Path(results) / PREDICTIONS / f"{run_id}.npz", buf.getvalue())
+    write_atomic(Path(results) / PREDICTIONS / f"{run_id}.npz", buf.getvalue())
 
 
 def write_run(results: Path, row: Mapping[str, Any]) -> None:
     """Write the run's row last: its presence with status ok is the commit point of the run."""
-    _atomic_write(run_path(results, row["run_id"]), _parquet_bytes(pd.DataFrame([dict(row)])))
+    write_atomic(run_path(results, row["run_id"]), _parquet_bytes(pd.DataFrame([dict(row)])))
 
 
 def read_run(results: Path, run_id: str) -> dict | None:

@@ -53,7 +53,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import types
@@ -67,6 +66,7 @@ import yaml
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from bench.atomic import write_atomic
 from bench.config import RunConfig, all_keys, field_types, flatten, override, resolve, run_id, to_dict
 from bench.data import ensure_file, load_splits, resolve_root, task_spec
 from bench.errors import BenchError
@@ -241,7 +241,7 @@ def load_space(path: str | Path | None, base: RunConfig) -> SpaceFile:
         raise BenchError(f"{path}: a search-space file is a mapping with keys {', '.join(FILE_KEYS)}")
     for key in doc:
         if key not in FILE_KEYS:
-            hint = (f"parameters go under 'params:'" if key in all_keys()
+            hint = ("parameters go under 'params:'" if key in all_keys()
                     else f"use {', '.join(FILE_KEYS)}")
             raise BenchError(f"{path}: unknown key '{key}': {hint}")
     params = doc.get("params") or {}
@@ -768,20 +768,6 @@ def _raise_interrupt(signum, frame):
 # ------------------------------------------------------------------------------------------- export
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export(study, setup: TuneSetup) -> Path | None:
     """Write the study's best parameters and their provenance; None while no trial is complete."""
     try:
@@ -815,7 +801,7 @@ def export(study, setup: TuneSetup) -> Path | None:
         "base": flat_base,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_write_text(setup.export_path, json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    write_atomic(setup.export_path, (json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n").encode())
     return setup.export_path
 
 

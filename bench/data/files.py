@@ -12,12 +12,12 @@ import difflib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medmnist.info import DEFAULT_ROOT, INFO
 
+from bench.atomic import write_atomic
 from bench.errors import BenchError
 
 TASKS: list[str] = list(INFO)
@@ -112,21 +112,8 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write whole-or-nothing (temp file + os.replace), so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode())
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def _hash(path: Path) -> str:

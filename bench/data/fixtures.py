@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.atomic import write_atomic
 from bench.data.files import (
     FIXTURE_REGISTRY,
     VERIFIED,
-    _atomic_write,
     _cache_store,
     _hash,
     _write_json,
@@ -82,7 +82,7 @@ def write_fixture(root: str | Path, task: str, size: int = 28, n: tuple[int, int
 
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    _atomic_write(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
     md5 = _hash(path)
     _cache_store(path.resolve(), md5)
     _write_json(root / FIXTURE_REGISTRY, {**registered_fixtures(root), path.name: md5})
