@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import store
-from bench.atomic import write_atomic
+from bench.crashsafe import pid_alive, write_atomic
 from bench.config import RunConfig, flatten, resolve, run_id
 from bench.data import Splits, TaskSpec, data_file, ensure_file, load_splits, resolve_root, task_spec
 from bench.errors import BenchError
@@ -318,19 +318,9 @@ def _watch_dispatcher(pid: int, ppid: int) -> None:
     """Exit when the dispatcher is gone (SIGKILL), so no orphan keeps training a run that will be redone."""
     while True:
         time.sleep(0.5)
-        gone = os.getppid() != ppid if ppid == pid else not _pid_alive(pid)
+        gone = os.getppid() != ppid if ppid == pid else not pid_alive(pid)
         if gone:
             os._exit(3)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _setup_pool_worker(task: Task) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from bench.atomic import write_atomic
+from bench.crashsafe import write_atomic
 
 RUNS, HISTORY, PREDICTIONS, LOGS = "runs", "history", "predictions", "logs"
 

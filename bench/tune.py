@@ -66,7 +66,7 @@ import yaml
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from bench.atomic import write_atomic
+from bench.crashsafe import pid_alive, write_atomic
 from bench.config import RunConfig, all_keys, field_types, flatten, override, resolve, run_id, to_dict
 from bench.data import ensure_file, load_splits, resolve_root, task_spec
 from bench.errors import BenchError
@@ -524,19 +524,6 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed but unreaped child is a zombie: gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def fail_stale(study, log: Callable[[str], None] = print) -> list[int]:
     """Mark RUNNING trials whose process is gone as failed (user attr `interrupted`); their numbers."""
     host, now, failed = socket.gethostname(), time.time(), []
@@ -544,7 +531,7 @@ def fail_stale(study, log: Callable[[str], None] = print) -> list[int]:
         worker = str(t.user_attrs.get("worker", ""))
         whost, _, wpid = worker.rpartition(":")
         beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
-        if whost == host and wpid.isdigit() and (int(wpid) == os.getpid() or not _pid_alive(int(wpid))):
+        if whost == host and wpid.isdigit() and (int(wpid) == os.getpid() or not pid_alive(int(wpid))):
             why = f"process {worker} is gone"
         elif now - float(beat) > STALE_S:
             why = f"no heartbeat from {worker or 'its worker'} for {now - float(beat):.0f}s"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medmnist.info import DEFAULT_ROOT, INFO
 
-from bench.atomic import write_atomic
+from bench.crashsafe import write_atomic
 from bench.errors import BenchError
 
 TASKS: list[str] = list(INFO)

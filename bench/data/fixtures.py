@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.atomic import write_atomic
+from bench.crashsafe import write_atomic
 from bench.data.files import (
     FIXTURE_REGISTRY,
     VERIFIED,

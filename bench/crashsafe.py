@@ -1,5 +1,5 @@
-"""Whole-or-nothing file writes, shared by every stage that writes: a reader or a killed process never
-sees half a file, only the old one or the new one (hidden temp file in the same folder + os.replace)."""
+"""What lets a killed process leave nothing broken: whole-or-nothing file writes (a reader never sees half
+a file, only the old one or the new one) and telling whether another process is still alive."""
 
 from __future__ import annotations
 
@@ -22,3 +22,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` on this host still runs; a killed but unreaped child (zombie) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
