@@ -72,6 +72,7 @@ def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid"
     for key in spec:
         if key not in TOP_KEYS:
             raise BenchError(f"{where}: unknown grid key '{key}'{_near(key, TOP_KEYS)}")
+    _apply(RunConfig(), sets, "--set")  # a bad --set is the command line's fault, not the grid's
     base = _apply(RunConfig(), spec.get("defaults") or {}, f"{where} defaults")
     variants = spec.get("variants") or {"": {}}
     if not isinstance(variants, dict):
