@@ -72,6 +72,7 @@ from bench.data import ensure_file, load_splits, resolve_root, task_spec
 from bench.errors import BenchError
 from bench.grid import Grid, grid_path, load_grid
 from bench.train import fit, pick_device
+from bench.upstream import optuna_storage, optuna_trial_id
 
 DEFAULT_GRID = "smoke"
 TUNED = "tuned"  # <results>/tuned/<task>__<variant>.json
@@ -538,8 +539,9 @@ def fail_stale(study, log: Callable[[str], None] = print) -> list[int]:
         else:
             continue
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "interrupted", why)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            storage = optuna_storage(study)
+            storage.set_trial_user_attr(optuna_trial_id(t), "interrupted", why)
+            storage.set_trial_state_values(optuna_trial_id(t), TrialState.FAIL)
         except (UpdateFinishedTrialError, KeyError):
             continue  # another process got there first
         failed.append(t.number)
@@ -638,7 +640,7 @@ def work(setup: TuneSetup, tag: str = "", log: Callable[[str], None] | None = No
             trial = study.ask()
             trial.set_user_attr("worker", _worker_id())
             trial.set_user_attr("heartbeat", time.time())
-            beat = _Heartbeat(study._storage, trial._trial_id, HEARTBEAT_S)
+            beat = _Heartbeat(optuna_storage(study), optuna_trial_id(trial), HEARTBEAT_S)
             state, note = TrialState.COMPLETE, ""
             try:
                 value = _objective(setup, trial, splits, spec, device)

@@ -62,6 +62,7 @@ from huggingface_hub import hf_hub_download
 from torch import nn
 
 from bench.errors import BenchError
+from bench.upstream import hf_init_weights
 
 SUPPORTED = ("llama", "qwen2", "mistral", "gpt2", "opt", "bert")
 
@@ -561,13 +562,11 @@ def _resolve_layers(layer: int, num_layers: int, n: int, label: str) -> list[int
 def _random_init(block: LLMBlock, family: _Family, config, seed: int) -> None:
     """The family's own `_init_weights`, post-order like transformers, under a private RNG state."""
     pre_cls = getattr(importlib.import_module(family.module), family.pretrained_cls)
-    fake = object.__new__(pre_cls)  # only `.config` is consulted by _init_weights
-    object.__setattr__(fake, "config", config)
 
     def post_order(m: nn.Module):
         for c in m.children():
             post_order(c)
-        pre_cls._init_weights(fake, m)
+        hf_init_weights(pre_cls, config, m)
 
     block.to_empty(device="cpu")
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -576,7 +575,7 @@ def _random_init(block: LLMBlock, family: _Family, config, seed: int) -> None:
         post_order(block.norm)
         if block.pos_table is not None:
             emb = nn.Embedding(*block.pos_table.shape)
-            pre_cls._init_weights(fake, emb)
+            hf_init_weights(pre_cls, config, emb)
             block.pos_table.copy_(emb.weight)
 
 

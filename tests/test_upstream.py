@@ -1,0 +1,66 @@
+"""The private upstream APIs of bench/upstream.py still exist and still do what we rely on.
+
+An upgrade of torch, transformers or optuna that renames or changes one fails here, by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import upstream
+
+
+def test_torch_still_lists_fused_adamw_devices_and_the_cpu_kernel_runs():
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices  # noqa: F401 - must import
+
+    devices = upstream.fused_adamw_devices()
+    assert "cuda" in devices and "cpu" in devices  # torch >= 2.4 has CPU kernels; the pin is 2.14
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.AdamW([w], lr=0.1, fused=True)
+    w.grad = torch.ones(4)
+    opt.step()
+    assert torch.allclose(w.detach(), torch.full((4,), 0.9 - 0.1 * 0.01))  # Adam's first step moves by lr, plus decay
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_transformers_init_weights_on_a_stand_in_initialises_a_lone_layer(family):
+    import transformers
+
+    if family == "llama":
+        config = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                                          num_hidden_layers=1, initializer_range=0.05)
+        layer_cls, pre_cls = transformers.models.llama.modeling_llama.LlamaDecoderLayer, transformers.LlamaPreTrainedModel
+    else:
+        config = transformers.GPT2Config(n_embd=256, n_head=4, n_layer=1, initializer_range=0.05)
+        layer_cls, pre_cls = transformers.models.gpt2.modeling_gpt2.GPT2Block, transformers.GPT2PreTrainedModel
+    layer = layer_cls(config, layer_idx=0)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(7.0)  # anything _init_weights does not reach stays visibly wrong
+    torch.manual_seed(0)
+    for m in reversed(list(layer.modules())):  # children before parents, as transformers' post_init
+        upstream.hf_init_weights(pre_cls, config, m)
+    for name, p in layer.named_parameters():
+        if p.ndim == 2:
+            std = 0.05 / (2 * config.n_layer) ** 0.5 if name.endswith("c_proj.weight") else 0.05  # GPT-2 scales c_proj
+            assert abs(p.std().item() - std) < 0.1 * std, name
+            assert abs(p.mean().item()) < 0.1 * std, name
+        elif name.endswith("bias"):
+            assert torch.all(p == 0), name
+        else:  # norm weights
+            assert torch.all(p == 1), name
+
+
+def test_optuna_storage_and_trial_id_reach_the_trial_row():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    storage, tid = upstream.optuna_storage(study), upstream.optuna_trial_id(trial)
+    assert isinstance(storage, optuna.storages.BaseStorage) and isinstance(tid, int)
+    storage.set_trial_user_attr(tid, "heartbeat", 12.5)
+    frozen = study.get_trials()[0]
+    assert frozen.user_attrs["heartbeat"] == 12.5 and upstream.optuna_trial_id(frozen) == tid
+    storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
+    assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL
