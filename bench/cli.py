@@ -127,7 +127,7 @@ def cmd_run(args) -> int:
     import signal
     import threading
 
-    from bench import runner
+    from bench import run, store
     from bench.config import parse_sets
     from bench.data import resolve_root
     from bench.grid import load_grid
@@ -135,25 +135,20 @@ def cmd_run(args) -> int:
 
     grid = load_grid(args.grid, parse_sets(args.sets))
     grid = tune_params(grid, args.params, args.results)  # --params tuned: each run gets its tuned values
-    if args.jobs < 1:
-        raise BenchError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.scheduler and args.backend != "dask":
-        raise BenchError("--scheduler is for --backend dask; add --backend dask")
-    if args.backend == "dask" and not args.scheduler:
-        raise BenchError("--backend dask needs --scheduler ADDRESS (e.g. tcp://10.0.0.1:8786)")
-    runner.check_tasks(grid.runs)
+    options = run.RunOptions(device=args.device, force=args.force, retry_failed=not args.skip_failed, jobs=args.jobs,
+                             runs_per_gpu=args.runs_per_gpu, backend=args.backend, scheduler=args.scheduler).check()
+    run.check_tasks(grid.runs)
     ids = grid.run_ids()
-    status = runner.statuses(args.results, ids)
-    retry = not args.skip_failed
-    todo_ids = [rid for rid in ids if runner.wanted(status[rid], args.force, retry)]
+    status = store.statuses(args.results, ids)
+    todo_ids = [rid for rid in ids if run.wanted(status[rid], options.force, options.retry_failed)]
     todo_set = set(todo_ids)
     todo = [c for c, rid in zip(grid.runs, ids) if rid in todo_set]
     n_ok = sum(s == "ok" for s in status.values())
     n_failed = sum(s == "failed" for s in status.values())
     print(f"grid {grid.name}: {len(grid.runs)} runs, {n_ok} done, {n_failed} failed, {len(todo)} to run"
-          + (" (failed runs are retried)" if n_failed and retry and not args.force else ""))
+          + (" (failed runs are retried)" if n_failed and options.retry_failed and not options.force else ""))
     if args.dry_run:
-        for note in runner.check_offline(todo, resolve_root(args.data_root)):
+        for note in run.check_offline(todo, resolve_root(args.data_root)):
             print(f"note: {note}")
         why = {rid: {"ok": "forced", "failed": "retry failed"}.get(status[rid], "new") for rid in todo_ids}
         if todo:
@@ -165,16 +160,14 @@ def cmd_run(args) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None  # SIGTERM stops like Ctrl-C
     try:
-        summary = runner.run_all(grid.runs, args.data_root, args.results, args.device, force=args.force,
-                                 jobs=args.jobs, backend=args.backend, scheduler=args.scheduler, retry_failed=retry,
-                                 runs_per_gpu=args.runs_per_gpu)
+        summary = run.run_all(grid.runs, args.data_root, args.results, options)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     for r in summary.failed:
         kept = " (the earlier ok result is kept)" if r["run_id"] in summary.kept else ""
         print(f"failed {r['run_id']} ({r['label']} {r['task']}@{r['size']} seed={r['seed']}): {r['error']}{kept}; "
-              f"log: {runner.log_path(args.results, r['run_id'])}")
+              f"log: {store.log_path(args.results, r['run_id'])}")
     n_failed = len(summary.failed)
     print(f"done: {len(summary.rows) - n_failed} ok, {n_failed} failed, {summary.skipped} skipped; "
           f"results in {args.results}")
@@ -184,14 +177,14 @@ def cmd_run(args) -> int:
 def cmd_list(args) -> int:
     from collections import Counter
 
-    from bench import runner, store
+    from bench import run, store
     from bench.config import parse_sets
     from bench.grid import load_grid
 
     grid = load_grid(args.grid, parse_sets(args.sets))
-    runner.check_tasks(grid.runs)
+    run.check_tasks(grid.runs)
     ids = grid.run_ids()
-    status = runner.statuses(args.results, ids)
+    status = store.statuses(args.results, ids)
     counts = Counter(status.values())
     line = (f"grid {grid.name}: {len(grid.runs)} runs, {counts['ok']} done, {counts['failed']} failed, "
             f"{counts[None]} not run (store: {args.results})")
@@ -212,11 +205,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_data_list(args) -> int:
-    from bench.data import TASKS, available_sizes, file_status, resolve_root, task_spec
+    from bench.data import available_sizes, file_status, resolve_root, task_spec, tasks
 
     root = resolve_root(args.data_root)
     print(f"data root: {root}")
-    for task in TASKS:
+    for task in tasks():
         states = [f"{size}:{file_status(task_spec(task, size), root)}" for size in available_sizes(task)]
         print(f"  {task:<22} " + "  ".join(states))
     return 0

@@ -11,12 +11,23 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from bench.data.info import task_spec
 from bench.errors import BenchError
+
+
+def knob(default, *, choices: tuple = (), gt: float | None = None, ge: float | None = None,
+         lt: float | None = None, le: float | None = None):
+    """A config field with its allowed values, declared beside it: the one place a knob's rule lives.
+
+    `choices` for strings; `gt`/`ge`/`lt`/`le` bounds for numbers (which must also be finite)."""
+    rule = {k: v for k, v in dict(choices=choices, gt=gt, ge=ge, lt=lt, le=le).items() if v not in (None, ())}
+    return field(default=default, metadata={"rule": rule})
 
 
 @dataclass(frozen=True)
@@ -27,43 +38,43 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class VitConfig:
-    arch: str = "tiny"  # tiny | small | base (timm's ViT widths; the 3D ViT uses the same ones)
-    depth: int = 12  # transformer blocks (12 in every timm ViT; fewer for quick checks)
-    patch: int = 0  # 0 = chosen from the image size (28->4, 64->8, 128/224->16)
+    arch: str = knob("tiny", choices=("tiny", "small", "base"))  # timm's ViT widths; the 3D ViT uses the same ones
+    depth: int = knob(12, ge=1)  # transformer blocks (12 in every timm ViT; fewer for quick checks)
+    patch: int = knob(0, ge=0)  # 0 = chosen from the image size (28->4, 64->8, 128/224->16)
     paper_mode: bool = False  # upsample 2D images to 224 and use patch 16, as the paper did
     pretrained: bool = False  # timm's ImageNet weights (2D only)
-    drop_path: float = 0.0
+    drop_path: float = knob(0.0, ge=0, lt=1)
 
 
 @dataclass(frozen=True)
 class BoosterConfig:
     """FE -> FL -> FD after the last ViT block. `None` knobs take the variant's default."""
 
-    variant: str = "baseline"  # baseline | adapters (FD(FE z) + z, no LLM) | rllm
+    variant: str = knob("baseline", choices=("baseline", "adapters", "rllm"))  # adapters: FD(FE z) + z, no LLM
     source: str | None = "minilm-l6"  # hub id, local directory, or minilm-l6 (packaged offline copy)
     revision: str | None = None  # hub revision; None = main
     layer: int = -1  # first layer of the block; negative counts from the end
-    num_layers: int = 1  # consecutive layers starting at `layer`
-    residual: str | None = None  # in | out | hybrid | none        (rllm; default in)
-    llm_norm: str | None = None  # none | unit | pretrained        (rllm; default unit)
-    freeze: str | None = None  # frozen | finetune                  (rllm; default frozen)
-    lr_mult: float | None = None  # layer lr multiplier            (finetune only; default 1.0)
-    init: str | None = None  # pretrained | random                   (rllm; default pretrained)
-    pos_emb: str | None = None  # none | rope                        (rllm; default none)
-    mask: str | None = None  # bidirectional | causal                (rllm; default bidirectional)
-    dtype: str = "fp32"  # fp32 | bf16 (block weights; bf16 on CUDA only)
+    num_layers: int = knob(1, ge=0)  # consecutive layers starting at `layer`
+    residual: str | None = knob(None, choices=("in", "out", "hybrid", "none"))  # rllm; default in
+    llm_norm: str | None = knob(None, choices=("none", "unit", "pretrained"))  # rllm; default unit
+    freeze: str | None = knob(None, choices=("frozen", "finetune"))  # rllm; default frozen
+    lr_mult: float | None = knob(None, gt=0)  # layer lr multiplier (finetune only; default 1.0)
+    init: str | None = knob(None, choices=("pretrained", "random"))  # rllm; default pretrained
+    pos_emb: str | None = knob(None, choices=("none", "rope"))  # rllm; default none
+    mask: str | None = knob(None, choices=("bidirectional", "causal"))  # rllm; default bidirectional
+    dtype: str = knob("fp32", choices=("fp32", "bf16"))  # block weights; bf16 on CUDA only
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    aug: float = 1.0  # augmentation strength: 0 = none, 1 = flips + shifts of up to 1/8 of the image
-    eval_batch_size: int = 1024
+    epochs: int = knob(10, ge=1)
+    batch_size: int = knob(128, ge=1)
+    lr: float = knob(1e-3, gt=0)
+    weight_decay: float = knob(0.05, ge=0)
+    warmup_epochs: float = knob(1.0, ge=0)
+    label_smoothing: float = knob(0.0, ge=0, lt=1)
+    aug: float = knob(1.0, ge=0)  # augmentation strength: 0 = none, 1 = flips + shifts of up to 1/8 of the image
+    eval_batch_size: int = knob(1024, ge=1)
     compile: bool = False
 
 
@@ -73,22 +84,10 @@ class RunConfig:
     vit: VitConfig = field(default_factory=VitConfig)
     booster: BoosterConfig = field(default_factory=BoosterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+    seed: int = knob(0, ge=0)
     label: str = ""  # the grid's name for this variant; not part of the run id
     params_file: str = ""  # the tuned-params file applied (bench run --params); its values are, the path is not
 
-
-CHOICES: dict[str, tuple] = {
-    "vit.arch": ("tiny", "small", "base"),
-    "booster.variant": ("baseline", "adapters", "rllm"),
-    "booster.residual": ("in", "out", "hybrid", "none"),
-    "booster.llm_norm": ("none", "unit", "pretrained"),
-    "booster.freeze": ("frozen", "finetune"),
-    "booster.init": ("pretrained", "random"),
-    "booster.pos_emb": ("none", "rope"),
-    "booster.mask": ("bidirectional", "causal"),
-    "booster.dtype": ("fp32", "bf16"),
-}
 
 RLLM_DEFAULTS = dict(
     residual="in", llm_norm="unit", freeze="frozen", init="pretrained", pos_emb="none", mask="bidirectional"
@@ -119,8 +118,55 @@ def _unknown_key(key: str) -> BenchError:
     return BenchError(f"unknown config key '{key}': {hint}")
 
 
+@functools.cache
+def rules() -> dict[str, dict]:
+    """{dotted key: its declared rule} for every field declared with `knob`."""
+    out = {}
+
+    def walk(cls, prefix):
+        for f in dataclasses.fields(cls):
+            tp = field_types(cls)[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+            elif f.metadata.get("rule"):
+                out[prefix + f.name] = f.metadata["rule"]
+
+    walk(RunConfig, "")
+    return out
+
+
+def check_value(key: str, value: Any) -> None:
+    """Raise a one-line BenchError when `value` breaks the rule declared for `key` (None always passes)."""
+    rule = rules().get(key)
+    if not rule or value is None:
+        return
+    if "choices" in rule:
+        if value not in rule["choices"]:
+            raise BenchError(f"{key}={value!r} is not one of {', '.join(rule['choices'])}")
+        return
+    bounds = [(op, rule[op]) for op in ("gt", "ge", "lt", "le") if op in rule]
+    ok = math.isfinite(value) and all(
+        {"gt": value > b, "ge": value >= b, "lt": value < b, "le": value <= b}[op] for op, b in bounds)
+    if not ok:
+        want = " and ".join(f"{ {'gt': '>', 'ge': '>=', 'lt': '<', 'le': '<='}[op]} {b:g}" for op, b in bounds)
+        raise BenchError(f"{key}={value!r} is out of range: it must be a finite number {want}")
+
+
+def check_fields(cfg: RunConfig) -> None:
+    """Every field of `cfg` against its declared rule."""
+    flat = flatten(cfg)
+    for key in rules():
+        check_value(key, flat[key])
+
+
 def coerce(key: str, tp: Any, value: Any) -> Any:
-    """Type `value` (a string from --set, or a YAML scalar) as the field `key` of type `tp` wants."""
+    """Type `value` (a string from --set, or a YAML scalar) as the field `key` of type `tp` wants, and check it."""
+    value = _typed(key, tp, value)
+    check_value(key, value)
+    return value
+
+
+def _typed(key: str, tp: Any, value: Any) -> Any:
     optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
     base = next(a for a in tp.__args__ if a is not type(None)) if optional else tp
     if optional and (value is None or (isinstance(value, str) and value.lower() in ("null", "~"))):
@@ -150,11 +196,7 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
             raise bad from None
     if base is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = str(value)
-            choices = CHOICES.get(key)
-            if choices and value not in choices:
-                raise BenchError(f"{key}={value!r} is not one of {', '.join(choices)}")
-            return value
+            return str(value)
         raise bad
     raise TypeError(f"no coercion for {tp}")
 
@@ -202,10 +244,13 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill the variant's defaults and refuse knobs that mean nothing for it.
+    """The one place a config is validated: every field against its rule, knobs that mean nothing for the
+    variant refused, the variant's defaults filled in.
 
     Which-LLM fields are dropped for the baseline, so a grid crossing LLMs shares one baseline run.
     """
+    check_fields(cfg)
+    task_spec(cfg.data.task, cfg.data.size)  # the task exists at that size (medmnist.INFO)
     b = cfg.booster
     set_knobs = [k for k in LLM_KNOBS if getattr(b, k) is not None]
     if b.variant in ("baseline", "adapters"):
@@ -238,8 +283,6 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise BenchError("vit.paper_mode (upsample to 224) applies to 2D tasks only; set vit.paper_mode=false")
     if cfg.vit.pretrained and cfg.vit.depth != 12:
         raise BenchError("vit.pretrained loads timm's 12-block ViTs; set vit.depth=12 or vit.pretrained=false")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.vit.depth < 1:
-        raise BenchError("train.epochs, train.batch_size and vit.depth must be >= 1")
     return dataclasses.replace(cfg, booster=b)
 
 

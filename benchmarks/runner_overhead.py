@@ -5,7 +5,7 @@
 Two measurements of the same grid (half baseline, half R-LLM with the packaged MiniLM layer, one seed
 each, ViT-tiny at 28x28, batch 64):
 
-  in-process   `runner.run_all` called from Python, imports done: what the runner itself adds (grid
+  in-process   `run.run_all` called from Python, imports done: what the runner itself adds (grid
                bookkeeping, preflight, data/LLM loading, model building, store writes, logs, progress).
   end-to-end   `bench run` as a subprocess: the above plus interpreter start and imports.
 
@@ -72,7 +72,7 @@ def main() -> int:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
 
     t0 = time.perf_counter()
-    from bench import runner
+    from bench import run
     from bench.grid import load_grid
 
     print(f"imports {time.perf_counter() - t0:.1f}s")
@@ -80,7 +80,8 @@ def main() -> int:
     assert len(runs) == args.runs, len(runs)
     results = work / "in-process"
     t0 = time.perf_counter()
-    summary = runner.run_all(runs, args.data_root, results, jobs=args.jobs, echo=lambda msg: None, bars=False)
+    summary = run.run_all(runs, args.data_root, results, run.RunOptions(jobs=args.jobs, bars=False),
+                          echo=lambda msg: None)
     wall = time.perf_counter() - t0
     assert not summary.failed, summary.failed[0]["error"]
     overhead = summarize("in-process", results, wall, args.jobs)

@@ -117,6 +117,10 @@ BAD_SETS = {
     "wrong type": (["--set", "train.epochs=two"], "train.epochs='two' is not a valid int"),
     "bad choice": (["--set", "booster.variant=rlm"], "booster.variant='rlm' is not one of baseline, adapters, rllm"),
     "set without =": (["--set", "train.epochs"], "--set expects key=value"),
+    "nan learning rate": (["--set", "train.lr=nan"], "train.lr=nan is out of range: it must be a finite number > 0"),
+    "negative learning rate": (["--set", "train.lr=-1"], "train.lr=-1.0 is out of range: it must be a finite number > 0"),
+    "smoothing of 1": (["--set", "train.label_smoothing=1"], "train.label_smoothing=1.0 is out of range"),
+    "zero epochs": (["--set", "train.epochs=0"], "train.epochs=0 is out of range: it must be a finite number >= 1"),
     "missing data offline": (["--set", "data.task=pneumoniamnist"], "could not download pneumoniamnist.npz (URLError"),
     "bad device": (["--device", "tpu"], "unknown device 'tpu'"),
     "jobs 0": (["--jobs", "0"], "--jobs must be >= 1"),
@@ -129,6 +133,7 @@ BAD_GRIDS = {
     "unknown grid key": ("axis: {data.task: [breastmnist]}\n", "unknown grid key 'axis'; did you mean 'axes'?"),
     "unknown nested key": ("defaults: {train: {epoch: 1}}\n", "unknown config key 'train.epoch': did you mean 'train.epochs'?"),
     "wrong type in yaml": ("defaults: {train: {lr: fast}}\n", "train.lr='fast' is not a valid float"),
+    "out of range in yaml": ("defaults: {train: {weight_decay: -0.1}}\n", "tiny.yaml defaults: train.weight_decay=-0.1 is out of range"),
     "empty after excludes": ("seeds: [0]\nexclude: [{seed: 0}]\n", "the grid has no runs"),
     "seeds not ints": ("seeds: [a]\n", "'seeds' is a list of integers"),
 }

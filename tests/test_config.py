@@ -59,3 +59,27 @@ def test_rllm_defaults_are_the_paper():
 def test_flat_roundtrip():
     cfg = resolve(override(RunConfig(), {"booster.variant": "rllm", "booster.freeze": "finetune", "seed": 2}))
     assert from_flat(flatten(cfg)) == cfg
+
+
+def test_run_ids_are_pinned():
+    """Stored results are found by run id: a change that re-keys every stored run must be deliberate (update
+    these values only together with a note in the README)."""
+    assert run_id(RunConfig()) == "1e26fded26e3c972"
+    rllm = override(RunConfig(), {"booster.variant": "rllm", "data.task": "organmnist3d", "seed": 2})
+    assert run_id(rllm) == "f5e046b4af10fc03"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", float("nan"), "train.lr=nan is out of range"),
+    ("lr", -1.0, "train.lr=-1.0 is out of range: it must be a finite number > 0"),
+    ("weight_decay", float("inf"), "train.weight_decay=inf is out of range"),
+    ("batch_size", 0, "train.batch_size=0 is out of range"),
+])
+def test_resolve_checks_every_field_also_from_python(field, value, message):
+    import dataclasses
+
+    from bench.config import TrainConfig
+
+    cfg = dataclasses.replace(RunConfig(), train=dataclasses.replace(TrainConfig(), **{field: value}))
+    with pytest.raises(BenchError, match=message):
+        resolve(cfg)

@@ -10,6 +10,7 @@ import torch
 from medmnist import INFO
 
 import bench.data.files as files
+import bench.data.info as info
 from bench.data import (
     TASKS,
     data_file,
@@ -49,7 +50,7 @@ def test_tasks_and_specs_follow_medmnist():
     assert TASKS == list(INFO) and len(TASKS) == 18
     for task in TASKS:
         cls = getattr(medmnist, INFO[task]["python_class"])
-        assert files.available_sizes(task) == cls.available_sizes
+        assert info.available_sizes(task) == cls.available_sizes
         spec = task_spec(task, 28)
         assert spec.is_3d == (cls.available_sizes == [28, 64])
         assert spec.n_samples == INFO[task]["n_samples"]

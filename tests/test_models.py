@@ -109,7 +109,7 @@ def test_every_variant_trains_end_to_end(tiny_llm, fixture_root, task):
 
 @pytest.mark.slow
 def test_real_breastmnist_with_frozen_minilm_layer(shared_data, tmp_path):
-    from bench.runner import run_one
+    from bench.run import run_one
     from bench.store import read_history, read_run
 
     cfg = cfg_for(**{"booster.variant": "rllm", "booster.source": "minilm-l6", "vit.depth": 12, "train.epochs": 1,

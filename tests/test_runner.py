@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench import cli, runner, store
+from bench import cli, store
+from bench.run import backends
 from bench.config import run_id
 from bench.data import write_fixture
 from bench.grid import expand, load_grid
@@ -90,10 +91,10 @@ def assert_store_consistent(results: Path, expected_ids: set[str] | None = None,
     for rid in rows.loc[rows["status"] == "ok", "run_id"]:
         assert (results / store.HISTORY / f"{rid}.parquet").is_file()
         assert (results / store.PREDICTIONS / f"{rid}.npz").is_file()
-        assert runner.log_path(results, rid).is_file()
+        assert store.log_path(results, rid).is_file()
     if complete:
         assert not list(results.rglob("*.tmp")), list(results.rglob("*.tmp"))
-        assert not list(results.rglob(f"*{runner.RUNNING_SUFFIX}"))
+        assert not list(results.rglob(f"*{store.RUNNING_SUFFIX}"))
         assert set(rows["run_id"]) == expected_ids and (rows["status"] == "ok").all(), rows[["run_id", "status", "error"]]
     return rows
 
@@ -112,7 +113,7 @@ def test_ci_grid_serial_stores_every_run_whole(ci_env, ci_results, capsys):
     for task in CI_TASKS:
         cached = rows[rows["task"] == task].sort_values("worker_run_index")["data_cached"].tolist()
         assert cached[1:] == [True] * (len(cached) - 1)
-    log = runner.log_path(ci_results, rows["run_id"].iloc[0]).read_text()
+    log = store.log_path(ci_results, rows["run_id"].iloc[0]).read_text()
     assert "epoch 1/1" in log and "status ok" in log and "config {" in log
 
     before = {p.name: p.stat().st_mtime_ns for p in (ci_results / store.RUNS).iterdir()}
@@ -225,8 +226,8 @@ def test_failures_do_not_stop_the_grid_and_oom_retries_at_half_batch(ci_env, tmp
     assert rows.loc[2, "run_id"] == run_id(load_grid(str(grid_file)).runs[2])
     for seed in (0, 1, 3):
         assert not (results / store.PREDICTIONS / f"{rows.loc[seed, 'run_id']}.npz").exists()
-        assert "FAILED" in runner.log_path(results, rows.loc[seed, "run_id"]).read_text()
-    assert "out of memory" in runner.log_path(results, rows.loc[2, "run_id"]).read_text()
+        assert "FAILED" in store.log_path(results, rows.loc[seed, "run_id"]).read_text()
+    assert "out of memory" in store.log_path(results, rows.loc[2, "run_id"]).read_text()
 
     monkeypatch.setattr(bench.train, "fit", real_fit)  # a rerun retries only the failed ones
     assert cli.main(args) == 0
@@ -237,10 +238,10 @@ def test_failures_do_not_stop_the_grid_and_oom_retries_at_half_batch(ci_env, tmp
 def test_stale_temp_files_are_removed_and_one_dispatcher_per_store(ci_env, ci_results, tmp_path, capsys):
     results = copy_store(ci_results, tmp_path)
     junk = [results / store.RUNS / ".abc.parquet.x1.tmp", results / store.PREDICTIONS / ".abc.npz.x2.tmp",
-            results / store.LOGS / f"abc{runner.RUNNING_SUFFIX}"]
+            results / store.LOGS / f"abc{store.RUNNING_SUFFIX}"]
     for p in junk:
         p.write_bytes(b"half a file")
-    with runner.results_lock(results):
+    with store.results_lock(results):
         assert cli.main(ci_args(ci_env, results)) == 2
         err = capsys.readouterr().err
         assert "in use by another `bench run`" in err and f"pid {os.getpid()}" in err and err.count("\n") == 1
@@ -261,7 +262,7 @@ def test_jobs_two_worker_processes_share_cores_and_reuse_data(ci_env, ci_results
     rows = assert_store_consistent(results, ids, complete=True)
     assert "2 worker processes" in capsys.readouterr().out
     assert os.getpid() not in set(rows["worker_pid"]) and rows["worker_pid"].nunique() <= 2
-    assert rows["torch_threads"].between(1, max(1, runner._cores() // 2)).all()  # the cores split between 2
+    assert rows["torch_threads"].between(1, max(1, backends.cores() // 2)).all()  # the cores split between 2
     # a worker keeps its datasets: any later run of a task it already ran found the data in memory
     for _, runs in rows.sort_values("worker_run_index").groupby("worker_pid"):
         seen = set()
@@ -287,7 +288,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_run_redone(ci_env, tmp_path
     def killer():
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120 and not killed:
-            live = list((results / store.LOGS).glob(f"*{runner.RUNNING_SUFFIX}")) if (results / store.LOGS).is_dir() else []
+            live = list((results / store.LOGS).glob(f"*{store.RUNNING_SUFFIX}")) if (results / store.LOGS).is_dir() else []
             workers = [c for c in psutil.Process().children(recursive=True) if "popen_loky" in " ".join(c.cmdline())]
             if live and workers:
                 workers[0].kill()
@@ -309,7 +310,7 @@ def test_ctrl_c_stops_pool_workers(ci_env, tmp_path, capsys, monkeypatch):
     """With workers, Ctrl-C reaches the dispatcher (workers ignore SIGINT); it terminates them and keeps what is stored."""
     import psutil
 
-    real_commit, commits, workers = runner.commit, [], []
+    real_commit, commits, workers = store.commit, [], []
 
     def commit_then_ctrl_c(*a, **k):
         commits.append(real_commit(*a, **k))
@@ -317,12 +318,12 @@ def test_ctrl_c_stops_pool_workers(ci_env, tmp_path, capsys, monkeypatch):
                        if "popen_loky" in " ".join(c.cmdline()))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "commit", commit_then_ctrl_c)
+    monkeypatch.setattr(store, "commit", commit_then_ctrl_c)
     results = tmp_path / "results"
     assert cli.main(ci_args(ci_env, results, "--jobs", "2")) == 130
     assert "interrupted: 1 runs finished and stored, 4 not" in capsys.readouterr().out
     assert commits == ["ok"] and len(assert_store_consistent(results)) == 1
-    assert not list((results / store.LOGS).glob(f"*{runner.RUNNING_SUFFIX}"))
+    assert not list((results / store.LOGS).glob(f"*{store.RUNNING_SUFFIX}"))
     assert len(workers) == 2 and _gone(workers), "pool workers still alive after Ctrl-C"
 
 
@@ -371,10 +372,10 @@ def _rows(results: Path) -> set[str]:
 def _mid_run(results: Path, since: float) -> bool:
     """Some run started after `since` is training and has no row yet (older live logs are a killed run's)."""
     live = set()
-    for p in (results / store.LOGS).glob(f"*{runner.RUNNING_SUFFIX}"):
+    for p in (results / store.LOGS).glob(f"*{store.RUNNING_SUFFIX}"):
         try:
             if p.stat().st_mtime >= since:
-                live.add(p.name[: -len(runner.RUNNING_SUFFIX)])
+                live.add(p.name[: -len(store.RUNNING_SUFFIX)])
         except FileNotFoundError:
             pass
     return bool(live - _rows(results))
@@ -457,7 +458,7 @@ def test_ctrl_c_keeps_finished_runs_serial(ci_env, tmp_path, capsys, monkeypatch
     assert captured.err == "bench: interrupted; finished runs are kept\n"
     rows = assert_store_consistent(results, set(ci_grid(ci_env).run_ids()))
     assert len(rows) == 1 and rows["status"].iloc[0] == "ok"
-    assert not list((results / store.LOGS).glob(f"*{runner.RUNNING_SUFFIX}"))
+    assert not list((results / store.LOGS).glob(f"*{store.RUNNING_SUFFIX}"))
 
 
 # -------------------------------------------------------------------------------------- shipped grids

@@ -8,85 +8,22 @@ synthetic test data, which is always reported as such.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from medmnist.info import DEFAULT_ROOT, INFO
-
 from bench.crashsafe import write_atomic
+from bench.data.info import TaskSpec, default_root, file_name, file_url, official_md5
 from bench.errors import BenchError
 
-TASKS: list[str] = list(INFO)
 FIXTURE_REGISTRY = "bench-fixtures.json"
 VERIFIED, FIXTURE, MISSING, CORRUPT = "verified", "verified (fixture)", "missing", "corrupt"
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task at one image size, as `medmnist.INFO` describes it."""
-
-    task: str
-    size: int
-    task_type: str  # multi-class | binary-class | ordinal-regression | multi-label, binary-class
-    n_channels: int
-    n_classes: int  # number of model outputs: classes, or labels for multi-label
-    is_3d: bool
-    n_samples: dict = field(hash=False)  # {"train": ..., "val": ..., "test": ...}
-
-    @property
-    def multilabel(self) -> bool:
-        return self.task_type.startswith("multi-label")
-
-
-def available_sizes(task: str) -> list[int]:
-    """28 (the `url`/`MD5` keys) plus every size INFO has a `url_<size>` for."""
-    return [28] + sorted(int(k[len("url_") :]) for k in INFO[task] if k.startswith("url_"))
-
-
-def task_spec(task: str, size: int) -> TaskSpec:
-    if task not in INFO:
-        near = difflib.get_close_matches(task, TASKS, n=1)
-        hint = f"did you mean '{near[0]}'? " if near else ""
-        raise BenchError(f"unknown task '{task}': {hint}valid tasks: {', '.join(TASKS)}")
-    sizes = available_sizes(task)
-    if size not in sizes:
-        raise BenchError(f"size {size} is not available for {task}: use one of {', '.join(map(str, sizes))}")
-    info = INFO[task]
-    return TaskSpec(
-        task=task,
-        size=size,
-        task_type=info["task"],
-        n_channels=info["n_channels"],
-        n_classes=len(info["label"]),
-        is_3d=info["python_class"].endswith("3D"),
-        n_samples=dict(info["n_samples"]),
-    )
-
-
-def _size_flag(size: int) -> str:
-    """medmnist's suffix for file names and INFO keys: '' at 28, '_64' etc. otherwise."""
-    return "" if size == 28 else f"_{size}"
-
-
-def file_name(spec: TaskSpec) -> str:
-    return f"{spec.task}{_size_flag(spec.size)}.npz"
-
-
-def file_url(spec: TaskSpec) -> str:
-    return INFO[spec.task][f"url{_size_flag(spec.size)}"]
-
-
-def official_md5(spec: TaskSpec) -> str:
-    return INFO[spec.task][f"MD5{_size_flag(spec.size)}"]
-
-
 def resolve_root(data_root: str | Path | None) -> Path:
     """The argument, else $BENCH_DATA_ROOT, else medmnist's own default (~/.medmnist)."""
-    root = data_root or os.environ.get("BENCH_DATA_ROOT") or DEFAULT_ROOT
+    root = data_root or os.environ.get("BENCH_DATA_ROOT") or default_root()
     if not root:
         raise BenchError("no data directory: medmnist could not create ~/.medmnist; set BENCH_DATA_ROOT or pass one")
     return Path(root).expanduser()

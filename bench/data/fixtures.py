@@ -23,8 +23,8 @@ from bench.data.files import (
     data_file,
     file_status,
     registered_fixtures,
-    task_spec,
 )
+from bench.data.info import task_spec
 from bench.errors import BenchError
 
 SPLITS = ("train", "val", "test")

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.data.files import TaskSpec, _ensure
+from bench.data.files import _ensure
+from bench.data.info import TaskSpec
 from bench.errors import BenchError
 
 SPLITS = ("train", "val", "test")

@@ -1,0 +1,259 @@
+"""The dispatcher: decide which runs of a grid to do, hand them to a backend, store what comes back.
+
+One process owns the result store: it holds the results lock, and workers only train and return a
+run's row, history, predictions and log; so each run is written by one process, whole, the row last
+(bench.store.writer), whatever the backend.
+
+Resume rule: a run stored `ok` is skipped; a run stored `failed` is retried on every `bench run`
+(unless `retry_failed=False`, `bench run --skip-failed`); `force` reruns everything. Each row records
+its `attempt` number. A SIGKILL at any moment leaves only whole files plus temp files and live logs,
+which the next `bench run` removes before it starts. Consecutive runs sharing a dataset and LLM layer
+are ordered together so a worker's in-memory caches get reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from bench import store
+from bench.config import RunConfig, resolve, run_id
+from bench.data import resolve_root
+from bench.errors import BenchError
+from bench.run import backends
+from bench.run.preflight import preflight
+from bench.run.worker import Task, execute
+from bench.store import layout
+
+BACKENDS = ("local", "dask")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How to execute a grid (none of this changes a number, so none of it is in the run id)."""
+
+    device: str | None = None  # auto | cpu | cuda | cuda:N
+    force: bool = False  # rerun runs stored ok (a failed rerun keeps the ok row)
+    retry_failed: bool = True  # False: leave runs stored failed alone (--skip-failed)
+    jobs: int = 1  # local worker processes
+    runs_per_gpu: int | None = None  # K runs at once on each visible GPU (sets jobs)
+    backend: str = "local"  # local | dask
+    scheduler: str | None = None  # the Dask scheduler address
+    bars: bool | None = None  # progress bars: None = when the terminal is interactive
+
+    def check(self) -> RunOptions:
+        """The options as the dispatcher uses them (runs_per_gpu turned into jobs); mistakes -> one line."""
+        jobs = self.jobs
+        if self.runs_per_gpu is not None:
+            gpus = backends.visible_gpus()
+            if (self.runs_per_gpu < 1 or not gpus or self.backend != "local"
+                    or self.device not in (None, "", "auto", "cuda")):
+                raise BenchError("--runs-per-gpu K needs K >= 1, CUDA GPUs, the local backend and --device auto or "
+                                 "cuda; on CPU use --jobs N")
+            jobs = self.runs_per_gpu * len(gpus)
+        if self.backend not in BACKENDS:
+            raise BenchError(f"unknown backend '{self.backend}': use one of {', '.join(BACKENDS)}")
+        if self.backend == "dask" and not self.scheduler:
+            raise BenchError("--backend dask needs --scheduler ADDRESS (e.g. tcp://10.0.0.1:8786)")
+        if self.scheduler and self.backend != "dask":
+            raise BenchError("--scheduler is for --backend dask; add --backend dask")
+        if jobs < 1:
+            raise BenchError(f"--jobs must be >= 1, got {jobs}")
+        if self.backend == "dask" and jobs != 1:
+            raise BenchError("--jobs is for the local backend; a Dask cluster runs as many runs as its workers allow")
+        return dataclasses.replace(self, jobs=jobs)
+
+
+@dataclasses.dataclass
+class Summary:
+    total: int  # runs in the grid
+    skipped: int  # already stored ok (or failed, with retry_failed=False)
+    rows: list[dict]  # one per run executed, in completion order
+    kept: list[str]  # forced reruns that failed while an ok row was kept
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] != "ok"]
+
+
+def wanted(status: str | None, force: bool = False, retry_failed: bool = True) -> bool:
+    """The resume rule: run it if not stored, or stored failed (unless `retry_failed=False`); with force, always."""
+    return force or status is None or (retry_failed and status == "failed")
+
+
+def _order(runs: list[RunConfig]) -> list[RunConfig]:
+    """Group runs sharing a dataset and LLM layer (first-appearance order) so a worker's caches get reused."""
+    def key(c: RunConfig):
+        return (c.data.task, c.data.size, c.booster.source or "", c.booster.layer)
+
+    first: dict = {}
+    for i, c in enumerate(runs):
+        first.setdefault(key(c), i)
+    return sorted(runs, key=lambda c: first[key(c)])
+
+
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def describe(cfg: RunConfig) -> str:
+    b = cfg.booster
+    llm = f" {Path(b.source).name if b.source else ''}@{b.layer}" if b.variant == "rllm" else ""
+    return f"{cfg.label} {cfg.data.task}@{cfg.data.size}{llm} seed={cfg.seed}"
+
+
+def _attempts(results: Path, ids: list[str]) -> dict[str, int]:
+    out = {}
+    for rid in ids:
+        row = store.read_run(results, rid) or {}
+        a = row.get("attempt")
+        out[rid] = int(a) if a is not None and pd.notna(a) else 1
+    return out
+
+
+def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, options: RunOptions = RunOptions(),
+            echo: Callable[[str], None] | None = None) -> Summary:
+    """Run what is not stored ok yet; returns a Summary. Raises KeyboardInterrupt after a clean stop."""
+    opts = options.check()
+    echo = echo or print
+    results = Path(results).expanduser().resolve()
+    root = resolve_root(data_root).resolve()
+    ids = {id(c): run_id(c) for c in runs}
+
+    def to_do(before):
+        return [c for c in runs if wanted(before[ids[id(c)]], opts.force, opts.retry_failed)]
+
+    if opts.backend == "local":
+        from bench.train import pick_device
+
+        pick_device(opts.device)  # an unusable --device is the user's to fix, before anything runs
+    preflight(to_do(store.statuses(results, ids.values())), root)  # before the results directory is touched
+    client = backends.connect(opts.scheduler) if opts.backend == "dask" else None
+    try:
+        with store.results_lock(results):
+            removed = store.clean_stale(results)
+            if removed:
+                echo(f"removed {removed} temp/live-log files left by an interrupted run")
+            before = store.statuses(results, ids.values())
+            todo = to_do(before)  # again, under the lock
+            summary = Summary(total=len(runs), skipped=len(runs) - len(todo), rows=[], kept=[])
+            if not todo:
+                return summary
+            (results / layout.LOGS).mkdir(parents=True, exist_ok=True)
+            attempts = _attempts(results, [ids[id(c)] for c in todo if before[ids[id(c)]] is not None])
+            tasks = [Task(cfg=c, data_root=str(root), live_log=str(layout.running_log_path(results, ids[id(c)])),
+                          device=opts.device, attempt=attempts.get(ids[id(c)], 0) + 1) for c in _order(todo)]
+            return _dispatch(tasks, results, before, summary, opts, client, echo)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, opts: RunOptions, client,
+              echo: Callable[[str], None]) -> Summary:
+    from tqdm.auto import tqdm
+
+    n = len(tasks)
+    bar = tqdm(total=n, unit="run", desc="runs", disable=None if opts.bars is None else not opts.bars,
+               dynamic_ncols=True, position=0)
+    slot_dir = None
+
+    def epoch_bar(task: Task):
+        if bar.disable:
+            return None
+        inner = tqdm(total=task.cfg.train.epochs, unit="epoch", desc=f"  {task.cfg.label}", leave=False, position=1,
+                     dynamic_ncols=True)
+
+        def update(epoch, rec):
+            inner.update(1)
+            inner.set_postfix(val_auc=f"{rec['val_auc']:.3f}", loss=f"{rec['train_loss']:.3f}")
+            if epoch + 1 >= task.cfg.train.epochs:
+                inner.close()
+        return update
+
+    t0 = time.perf_counter()
+    stream = committing = None
+    try:
+        if opts.backend == "local" and (opts.jobs == 1 or n == 1):
+            stream = backends.serial(tasks, epoch_bar)
+        elif opts.backend == "local":
+            jobs = min(opts.jobs, n)
+            slot_dir = tempfile.mkdtemp(prefix="bench-slots-")
+            gpus = backends.visible_gpus() if opts.device in (None, "", "auto", "cuda") else ()
+            threads = max(1, backends.cores() // jobs)
+            if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+                threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
+            setup = backends.PoolSetup(slot_dir=slot_dir, n_slots=jobs, threads=threads, gpus=gpus,
+                                       dispatcher_pid=os.getpid())
+            echo(f"{jobs} worker processes, " + (f"GPUs {','.join(gpus)} round-robin" if gpus else f"{threads} torch threads each"))
+            stream = backends.pool(tasks, jobs, setup, results)
+        else:
+            stream = backends.dask(tasks, client)
+        for task, out in stream:
+            row = out["row"]
+            committing = row
+            what = store.commit(results, out, before.get(row["run_id"]))
+            committing = None
+            summary.rows.append(row)
+            if what == "kept":
+                summary.kept.append(row["run_id"])
+            done = len(summary.rows)
+            bar.update(1)
+            nfail = len(summary.failed)
+            bar.set_postfix(failed=nfail)
+            elapsed = time.perf_counter() - t0
+            eta = _fmt_s(elapsed / done * (n - done)) if done < n else "0s"
+            metric = (f"test_auc={row.get('test_auc'):.4f}" if row["status"] == "ok" and row.get("test_auc") is not None
+                      else (row.get("error") or "")[:160])
+            note = " (oom retry)" if row.get("oom_retry") else ""
+            note += " (kept the earlier ok result)" if what == "kept" else ""
+            bar.write(f"[{done}/{n}] {row['status']:<6} {row['run_id']} {describe(task.cfg)}  {metric}{note}  "
+                      f"{_fmt_s(row.get('wall_s') or 0)}  failed={nfail} eta={eta}", file=sys.stdout)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        bar.close()
+        if committing is not None:  # interrupted while writing a run: count it if its row made it
+            stored = store.read_run(results, committing["run_id"]) or {}
+            if stored.get("started_unix") == committing.get("started_unix"):
+                summary.rows.append(committing)
+        if stream is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # joblib's note that it cancelled the running tasks
+                stream.close()  # joblib terminates its workers; Dask futures are cancelled
+        done_ids = {r["run_id"] for r in summary.rows}
+        for t in tasks:
+            if run_id(t.cfg) not in done_ids:
+                layout.running_log_path(results, run_id(t.cfg)).unlink(missing_ok=True)
+        echo(f"interrupted: {len(summary.rows)} runs finished and stored, {n - len(summary.rows)} not; "
+             "rerun the same command to resume")
+        raise
+    finally:
+        bar.close()
+        if slot_dir:
+            shutil.rmtree(slot_dir, ignore_errors=True)
+    return summary
+
+
+def run_one(cfg: RunConfig, data_root: Path, results: Path, device: str | None = None) -> dict:
+    """Train one config in this process and store it (failed runs too); returns its row."""
+    results = Path(results)
+    rid = run_id(resolve(cfg))
+    with store.results_lock(results):
+        previous = store.statuses(results, [rid])[rid]
+        (results / layout.LOGS).mkdir(parents=True, exist_ok=True)
+        attempt = _attempts(results, [rid]).get(rid, 0) + 1 if previous else 1
+        out = execute(Task(cfg=cfg, data_root=str(resolve_root(data_root)),
+                           live_log=str(layout.running_log_path(results, rid)), device=device, attempt=attempt))
+        store.commit(results, out, previous)
+    return out["row"]

@@ -1,0 +1,223 @@
+"""One run in whichever process a backend chose: train it, never raise for a failed run, return its
+row, history, predictions and log for the dispatcher to store. Writes nothing but the live log.
+
+A failing run (exception, NaN/inf loss, out of memory after one retry at half the batch with
+gradient accumulation) comes back as a `failed` row with its reason. A worker process keeps its
+datasets and loaded LLM layers in memory across its runs (`_splits` here, `bench.models.build`'s cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import gc
+import importlib.metadata
+import io
+import json
+import os
+import socket
+import subprocess
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.config import RunConfig, flatten, resolve, run_id
+from bench.data import Splits, TaskSpec, load_splits, task_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Everything a worker needs for one run; picklable (plain values only)."""
+
+    cfg: RunConfig
+    data_root: str
+    live_log: str | None  # <results>/logs/<id>.running.log, written while the run trains (if reachable)
+    device: str | None  # auto | cpu | cuda | cuda:N
+    attempt: int = 1
+
+
+@functools.cache
+def provenance() -> dict:
+    """Versions, code revision and host: enough to trace any stored number to what produced it."""
+    versions = {f"{pkg}_version": importlib.metadata.version(pkg) for pkg in ("torch", "timm", "transformers", "medmnist")}
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {**versions, "bench_version": importlib.metadata.version("rllm-bench"), "git_sha": sha,
+            "hostname": socket.gethostname()}
+
+
+@functools.lru_cache(maxsize=4)
+def _splits(task: str, size: int, root: Path) -> tuple[TaskSpec, Splits]:
+    """A worker keeps its datasets in memory across runs."""
+    spec = task_spec(task, size)
+    return spec, load_splits(spec, root, download=False)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}"[:500] if text else type(e).__name__
+
+
+class RunLog:
+    """The run's log: kept in memory for the store, and mirrored to a live file while the run goes on."""
+
+    def __init__(self, live: str | None):
+        self.buf = io.StringIO()
+        self.file = None
+        if live:
+            try:
+                self.file = open(live, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+            except OSError:
+                self.file = None  # e.g. a Dask worker that does not see the results directory
+
+    def __call__(self, msg: str) -> None:
+        line = f"{dt.datetime.now().isoformat(timespec='seconds')} {msg}\n"
+        self.buf.write(line)
+        if self.file:
+            with contextlib.suppress(OSError):
+                self.file.write(line)
+
+    def close(self) -> str:
+        if self.file:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        return self.buf.getvalue()
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _fit_with_oom_retry(cfg, splits, spec, device, log, progress, flags: dict):
+    """fit; on out-of-memory once more at half the batch per step (gradient accumulation, same effective batch).
+
+    Sets flags["oom_retry"] when it retries, so a failed retry is recorded as one too."""
+    from bench.train import fit
+
+    oom = None
+    try:
+        return fit(cfg, splits, spec, device, progress=progress)
+    except Exception as e:
+        if not _is_oom(e):
+            raise
+        oom = one_line(e)  # leave the except block first: its traceback holds the failed step's tensors
+    batch = min(cfg.train.batch_size, len(splits.train))
+    if batch < 2:
+        raise MemoryError(f"out of memory at batch size 1: {oom}")
+    micro = batch // 2
+    flags["oom_retry"] = True
+    log(f"out of memory ({oom}); retrying once with micro_batch={micro} (gradient accumulation, same batch "
+        f"{batch}) and eval batch {max(1, cfg.train.eval_batch_size // 2)}")
+    free_memory()
+    smaller = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_batch_size=max(1, cfg.train.eval_batch_size // 2)))
+    try:
+        return fit(smaller, splits, spec, device, progress=progress, micro_batch=micro)
+    except Exception as e:
+        if _is_oom(e):
+            raise MemoryError(f"out of memory again at micro_batch={micro} after retrying: {one_line(e)}") from None
+        raise
+
+
+_RUNS_IN_PROCESS = [0]
+
+
+def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> dict:
+    """Train one run and return {row, history, y_score, y_true, log}; never raises for a failed run."""
+    import torch
+
+    from bench.models import build
+    from bench.train import pick_device
+
+    cfg = resolve(task.cfg)
+    rid = run_id(cfg)
+    _RUNS_IN_PROCESS[0] += 1
+    log = RunLog(task.live_log)
+    flags = {"oom_retry": False}
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {
+        "run_id": rid, "status": "ok", "error": None, "label": cfg.label, "task": cfg.data.task, "size": cfg.data.size,
+        **flatten(cfg),
+        "attempt": task.attempt, "started_at": now(), "started_unix": time.time(), **provenance(), "worker_pid": os.getpid(),
+        "worker_run_index": _RUNS_IN_PROCESS[0], "torch_threads": torch.get_num_threads(), "oom_retry": False,
+    }
+    out: dict[str, Any] = {"row": row, "history": None, "y_score": None, "y_true": None}
+    log(f"run {rid} ({cfg.label}, {cfg.data.task}@{cfg.data.size}, seed {cfg.seed}), attempt {task.attempt}, "
+        f"pid {os.getpid()} on {socket.gethostname()}")
+    log("config " + json.dumps(flatten(cfg), sort_keys=True, default=str))
+
+    def on_epoch(epoch: int, rec: dict) -> None:
+        log(f"epoch {epoch + 1}/{cfg.train.epochs} train_loss={rec['train_loss']:.4f} val_acc={rec['val_acc']:.4f} "
+            f"val_auc={rec['val_auc']:.4f} lr={rec['lr']:.3g} ({rec['epoch_s']:.1f}s)")
+        if progress:
+            progress(epoch, rec)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            dev = pick_device(task.device)
+            if dev.type == "cuda":
+                row["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+            log(f"device {dev}" + (f" (CUDA_VISIBLE_DEVICES={row['cuda_visible_devices']})" if dev.type == "cuda" else "")
+                + f", torch threads {torch.get_num_threads()}")
+            hits = _splits.cache_info().hits
+            t_data = time.perf_counter()
+            spec, splits = _splits(cfg.data.task, cfg.data.size, Path(task.data_root))
+            row.update({"data.md5": splits.md5, "data.fixture": splits.fixture,
+                        "data_cached": _splits.cache_info().hits > hits, "data_s": time.perf_counter() - t_data})
+            llm_hits = build._cached_block.cache_info().hits
+            t_fit = time.perf_counter()
+            result = _fit_with_oom_retry(cfg, splits, spec, dev, log, on_epoch, flags)
+            row["fit_s"] = time.perf_counter() - t_fit
+            if cfg.booster.variant == "rllm":
+                row["llm_cached"] = build._cached_block.cache_info().hits > llm_hits
+            row.update(result.metrics)
+            row["oom_retry"] = flags["oom_retry"]
+            out.update(history=result.history, y_score=result.y_score, y_true=result.y_true)
+            log("done " + " ".join(f"{k}={row.get(k)}" for k in ("best_epoch", "val_auc", "val_acc", "test_auc", "test_acc",
+                                                                 "train_s", "micro_batch", "oom_retry")))
+        except KeyboardInterrupt:
+            log("interrupted")
+            log.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed run is a result; the grid goes on
+            row.update(status="failed", error=one_line(e), traceback=traceback.format_exc(), oom_retry=flags["oom_retry"])
+            log(f"FAILED {row['error']}\n{row['traceback']}")
+            free_memory()
+        for w in caught:
+            log(f"warning: {w.category.__name__}: {w.message} ({Path(w.filename).name}:{w.lineno})")
+    row["finished_at"] = now()
+    row["wall_s"] = time.perf_counter() - t0
+    log(f"status {row['status']} after {row['wall_s']:.1f}s")
+    out["log"] = log.close()
+    return out
+
+
+def lost(task: Task, why: str) -> dict:
+    """The outcome of a run whose worker process died or vanished: failed, with the reason."""
+    cfg = resolve(task.cfg)
+    row = {"run_id": run_id(cfg), "status": "failed", "error": why, "label": cfg.label, "task": cfg.data.task,
+           "size": cfg.data.size, **flatten(cfg), "attempt": task.attempt, "started_at": None, "finished_at": now(),
+           **provenance(), "oom_retry": False}
+    return {"row": row, "history": None, "y_score": None, "y_true": None, "log": f"{now()} FAILED {why}\n"}

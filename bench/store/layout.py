@@ -1,0 +1,40 @@
+"""Where each file of a run lives under the results directory (the one place that spells the paths).
+
+    runs/<run_id>.parquet         one row: status, config, metrics, provenance (bench.store.schema)
+    history/<run_id>.parquet      one row per epoch
+    predictions/<run_id>.npz      y_score (N x C) and y_true (N x L) of the test split
+    logs/<run_id>.log             the run's log; <run_id>.running.log while it trains
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUNS, HISTORY, PREDICTIONS, LOGS = "runs", "history", "predictions", "logs"
+RUNNING_SUFFIX = ".running.log"
+LOCK_FILE = ".bench.lock"
+
+
+def run_path(results: Path, run_id: str) -> Path:
+    return Path(results) / RUNS / f"{run_id}.parquet"
+
+
+def history_path(results: Path, run_id: str) -> Path:
+    return Path(results) / HISTORY / f"{run_id}.parquet"
+
+
+def predictions_path(results: Path, run_id: str) -> Path:
+    return Path(results) / PREDICTIONS / f"{run_id}.npz"
+
+
+def log_path(results: Path, run_id: str) -> Path:
+    return Path(results) / LOGS / f"{run_id}.log"
+
+
+def failed_log_path(results: Path, run_id: str) -> Path:
+    """The log of a forced rerun that failed while an ok result was kept."""
+    return Path(results) / LOGS / f"{run_id}.failed.log"
+
+
+def running_log_path(results: Path, run_id: str) -> Path:
+    return Path(results) / LOGS / f"{run_id}{RUNNING_SUFFIX}"
