@@ -24,10 +24,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench import cli, store, tune
+from bench import cli, store
 from bench.config import override, run_id
 from bench.grid import load_grid
 from bench.train import RunResult
+from bench.tune import study as tune_study
+from bench.tune.space import default_space
+from bench.tune.storage import open_storage
 
 GRID = """\
 name: tunetest
@@ -90,14 +93,14 @@ def env(tmp_path, fixture_root, monkeypatch):
 
 @pytest.fixture
 def fake_fit(monkeypatch):
-    monkeypatch.setattr(tune, "fit", curve_fit)
+    monkeypatch.setattr(tune_study, "fit", curve_fit)
 
 
 def load(results: Path, export: dict | None = None, name: str | None = None, storage: str | None = None):
     if name is None or storage is None:
         export = export or exported(results)
         name, storage = name or export["study"], storage or export["storage"]
-    return optuna.load_study(study_name=name, storage=tune.open_storage(str(storage)))
+    return optuna.load_study(study_name=name, storage=open_storage(str(storage)))
 
 
 def exported(results: Path, variant: str = "baseline") -> dict:
@@ -231,14 +234,14 @@ def test_test_split_is_untouched_during_tuning(env, capsys, monkeypatch):
         read_keys.append(key)
         return original_getitem(self, key)
 
-    seen, real_fit = [], tune.fit
+    seen, real_fit = [], tune_study.fit
 
     def checked_fit(cfg, splits, spec, device, **kw):
         seen.append(splits.test)
         return real_fit(cfg, splits, spec, device, **kw)
 
     monkeypatch.setattr(npz_class, "__getitem__", spy)
-    monkeypatch.setattr(tune, "fit", checked_fit)
+    monkeypatch.setattr(tune_study, "fit", checked_fit)
     assert env.tune(grid=env.make_grid(epochs=1), trials=1) == 0
     assert seen == [None]
     assert read_keys and all(not k.startswith("test_") for k in read_keys), read_keys
@@ -334,7 +337,7 @@ def test_default_space_searches_lr_mult_only_when_finetuning():
 
     def keys(**booster):
         base = resolve(override(RunConfig(), {"booster.variant": "rllm", **{f"booster.{k}": v for k, v in booster.items()}}))
-        return set(tune.default_space(base))
+        return set(default_space(base))
 
     assert "booster.lr_mult" in keys(freeze="finetune")
     assert "booster.lr_mult" not in keys(freeze="frozen")
@@ -348,7 +351,7 @@ WRAPPER = """\
 import os, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-import bench.tune
+import bench.tune.study
 from test_tune import curve_fit
 
 _started = []
@@ -363,7 +366,7 @@ def barrier_fit(*args, **kwargs):
             time.sleep(0.05)
     return curve_fit(*args, **kwargs)
 
-bench.tune.fit = barrier_fit
+bench.tune.study.fit = barrier_fit
 
 if __name__ == "__main__":
     from bench.cli import main
