@@ -332,6 +332,33 @@ def test_params_tuned_runs_with_the_exported_values(env, capsys, fake_fit):
     assert rc == 0 and "1 done" in capsys.readouterr().out  # same values, same run ids: nothing to run
 
 
+NO_OPTUNA = """\
+import sys
+sys.modules["optuna"] = None  # every `import optuna` (or of a submodule) now raises ImportError
+from bench.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_params_tuned_runs_without_optuna(env, capsys, fake_fit):
+    """`bench run --params tuned` in a process that cannot import optuna: it works; `bench tune` there cannot."""
+    grid = env.make_grid(epochs=1, seeds=(0,))
+    assert env.tune(grid=grid, trials=1) == 0
+    doc = exported(env.results)
+    repo = Path(__file__).resolve().parents[1]
+    common = ["--grid", str(grid), "--results", str(env.results), "--data-root", str(env.root)]
+
+    def blocked(*args):
+        return subprocess.run([sys.executable, "-c", NO_OPTUNA, *args], cwd=repo, capture_output=True, text=True,
+                              timeout=120)
+
+    done = blocked("run", *common, "--params", "tuned", "--device", "cpu", "--dry-run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 to run" in done.stdout and doc["tuned_run_id"] in done.stdout, done.stdout
+    control = blocked("tune", *common, "--task", "breastmnist", "--variant", "baseline", "--trials", "1")
+    assert control.returncode != 0 and "optuna" in control.stderr, control.stderr[-3000:]  # the block is real
+
+
 def test_default_space_searches_lr_mult_only_when_finetuning():
     from bench.config import RunConfig, resolve
 
