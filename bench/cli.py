@@ -92,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--study", metavar="NAME", help="the study name (default: <task>__<variant>__<hash of the base config>)")
     p.add_argument("--jobs", type=int, default=1, metavar="K", help="worker processes on this machine (default 1)")
     p.add_argument("--space", metavar="FILE", help="a YAML search-space file (params, replace, pruner, sampler); "
-                                                    "see bench/tune.py for the format")
+                                                    "see bench/tune/space.py for the format")
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), help="per-epoch pruner (default: median)")
     p.add_argument("--seed", type=int, default=0, help="the sampler seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
@@ -131,7 +131,7 @@ def cmd_run(args) -> int:
     from bench.config import parse_sets
     from bench.data import resolve_root
     from bench.grid import load_grid
-    from bench.tune import with_params as tune_params
+    from bench.tune.params import with_params as tune_params
 
     grid = load_grid(args.grid, parse_sets(args.sets))
     grid = tune_params(grid, args.params, args.results)  # --params tuned: each run gets its tuned values
@@ -226,16 +226,17 @@ def cmd_data_fetch(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from bench import tune
     from bench.config import parse_sets
+    from bench.tune import study
+    from bench.tune.storage import describe_storage
 
-    setup = tune.prepare(args.task, args.variant, grid=args.grid, sets=parse_sets(args.sets), trials=args.trials,
-                         timeout=args.timeout, storage=args.storage, study=args.study, space=args.space,
-                         pruner=args.pruner, seed=args.seed, data_root=args.data_root, device=args.device,
-                         results=args.results)
-    print(f"study {setup.study} in {tune.describe_storage(setup.storage)}: {args.task}/{args.variant} of grid "
+    setup = study.prepare(args.task, args.variant, grid=args.grid, sets=parse_sets(args.sets), trials=args.trials,
+                          timeout=args.timeout, storage=args.storage, study=args.study, space=args.space,
+                          pruner=args.pruner, seed=args.seed, data_root=args.data_root, device=args.device,
+                          results=args.results)
+    print(f"study {setup.study} in {describe_storage(setup.storage)}: {args.task}/{args.variant} of grid "
           f"{setup.grid}, {args.trials} trials, searching {', '.join(setup.space)}")
-    s = tune.run(setup, jobs=args.jobs)
+    s = study.run(setup, jobs=args.jobs)
     print(f"done: {s['done']}/{s['n_trials']} trials ({s['complete']} complete, {s['pruned']} pruned, "
           f"{s['failed']} failed" + (f", {s['interrupted']} interrupted" if s["interrupted"] else "") + ")")
     if s["export"] is None:

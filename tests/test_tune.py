@@ -24,10 +24,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench import cli, store, tune
+from bench import cli, store
 from bench.config import override, run_id
 from bench.grid import load_grid
 from bench.train import RunResult
+from bench.tune import study as tune_study
+from bench.tune.space import default_space
+from bench.tune.storage import open_storage
 
 GRID = """\
 name: tunetest
@@ -90,14 +93,14 @@ def env(tmp_path, fixture_root, monkeypatch):
 
 @pytest.fixture
 def fake_fit(monkeypatch):
-    monkeypatch.setattr(tune, "fit", curve_fit)
+    monkeypatch.setattr(tune_study, "fit", curve_fit)
 
 
 def load(results: Path, export: dict | None = None, name: str | None = None, storage: str | None = None):
     if name is None or storage is None:
         export = export or exported(results)
         name, storage = name or export["study"], storage or export["storage"]
-    return optuna.load_study(study_name=name, storage=tune.open_storage(str(storage)))
+    return optuna.load_study(study_name=name, storage=open_storage(str(storage)))
 
 
 def exported(results: Path, variant: str = "baseline") -> dict:
@@ -231,14 +234,14 @@ def test_test_split_is_untouched_during_tuning(env, capsys, monkeypatch):
         read_keys.append(key)
         return original_getitem(self, key)
 
-    seen, real_fit = [], tune.fit
+    seen, real_fit = [], tune_study.fit
 
     def checked_fit(cfg, splits, spec, device, **kw):
         seen.append(splits.test)
         return real_fit(cfg, splits, spec, device, **kw)
 
     monkeypatch.setattr(npz_class, "__getitem__", spy)
-    monkeypatch.setattr(tune, "fit", checked_fit)
+    monkeypatch.setattr(tune_study, "fit", checked_fit)
     assert env.tune(grid=env.make_grid(epochs=1), trials=1) == 0
     assert seen == [None]
     assert read_keys and all(not k.startswith("test_") for k in read_keys), read_keys
@@ -329,12 +332,39 @@ def test_params_tuned_runs_with_the_exported_values(env, capsys, fake_fit):
     assert rc == 0 and "1 done" in capsys.readouterr().out  # same values, same run ids: nothing to run
 
 
+NO_OPTUNA = """\
+import sys
+sys.modules["optuna"] = None  # every `import optuna` (or of a submodule) now raises ImportError
+from bench.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_params_tuned_runs_without_optuna(env, capsys, fake_fit):
+    """`bench run --params tuned` in a process that cannot import optuna: it works; `bench tune` there cannot."""
+    grid = env.make_grid(epochs=1, seeds=(0,))
+    assert env.tune(grid=grid, trials=1) == 0
+    doc = exported(env.results)
+    repo = Path(__file__).resolve().parents[1]
+    common = ["--grid", str(grid), "--results", str(env.results), "--data-root", str(env.root)]
+
+    def blocked(*args):
+        return subprocess.run([sys.executable, "-c", NO_OPTUNA, *args], cwd=repo, capture_output=True, text=True,
+                              timeout=120)
+
+    done = blocked("run", *common, "--params", "tuned", "--device", "cpu", "--dry-run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 to run" in done.stdout and doc["tuned_run_id"] in done.stdout, done.stdout
+    control = blocked("tune", *common, "--task", "breastmnist", "--variant", "baseline", "--trials", "1")
+    assert control.returncode != 0 and "optuna" in control.stderr, control.stderr[-3000:]  # the block is real
+
+
 def test_default_space_searches_lr_mult_only_when_finetuning():
     from bench.config import RunConfig, resolve
 
     def keys(**booster):
         base = resolve(override(RunConfig(), {"booster.variant": "rllm", **{f"booster.{k}": v for k, v in booster.items()}}))
-        return set(tune.default_space(base))
+        return set(default_space(base))
 
     assert "booster.lr_mult" in keys(freeze="finetune")
     assert "booster.lr_mult" not in keys(freeze="frozen")
@@ -348,7 +378,7 @@ WRAPPER = """\
 import os, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-import bench.tune
+import bench.tune.study
 from test_tune import curve_fit
 
 _started = []
@@ -363,7 +393,7 @@ def barrier_fit(*args, **kwargs):
             time.sleep(0.05)
     return curve_fit(*args, **kwargs)
 
-bench.tune.fit = barrier_fit
+bench.tune.study.fit = barrier_fit
 
 if __name__ == "__main__":
     from bench.cli import main

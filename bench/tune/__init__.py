@@ -1,0 +1,24 @@
+"""`bench tune`: Optuna studies over one variant's training hyperparameters, scored on **val** only.
+
+    space     what is searched: the default ranges and the YAML search-space file
+    storage   where a study lives: a journal file or an RDB URL
+    study     the study loop: setup, sampler and pruner, the ask/train/tell workers, the best-params export
+    params    the tuned-params files, and `bench run --params` applying them
+
+`bench run --params tuned` imports only `params`: this file and `params` import neither optuna nor torch,
+so running a grid does not need the tuning stack. The two helpers below are shared by the modules.
+"""
+
+from __future__ import annotations
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as `Type: message` on one line (a driver's error unwrapped from sqlalchemy's)."""
+    orig = getattr(err, "orig", None)  # sqlalchemy wraps the driver's error
+    text = " ".join(str(orig if orig is not None else err).split("(Background on this error")[0].split())
+    return f"{type(orig or err).__name__}: {text}" if text else type(orig or err).__name__
+
+
+def safe_name(name: str) -> str:
+    """A task, variant or study name as a file name."""
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
