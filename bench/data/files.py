@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.crashsafe import write_atomic
 from bench.data.info import TaskSpec, default_root, file_name, file_url, official_md5
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 
 FIXTURE_REGISTRY = "bench-fixtures.json"
 VERIFIED, FIXTURE, MISSING, CORRUPT = "verified", "verified (fixture)", "missing", "corrupt"
@@ -109,11 +109,6 @@ def file_status(spec: TaskSpec, root: str | Path) -> str:
     return _check(spec, path)[0] if path.exists() else MISSING
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def _download(spec: TaskSpec, root: Path) -> None:
     """Fetch the file the way medmnist does (torchvision's download_url), into a temp name first.
 
@@ -137,7 +132,7 @@ def _download(spec: TaskSpec, root: Path) -> None:
         raise
     except Exception as err:  # offline, HTTP error, disk full, unwritable root, ...
         raise BenchError(
-            f"could not download {name} ({_one_line(err)}): fetch {url} by hand and put it in {root}/ as {name}"
+            f"could not download {name} ({one_line(err)}): fetch {url} by hand and put it in {root}/ as {name}"
         ) from None
     finally:
         part.unlink(missing_ok=True)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from bench.config import run_id
 from bench.crashsafe import pid_alive
-from bench.errors import BenchError
-from bench.run.worker import Task, execute, lost, one_line
+from bench.errors import BenchError, one_line
+from bench.run.worker import Task, execute, lost
 from bench.store import layout
 
 MAX_WORKER_DEATHS = 2  # a run whose worker process dies this often is stored failed

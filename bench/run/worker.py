@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.config import RunConfig, flatten, resolve, run_id
 from bench.data import Splits, TaskSpec, load_splits, task_spec
+from bench.errors import one_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +64,6 @@ def _splits(task: str, size: int, root: Path) -> tuple[TaskSpec, Splits]:
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}"[:500] if text else type(e).__name__
 
 
 class RunLog:

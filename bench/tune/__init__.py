@@ -6,17 +6,10 @@
     params    the tuned-params files, and `bench run --params` applying them
 
 `bench run --params tuned` imports only `params`: this file and `params` import neither optuna nor torch,
-so running a grid does not need the tuning stack. The two helpers below are shared by the modules.
+so running a grid does not need the tuning stack. The helper below is shared by the modules.
 """
 
 from __future__ import annotations
-
-
-def one_line(err: BaseException) -> str:
-    """An exception as `Type: message` on one line (a driver's error unwrapped from sqlalchemy's)."""
-    orig = getattr(err, "orig", None)  # sqlalchemy wraps the driver's error
-    text = " ".join(str(orig if orig is not None else err).split("(Background on this error")[0].split())
-    return f"{type(orig or err).__name__}: {text}" if text else type(orig or err).__name__
 
 
 def safe_name(name: str) -> str:

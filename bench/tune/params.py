@@ -18,9 +18,9 @@ from typing import Callable
 
 from bench.config import flatten, override, resolve, run_id
 from bench.crashsafe import write_atomic
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 from bench.grid import Grid, grid_path
-from bench.tune import one_line, safe_name
+from bench.tune import safe_name
 
 TUNED = "tuned"  # <results>/tuned/<task>__<variant>.json
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import optuna
 
-from bench.errors import BenchError
-from bench.tune import one_line, safe_name
+from bench.errors import BenchError, one_line
+from bench.tune import safe_name
 
 OPTUNA = "optuna"  # <results>/optuna/<study>.log, the default journal storage
 

@@ -52,10 +52,9 @@ from optuna.trial import TrialState
 from bench.config import RunConfig, flatten, override, resolve, run_id, to_dict
 from bench.crashsafe import pid_alive
 from bench.data import ensure_file, load_splits, resolve_root, task_spec
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 from bench.grid import Grid, load_grid
 from bench.train import fit, pick_device
-from bench.tune import one_line
 from bench.tune.params import TUNED, tuned_path, write_tuned
 from bench.tune.space import Param, load_space
 from bench.tune.storage import default_storage, describe_storage, open_storage
