@@ -1,7 +1,8 @@
 """Plain dataclasses for one run, typed `key=value` overrides, variant resolution and the run id.
 
 A run is fully described by a `RunConfig`; everything that changes a number lives here, and nothing
-that only says *where* (data root, results dir, device) does, so the run id survives a move.
+that only says *where* (data root, results dir, device) does, so the run id survives a move. Each
+field declares its allowed values beside it (`knob`), and `resolve` is the one place they are checked.
 """
 
 from __future__ import annotations
@@ -22,38 +23,53 @@ from bench.errors import BenchError
 
 
 def knob(default, *, choices: tuple = (), gt: float | None = None, ge: float | None = None,
-         lt: float | None = None, le: float | None = None):
+         lt: float | None = None, le: float | None = None, added: bool = False):
     """A config field with its allowed values, declared beside it: the one place a knob's rule lives.
 
-    `choices` for strings; `gt`/`ge`/`lt`/`le` bounds for numbers (which must also be finite)."""
+    `choices` for strings; `gt`/`ge`/`lt`/`le` bounds for numbers (which must also be finite; for tuples,
+    each item). `added=True` marks a field added after the first release: at its default it is left out
+    of the run id, so runs stored before it existed keep their ids (its default is what they did)."""
     rule = {k: v for k, v in dict(choices=choices, gt=gt, ge=ge, lt=lt, le=le).items() if v not in (None, ())}
-    return field(default=default, metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule, "added": added})
+
+
+ARCHS_2D3D = ("tiny", "small", "base")  # timm's ViT widths, for 2D and (with 3D patches) 3D
+ARCHS_3D = ("vit3d-s", "vit3d-m", "vit3d-l", "vivit-s", "vivit-m", "vivit-l")  # Lai et al.'s 3D backbones
+RELATIVE_LAYERS = ("first", "middle", "last")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     task: str = "breastmnist"  # a medmnist flag, e.g. pathmnist, organmnist3d
     size: int = 28  # 28/64/128/224 (2D), 28/64 (3D)
+    rgb: bool = knob(False, added=True)  # repeat grey images to 3 channels (the paper: RGB JPEGs in 2D, repeat in 3D)
+    mean: tuple[float, ...] = knob((0.5,), added=True)  # per-channel normalisation of [0, 1] pixels: (x - mean) / std
+    std: tuple[float, ...] = knob((0.5,), gt=0, added=True)  # (0.5,)/(0.5,) is medmnist's; ImageNet's for timm weights
 
 
 @dataclass(frozen=True)
 class VitConfig:
-    arch: str = knob("tiny", choices=("tiny", "small", "base"))  # timm's ViT widths; the 3D ViT uses the same ones
-    depth: int = knob(12, ge=1)  # transformer blocks (12 in every timm ViT; fewer for quick checks)
+    arch: str = knob("tiny", choices=ARCHS_2D3D + ARCHS_3D)
+    depth: int = knob(0, ge=0)  # transformer blocks; 0 = the arch's own (12; vit3d 8; vivit 4+4, 8+8, 16+16)
     patch: int = knob(0, ge=0)  # 0 = chosen from the image size (28->4, 64->8, 128/224->16)
-    paper_mode: bool = False  # upsample 2D images to 224 and use patch 16, as the paper did
-    pretrained: bool = False  # timm's ImageNet weights (2D only)
+    paper_mode: bool = False  # the model sees 2D images at 224 with patch 16, as the paper's ViT-S
+    pretrained: bool = False  # timm's default ImageNet weights for the arch (2D only)
     drop_path: float = knob(0.0, ge=0, lt=1)
+    weights: str = knob("", added=True)  # a timm pretrained tag, e.g. deit_small_patch16_224.fb_in1k (2D only)
+    head: str = knob("task", choices=("task", "pretrained"), added=True)  # pretrained: keep the 1000-way ImageNet
+    # classifier and train it, the task's classes being its first outputs (the paper's code)
 
 
 @dataclass(frozen=True)
 class BoosterConfig:
     """FE -> FL -> FD after the last ViT block. `None` knobs take the variant's default."""
 
-    variant: str = knob("baseline", choices=("baseline", "adapters", "rllm"))  # adapters: FD(FE z) + z, no LLM
+    variant: str = knob("baseline", choices=("baseline", "adapters", "mlp", "rllm"))  # adapters: FD(FE z) + z and
+    # mlp: FD(FE z), both without an LLM layer (capacity controls)
     source: str | None = "minilm-l6"  # hub id, local directory, or minilm-l6 (packaged offline copy)
     revision: str | None = None  # hub revision; None = main
-    layer: int = -1  # first layer of the block; negative counts from the end
+    layer: int | str = -1  # first layer of the block: an index (negative from the end), first | middle | last,
+    # or a fraction of the depth in [0, 1] (0.5 = the middle layer)
     num_layers: int = knob(1, ge=0)  # consecutive layers starting at `layer`
     residual: str | None = knob(None, choices=("in", "out", "hybrid", "none"))  # rllm; default in
     llm_norm: str | None = knob(None, choices=("none", "unit", "pretrained"))  # rllm; default unit
@@ -63,6 +79,9 @@ class BoosterConfig:
     pos_emb: str | None = knob(None, choices=("none", "rope"))  # rllm; default none
     mask: str | None = knob(None, choices=("bidirectional", "causal"))  # rllm; default bidirectional
     dtype: str = knob("fp32", choices=("fp32", "bf16"))  # block weights; bf16 on CUDA only
+    bias: bool = knob(True, added=True)  # FE and FD with biases (the paper's have none)
+    adapter_init: str = knob("default", choices=("default", "trunc_normal"), added=True)  # FE/FD weights: torch's
+    # default, or timm's truncated normal(0.02) (the paper's 2D code)
 
 
 @dataclass(frozen=True)
@@ -73,9 +92,29 @@ class TrainConfig:
     weight_decay: float = knob(0.05, ge=0)
     warmup_epochs: float = knob(1.0, ge=0)
     label_smoothing: float = knob(0.0, ge=0, lt=1)
-    aug: float = knob(1.0, ge=0)  # augmentation strength: 0 = none, 1 = flips + shifts of up to 1/8 of the image
+    aug: float = knob(1.0, ge=0)  # flips + shifts of up to aug/8 of the image; 0 = none
     eval_batch_size: int = knob(1024, ge=1)
     compile: bool = False
+    optimizer: str = knob("adamw", choices=("adamw", "adam"), added=True)  # adam: L2 decay, the paper's 3D code
+    schedule: str = knob("cosine", choices=("cosine", "cosine_epoch", "constant"), added=True)  # cosine: per step;
+    # cosine_epoch: timm's CosineLRScheduler stepped per epoch (DeiT, the paper's 2D code); constant: lr throughout
+    warmup_lr: float = knob(0.0, ge=0, added=True)  # where the linear warm-up starts
+    min_lr: float = knob(0.0, ge=0, added=True)  # where the cosine ends
+    rrc_scale: tuple[float, ...] = knob((), gt=0, le=1, added=True)  # RandomResizedCrop area range, e.g. (0.08, 1.0);
+    # () = none
+    rrc_ratio: tuple[float, ...] = knob((0.75, 4 / 3), gt=0, added=True)  # its aspect-ratio range
+    interpolation: str = knob("bilinear", choices=("bilinear", "bicubic"), added=True)  # resizing to the model size
+    hflip: float = knob(0.0, ge=0, le=1, added=True)  # horizontal flip probability (after the crop)
+    randaug_ops: int = knob(0, ge=0, added=True)  # RandAugment ops per image (timm's increasing set); 0 = none
+    randaug_magnitude: float = knob(9.0, ge=0, le=10, added=True)
+    randaug_std: float = knob(0.5, ge=0, added=True)  # Gaussian noise on the magnitude, per op
+    erase: float = knob(0.0, ge=0, le=1, added=True)  # random erasing probability (per-pixel normal noise)
+    mixup: float = knob(0.0, ge=0, added=True)  # mixup Beta(alpha, alpha); 0 = off
+    cutmix: float = knob(0.0, ge=0, added=True)  # cutmix Beta(alpha, alpha); 0 = off
+    mixup_switch: float = knob(0.5, ge=0, le=1, added=True)  # with both on: probability of cutmix for a batch
+    eval_crop: float = knob(1.0, gt=0, le=1, added=True)  # eval: resize to size / eval_crop, centre crop (DeiT 0.875)
+    repeated_aug: int = knob(1, ge=1, added=True)  # each image this many times per epoch, differently augmented
+    audit_test: bool = knob(False, added=True)  # protocol audit: test metrics every epoch, into the history only
 
 
 @dataclass(frozen=True)
@@ -87,13 +126,16 @@ class RunConfig:
     seed: int = knob(0, ge=0)
     label: str = ""  # the grid's name for this variant; not part of the run id
     params_file: str = ""  # the tuned-params file applied (bench run --params); its values are, the path is not
+    save_weights: bool = False  # keep the trained weights (for `bench explain`); what is kept, not what is computed
 
 
+NOT_IN_RUN_ID = ("label", "params_file", "save_weights")
 RLLM_DEFAULTS = dict(
     residual="in", llm_norm="unit", freeze="frozen", init="pretrained", pos_emb="none", mask="bidirectional"
 )
 LLM_KNOBS = ("residual", "llm_norm", "freeze", "lr_mult", "init", "pos_emb", "mask")
 WHICH_LLM = ("source", "revision", "layer", "num_layers", "dtype")
+NO_LLM_LAYER = ("baseline", "adapters", "mlp")
 
 
 @functools.cache
@@ -101,15 +143,32 @@ def field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def all_keys(cls=RunConfig, prefix: str = "") -> list[str]:
-    """Every dotted key a user can set, e.g. `train.lr`."""
-    keys = []
-    for name, tp in field_types(cls).items():
+def _fields(cls=RunConfig, prefix: str = ""):
+    """(dotted key, dataclass field, type) of every leaf field."""
+    for f in dataclasses.fields(cls):
+        tp = field_types(cls)[f.name]
         if dataclasses.is_dataclass(tp):
-            keys += all_keys(tp, f"{prefix}{name}.")
+            yield from _fields(tp, f"{prefix}{f.name}.")
         else:
-            keys.append(prefix + name)
-    return keys
+            yield prefix + f.name, f, tp
+
+
+@functools.cache
+def all_keys() -> list[str]:
+    """Every dotted key a user can set, e.g. `train.lr`."""
+    return [key for key, _, _ in _fields()]
+
+
+@functools.cache
+def rules() -> dict[str, dict]:
+    """{dotted key: its declared rule} for every field declared with a rule."""
+    return {key: f.metadata["rule"] for key, f, _ in _fields() if f.metadata.get("rule")}
+
+
+@functools.cache
+def added_defaults() -> dict[str, Any]:
+    """{dotted key: default} of the fields added after the first release (left out of run ids at that default)."""
+    return {key: f.default for key, f, _ in _fields() if f.metadata.get("added")}
 
 
 def _unknown_key(key: str) -> BenchError:
@@ -118,25 +177,15 @@ def _unknown_key(key: str) -> BenchError:
     return BenchError(f"unknown config key '{key}': {hint}")
 
 
-@functools.cache
-def rules() -> dict[str, dict]:
-    """{dotted key: its declared rule} for every field declared with `knob`."""
-    out = {}
-
-    def walk(cls, prefix):
-        for f in dataclasses.fields(cls):
-            tp = field_types(cls)[f.name]
-            if dataclasses.is_dataclass(tp):
-                walk(tp, f"{prefix}{f.name}.")
-            elif f.metadata.get("rule"):
-                out[prefix + f.name] = f.metadata["rule"]
-
-    walk(RunConfig, "")
-    return out
+def _in_bounds(value, rule: dict) -> bool:
+    checks = {"gt": lambda b: value > b, "ge": lambda b: value >= b, "lt": lambda b: value < b, "le": lambda b: value <= b}
+    return math.isfinite(value) and all(checks[op](b) for op, b in rule.items() if op in checks)
 
 
 def check_value(key: str, value: Any) -> None:
     """Raise a one-line BenchError when `value` breaks the rule declared for `key` (None always passes)."""
+    if key == "booster.layer":
+        _check_layer(value)
     rule = rules().get(key)
     if not rule or value is None:
         return
@@ -144,19 +193,32 @@ def check_value(key: str, value: Any) -> None:
         if value not in rule["choices"]:
             raise BenchError(f"{key}={value!r} is not one of {', '.join(rule['choices'])}")
         return
-    bounds = [(op, rule[op]) for op in ("gt", "ge", "lt", "le") if op in rule]
-    ok = math.isfinite(value) and all(
-        {"gt": value > b, "ge": value >= b, "lt": value < b, "le": value <= b}[op] for op, b in bounds)
-    if not ok:
-        want = " and ".join(f"{ {'gt': '>', 'ge': '>=', 'lt': '<', 'le': '<='}[op]} {b:g}" for op, b in bounds)
-        raise BenchError(f"{key}={value!r} is out of range: it must be a finite number {want}")
+    if not all(_in_bounds(v, rule) for v in (value if isinstance(value, tuple) else (value,))):
+        signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        want = " and ".join(f"{signs[op]} {b:g}" for op, b in rule.items() if op in signs)
+        shown = _text(value) if isinstance(value, tuple) else repr(value)
+        what = "every item must be" if isinstance(value, tuple) else "it must be"
+        raise BenchError(f"{key}={shown} is out of range: {what} a finite number {want}")
+
+
+def _check_layer(value: int | str) -> None:
+    if isinstance(value, int) or value in RELATIVE_LAYERS:
+        return
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = math.nan
+    if not 0 <= fraction <= 1:
+        raise BenchError(f"booster.layer={value!r} is not a layer: use an index (negative from the end), "
+                         f"{', '.join(RELATIVE_LAYERS)}, or a fraction of the depth in [0, 1] such as 0.5")
 
 
 def check_fields(cfg: RunConfig) -> None:
     """Every field of `cfg` against its declared rule."""
-    flat = flatten(cfg)
+    flat = _flat_values(cfg)
     for key in rules():
         check_value(key, flat[key])
+    _check_layer(cfg.booster.layer)
 
 
 def coerce(key: str, tp: Any, value: Any) -> Any:
@@ -167,10 +229,23 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
 
 
 def _typed(key: str, tp: Any, value: Any) -> Any:
-    optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
-    base = next(a for a in tp.__args__ if a is not type(None)) if optional else tp
-    if optional and (value is None or (isinstance(value, str) and value.lower() in ("null", "~"))):
+    args = tp.__args__ if isinstance(tp, types.UnionType) else (tp,)
+    if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "~"))):
         return None
+    args = tuple(a for a in args if a is not type(None))
+    if args == (int, str):  # an index, else a name or a fraction (booster.layer)
+        try:
+            return _typed(key, int, value)
+        except BenchError:
+            return _typed(key, str, value)
+    base = args[0]
+    if typing.get_origin(base) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (int, float)) and not isinstance(items, bool):
+            items = [items]
+        if not isinstance(items, (list, tuple)):
+            raise BenchError(f"{key}={value!r} is not a list of numbers; e.g. {key}=0.485,0.456,0.406")
+        return tuple(_typed(key, float, v) for v in items if not (isinstance(v, str) and not v.strip()))
     bad = BenchError(f"{key}={value!r} is not a valid {base.__name__}; e.g. {key}={_example(base)}")
     if base is bool:
         if isinstance(value, bool):
@@ -243,25 +318,31 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def arch_depth(arch: str) -> int:
+    """The number of blocks an arch has (per transformer for ViViT's spatial and temporal ones)."""
+    return {"vit3d-s": 8, "vit3d-m": 8, "vit3d-l": 8, "vivit-s": 4, "vivit-m": 8, "vivit-l": 16}.get(arch, 12)
+
+
 def resolve(cfg: RunConfig) -> RunConfig:
     """The one place a config is validated: every field against its rule, knobs that mean nothing for the
-    variant refused, the variant's defaults filled in.
+    variant or the task refused, the variant's and the arch's defaults filled in.
 
     Which-LLM fields are dropped for the baseline, so a grid crossing LLMs shares one baseline run.
     """
     check_fields(cfg)
-    task_spec(cfg.data.task, cfg.data.size)  # the task exists at that size (medmnist.INFO)
+    spec = task_spec(cfg.data.task, cfg.data.size)  # the task exists at that size (medmnist.INFO)
     b = cfg.booster
     set_knobs = [k for k in LLM_KNOBS if getattr(b, k) is not None]
-    if b.variant in ("baseline", "adapters"):
+    if b.variant in NO_LLM_LAYER:
         if set_knobs:
             raise BenchError(
                 f"booster.{set_knobs[0]} has no meaning for variant={b.variant} (no LLM layer); "
                 "remove it or use booster.variant=rllm"
             )
         if b.variant == "baseline":
-            b = dataclasses.replace(b, source=None, revision=None, layer=0, num_layers=0, dtype="fp32")
-        else:  # adapters take only the LLM's width: one run per LLM, whatever layer the grid sweeps
+            b = dataclasses.replace(b, source=None, revision=None, layer=0, num_layers=0, dtype="fp32", bias=True,
+                                    adapter_init="default")
+        else:  # adapters and mlp take only the LLM's width: one run per LLM, whatever layer the grid sweeps
             b = dataclasses.replace(b, layer=0, num_layers=0, dtype="fp32")
     else:
         fill = {k: v for k, v in RLLM_DEFAULTS.items() if getattr(b, k) is None}
@@ -277,21 +358,60 @@ def resolve(cfg: RunConfig) -> RunConfig:
             raise BenchError(f"variant={b.variant} needs booster.source (a hub id, a local directory or minilm-l6)")
         if b.variant == "rllm" and b.num_layers < 1:
             raise BenchError(f"booster.num_layers must be >= 1, got {b.num_layers}")
-    if cfg.vit.pretrained and cfg.data.task.endswith("3d"):
-        raise BenchError("vit.pretrained applies to 2D tasks only (timm has no 3D ImageNet weights); set vit.pretrained=false")
-    if cfg.vit.paper_mode and cfg.data.task.endswith("3d"):
-        raise BenchError("vit.paper_mode (upsample to 224) applies to 2D tasks only; set vit.paper_mode=false")
-    if cfg.vit.pretrained and cfg.vit.depth != 12:
-        raise BenchError("vit.pretrained loads timm's 12-block ViTs; set vit.depth=12 or vit.pretrained=false")
-    return dataclasses.replace(cfg, booster=b)
+    vit = _resolve_vit(cfg.vit, spec)
+    _check_data(cfg.data, spec)
+    _check_train(cfg.train, spec)
+    return dataclasses.replace(cfg, vit=vit, booster=b)
+
+
+def _resolve_vit(v: VitConfig, spec) -> VitConfig:
+    if v.arch in ARCHS_3D and not spec.is_3d:
+        raise BenchError(f"vit.arch={v.arch} is a 3D backbone; for a 2D task use one of {', '.join(ARCHS_2D3D)}")
+    if spec.is_3d:
+        for name in ("pretrained", "paper_mode", "weights"):
+            if getattr(v, name):
+                raise BenchError(f"vit.{name} applies to 2D tasks only (there are no 3D ImageNet weights or 224-px "
+                                 f"images); drop vit.{name}")
+    if v.pretrained and v.weights:
+        raise BenchError("vit.pretrained and vit.weights both pick ImageNet weights; keep only vit.weights")
+    if v.head == "pretrained" and not (v.pretrained or v.weights):
+        raise BenchError("vit.head=pretrained keeps the checkpoint's ImageNet classifier: set vit.weights too")
+    depth = v.depth or arch_depth(v.arch)
+    if (v.pretrained or v.weights) and depth != 12:
+        raise BenchError("ImageNet weights are for timm's 12-block ViTs; set vit.depth=0 (or 12)")
+    return dataclasses.replace(v, depth=depth)
+
+
+def _check_data(d: DataConfig, spec) -> None:
+    channels = 3 if d.rgb or spec.n_channels == 3 else 1
+    for name in ("mean", "std"):
+        n = len(getattr(d, name))
+        if n not in (1, channels):
+            raise BenchError(f"data.{name} has {n} values but the images have {channels} channel(s); give 1 or "
+                             f"{channels} (data.rgb=true makes grey images 3-channel)")
+
+
+def _check_train(t: TrainConfig, spec) -> None:
+    if t.rrc_scale and (len(t.rrc_scale) != 2 or t.rrc_scale[0] > t.rrc_scale[1]):
+        raise BenchError("train.rrc_scale is a (min, max) area range, e.g. 0.08,1.0; or empty for no crop")
+    if len(t.rrc_ratio) != 2 or t.rrc_ratio[0] > t.rrc_ratio[1]:
+        raise BenchError("train.rrc_ratio is a (min, max) aspect-ratio range, e.g. 0.75,1.3333")
+    if spec.is_3d:
+        for name in ("rrc_scale", "randaug_ops", "hflip", "erase", "mixup", "cutmix"):
+            if getattr(t, name) != getattr(TrainConfig, name):
+                raise BenchError(f"train.{name} is a 2D image augmentation; 3D volumes use train.aug (flips and "
+                                 f"shifts): drop train.{name}")
+        if t.eval_crop != 1.0:
+            raise BenchError("train.eval_crop applies to 2D images only; drop it")
+    if (t.mixup or t.cutmix) and spec.multilabel:
+        raise BenchError(f"train.mixup/cutmix mix one label per image; {spec.task} is multi-label: drop them")
 
 
 def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def flatten(cfg: RunConfig) -> dict[str, Any]:
-    """`{"data.task": ..., "train.lr": ..., "seed": ...}`: one store column per field."""
+def _flat_values(cfg: RunConfig) -> dict[str, Any]:
     out = {}
 
     def walk(d, prefix):
@@ -305,6 +425,16 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+def _text(value: tuple) -> str:
+    return ",".join(str(v) for v in value)
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """`{"data.task": ..., "train.lr": ..., "seed": ...}`: one store column per field (tuples as "a,b")."""
+    return {k: _text(v) if isinstance(v, tuple) else (str(v) if k == "booster.layer" else v)
+            for k, v in _flat_values(cfg).items()}
+
+
 def from_flat(flat: Mapping[str, Any]) -> RunConfig:
     """Inverse of `flatten`, for rebuilding a run's config from its stored row."""
     keys = set(all_keys())
@@ -312,9 +442,14 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
 
 
 def run_id(cfg: RunConfig) -> str:
-    """A stable hash of the resolved config (label and params file excluded): equal configs share one run."""
+    """A stable hash of the resolved config (not its label, params file or save_weights): equal configs share
+    one run. Fields added after the first release are left out at their default, so older ids stay valid."""
     d = to_dict(resolve(cfg))
-    d.pop("label")
-    d.pop("params_file")
+    for key in NOT_IN_RUN_ID:
+        d.pop(key)
+    for key, default in added_defaults().items():
+        section, name = key.split(".")
+        if d[section][name] == default:
+            del d[section][name]
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:16]

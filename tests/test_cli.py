@@ -115,7 +115,7 @@ BAD_SETS = {
     "size it lacks": (["--set", "data.size=32"], "size 32 is not available for breastmnist: use one of 28, 64, 128, 224"),
     "unknown --set key": (["--set", "train.lrr=0.1"], "unknown config key 'train.lrr': did you mean 'train.lr'?"),
     "wrong type": (["--set", "train.epochs=two"], "train.epochs='two' is not a valid int"),
-    "bad choice": (["--set", "booster.variant=rlm"], "booster.variant='rlm' is not one of baseline, adapters, rllm"),
+    "bad choice": (["--set", "booster.variant=rlm"], "booster.variant='rlm' is not one of baseline, adapters, mlp, rllm"),
     "set without =": (["--set", "train.epochs"], "--set expects key=value"),
     "nan learning rate": (["--set", "train.lr=nan"], "train.lr=nan is out of range: it must be a finite number > 0"),
     "negative learning rate": (["--set", "train.lr=-1"], "train.lr=-1.0 is out of range: it must be a finite number > 0"),

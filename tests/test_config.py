@@ -83,3 +83,47 @@ def test_resolve_checks_every_field_also_from_python(field, value, message):
     cfg = dataclasses.replace(RunConfig(), train=dataclasses.replace(TrainConfig(), **{field: value}))
     with pytest.raises(BenchError, match=message):
         resolve(cfg)
+
+
+def test_fields_added_later_leave_old_run_ids_alone_at_their_default():
+    from bench.config import added_defaults
+
+    base = override(RunConfig(), {"booster.variant": "rllm"})
+    assert "train.schedule" in added_defaults() and "booster.bias" in added_defaults()
+    assert run_id(override(base, {"train.schedule": "cosine", "booster.bias": True})) == run_id(base)
+    assert run_id(override(base, {"train.schedule": "cosine_epoch"})) != run_id(base)
+    assert run_id(override(base, {"booster.bias": False})) != run_id(base)
+    assert run_id(override(base, {"save_weights": True})) == run_id(base)  # what is kept, not what is computed
+
+
+@pytest.mark.parametrize("sets, value", [
+    ({"booster.layer": "middle"}, "middle"), ({"booster.layer": "0.25"}, "0.25"), ({"booster.layer": -2}, -2),
+    ({"booster.layer": "3"}, 3),
+])
+def test_layer_is_an_index_or_relative_to_depth(sets, value):
+    cfg = resolve(override(RunConfig(), {"booster.variant": "rllm", **sets}))
+    assert cfg.booster.layer == value and from_flat(flatten(cfg)) == cfg
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"booster.layer": "top"}, "booster.layer='top' is not a layer"),
+    ({"booster.layer": "1.5"}, "is not a layer"),
+    ({"data.mean": "0.4,0.5"}, "data.mean has 2 values but the images have 1 channel"),
+    ({"data.std": "0"}, "data.std=0.0 is out of range: every item must be a finite number > 0"),
+    ({"train.rrc_scale": "0.5,0.1"}, "train.rrc_scale is a \\(min, max\\) area range"),
+    ({"data.task": "adrenalmnist3d", "train.randaug_ops": 2}, "train.randaug_ops is a 2D image augmentation"),
+    ({"data.task": "chestmnist", "train.mixup": 0.8}, "chestmnist is multi-label"),
+    ({"vit.arch": "vivit-m"}, "vit.arch=vivit-m is a 3D backbone"),
+    ({"vit.head": "pretrained"}, "set vit.weights too"),
+])
+def test_new_fields_are_checked(sets, message):
+    with pytest.raises(BenchError, match=message):
+        resolve(override(RunConfig(), sets))
+
+
+def test_arch_depth_is_filled_and_tuples_round_trip():
+    cfg = resolve(override(RunConfig(), {"data.task": "adrenalmnist3d", "vit.arch": "vivit-m", "data.rgb": True,
+                                         "data.mean": "0", "data.std": "1"}))
+    assert cfg.vit.depth == 8 and cfg.data.mean == (0.0,) and flatten(cfg)["data.std"] == "1.0"
+    assert resolve(RunConfig()).vit.depth == 12
+    assert from_flat(flatten(cfg)) == cfg

@@ -51,9 +51,11 @@ HISTORY = pa.schema([
 
 
 def _arrow_type(tp) -> pa.DataType:
-    if isinstance(tp, types.UnionType):
-        tp = next(a for a in tp.__args__ if a is not type(None))
-    return _ARROW[tp]
+    """Scalars as themselves; tuples ("0.5,0.5") and index-or-name layers as their text (see config.flatten)."""
+    args = tuple(a for a in (tp.__args__ if isinstance(tp, types.UnionType) else (tp,)) if a is not type(None))
+    if len(args) > 1 or typing.get_origin(args[0]) is tuple:
+        return pa.string()
+    return _ARROW[args[0]]
 
 
 def config_columns() -> dict[str, pa.DataType]:
