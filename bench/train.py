@@ -169,6 +169,10 @@ def fit(
     x_train, y_train = splits.train.images.to(device), splits.train.labels.to(device)
     x_val = splits.val.images.to(device)
     y_val = splits.val.labels.numpy()
+    if t.audit_test and splits.test is None:
+        raise BenchError("train.audit_test evaluates the test split every epoch; it cannot run without it "
+                         "(bench tune never loads test: drop train.audit_test there)")
+    audit = (splits.test.images.to(device), splits.test.labels.numpy()) if t.audit_test else None
     n = len(x_train)
     batch = min(t.batch_size, n)
     steps_per_epoch = n // batch  # drop the ragged last batch: every step sees a full batch
@@ -200,6 +204,9 @@ def fit(
         val_score = scores_from_logits(spec.task_type, predict(forward, x_val, t.eval_batch_size, autocast))
         val_acc, val_auc = evaluate(spec.task_type, y_val, val_score)
         record = dict(epoch=epoch, train_loss=train_loss, val_acc=val_acc, val_auc=val_auc, lr=lr, epoch_s=epoch_s)
+        if audit is not None:  # the protocol audit: recorded for the report, never used for any choice below
+            record["test_acc"], record["test_auc"] = evaluate(spec.task_type, audit[1], scores_from_logits(
+                spec.task_type, predict(forward, audit[0], t.eval_batch_size, autocast)))
         history.append(record)
         key = (_finite(val_auc), _finite(val_acc))
         if best is None or key > best[0]:  # best val AUC, ties broken by val ACC, earliest wins

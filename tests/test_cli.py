@@ -98,6 +98,22 @@ def test_same_seed_twice_gives_identical_results(tmp_path, data_root):
     assert (store.read_predictions(a, ra["run_id"])["y_score"] == store.read_predictions(b, rb["run_id"])["y_score"]).all()
 
 
+def test_protocol_audit_records_test_every_epoch_and_changes_nothing_else(tmp_path, data_root):
+    grid = grid_file(tmp_path)
+    plain, audit = tmp_path / "plain", tmp_path / "audit"
+    assert run(grid, plain, data_root) == 0 and run(grid, audit, data_root, "--set", "train.audit_test=true") == 0
+    rp, ra = store.read_runs(plain).iloc[0], store.read_runs(audit).iloc[0]
+    assert rp["run_id"] != ra["run_id"] and ra["train.audit_test"]
+    for key in ("best_epoch", "val_auc", "val_acc", "test_auc", "test_acc"):  # the audit never steers training
+        assert ra[key] == rp[key], key
+    hp, ha = store.read_history(plain), store.read_history(audit)
+    cols = ["epoch", "train_loss", "val_acc", "val_auc", "lr"]
+    pd.testing.assert_frame_equal(hp[cols], ha[cols])
+    assert hp["test_auc"].isna().all() and ha["test_auc"].notna().all() and len(ha) == 3
+    best = ha.set_index("epoch").loc[ra["best_epoch"]]  # the honest number is the audit's at the val-selected epoch
+    assert best["test_auc"] == ra["test_auc"] and best["test_acc"] == ra["test_acc"]
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 

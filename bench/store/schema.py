@@ -47,6 +47,7 @@ PROVENANCE = {"torch_version": pa.string(), "timm_version": pa.string(), "transf
 HISTORY = pa.schema([
     ("run_id", pa.string()), ("epoch", pa.int64()), ("train_loss", pa.float64()), ("val_acc", pa.float64()),
     ("val_auc", pa.float64()), ("lr", pa.float64()), ("epoch_s", pa.float64()),
+    ("test_acc", pa.float64()), ("test_auc", pa.float64()),  # only with train.audit_test (the protocol audit)
 ])
 
 
