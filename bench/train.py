@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.config import RunConfig, resolve
+from bench.config import RunConfig, TrainConfig, resolve
 from bench.data import Splits, TaskSpec, prepare_batch
 from bench.errors import BenchError
 from bench.metrics import evaluate, loss_fn, scores_from_logits
@@ -54,8 +54,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: RLLMViT, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW without decay on biases, norms and embeddings; a fine-tuned LLM layer at lr * lr_mult.
+def make_optimizer(model: RLLMViT, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (or Adam, whose decay is L2) without decay on biases, norms and embeddings; a fine-tuned LLM layer
+    at lr * lr_mult.
 
     Frozen parameters are left out, so they carry no gradients and no optimizer state.
     """
@@ -71,21 +72,44 @@ def make_optimizer(model: RLLMViT, cfg: RunConfig, device: torch.device) -> torc
         {"params": ps, "weight_decay": cfg.train.weight_decay if decay else 0.0, "lr_scale": lr_mult if is_llm else 1.0}
         for (decay, is_llm), ps in groups.items()
     ]
-    return torch.optim.AdamW(param_groups, lr=cfg.train.lr, fused=_fused_adamw(device))
+    optimizer = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.train.optimizer]
+    return optimizer(param_groups, lr=cfg.train.lr, fused=_fused_adamw(device))
 
 
 def _fused_adamw(device: torch.device) -> bool:
-    """Fused AdamW wherever torch has the kernels: CUDA, and the CPU too (torch >= 2.4), where the default would be
+    """Fused Adam(W) wherever torch has the kernels: CUDA, and the CPU too (torch >= 2.4), where the default would be
     the single-tensor loop (~6x slower on ViT-tiny's 5M parameters: 200 ms vs 35 ms a step on 2 cores)."""
     return device.type in fused_adamw_devices()
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warmup, then cosine decay to zero."""
+def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The lr of optimizer step `step` (0-based) under `train.schedule`.
+
+    cosine        per step: linear warm-up from warmup_lr over warmup_epochs, then cosine to min_lr
+    cosine_epoch  per epoch, as DeiT drives timm's CosineLRScheduler (the paper's 2D code): the cosine runs over
+                  all epochs (warm-up included, t_initial = epochs), and `scheduler.step(e)` after epoch e sets the
+                  lr of epoch e + 1, so epoch e trains at the schedule's value for e - 1 (epoch 0 at warmup_lr)
+    constant      lr throughout, after the linear warm-up if warmup_epochs > 0
+    """
+    if t.schedule == "cosine_epoch":
+        e = max(step // steps_per_epoch - 1, 0)
+        if e < t.warmup_epochs:
+            return t.warmup_lr + e * (t.lr - t.warmup_lr) / t.warmup_epochs
+        return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * e / t.epochs))
+    warmup = round(t.warmup_epochs * steps_per_epoch)
     if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return t.warmup_lr + (t.lr - t.warmup_lr) * (step + 1) / warmup
+    if t.schedule == "constant":
+        return t.lr
+    progress = (step - warmup) / max(1, t.epochs * steps_per_epoch - warmup)
+    return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def epoch_order(n: int, repeats: int, generator: torch.Generator) -> torch.Tensor:
+    """The training images of one epoch, in order: a permutation; with `repeats` = k (DeiT's repeated
+    augmentation), the first n/k images of a permutation, each k times in a row, n in all."""
+    perm = torch.randperm(n, generator=generator)
+    return perm if repeats == 1 else perm.repeat_interleave(repeats)[:n]
 
 
 @dataclass
@@ -176,8 +200,6 @@ def fit(
     n = len(x_train)
     batch = min(t.batch_size, n)
     steps_per_epoch = n // batch  # drop the ragged last batch: every step sees a full batch
-    total_steps = t.epochs * steps_per_epoch
-    warmup = round(t.warmup_epochs * steps_per_epoch)
     chunk = micro_batch or batch
     shuffle = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -186,11 +208,11 @@ def fit(
     frozen = {k for k, p in model.named_parameters() if not p.requires_grad}  # never change: no need to copy
     for epoch in range(t.epochs):
         model.train()
-        perm = torch.randperm(n, generator=shuffle).to(device)
+        perm = epoch_order(n, t.repeated_aug, shuffle).to(device)
         loss_sum = torch.zeros((), device=device)
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
-            lr = lr_at(step, total_steps, warmup, t.lr)
+            lr = learning_rate(t, step, steps_per_epoch)
             loss_sum += engine.step(x_train, y_train, perm[i * batch : (i + 1) * batch], lr, t.aug, aug_gen, chunk)
             step += 1
         if device.type == "cuda":

@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench.config import RunConfig, override, parse_sets, resolve  # noqa: E402
 from bench.data import load_splits, task_spec, write_fixture  # noqa: E402
 from bench.models.vit import WIDTHS  # noqa: E402
-from bench.train import build_engine, lr_at, seed_everything  # noqa: E402
+from bench.train import build_engine, seed_everything  # noqa: E402
 from train_throughput import DEFAULT_DATA, Naive, load1, machine  # noqa: E402
 
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
@@ -117,11 +117,11 @@ def time_ours(engine, x, y, batch: int, steps: int, warmup: int, aug: float, lr:
     gen = torch.Generator(device=device).manual_seed(0)
     total = warmup + steps
     for i in range(warmup):
-        engine.step(x, y, idx[i], lr_at(i, total, 0, lr), aug, gen)
+        engine.step(x, y, idx[i], lr, aug, gen)
     sync(device)
     t0 = time.perf_counter()
     for i in range(warmup, total):
-        engine.step(x, y, idx[i], lr_at(i, total, 0, lr), aug, gen)
+        engine.step(x, y, idx[i], lr, aug, gen)
     sync(device)
     s = time.perf_counter() - t0
     return steps * batch / s, s

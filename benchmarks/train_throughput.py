@@ -44,7 +44,7 @@ from bench.config import RunConfig, override, parse_sets, resolve  # noqa: E402
 from bench.data import load_splits, task_spec  # noqa: E402
 from bench.metrics import loss_fn  # noqa: E402
 from bench.models.build import build_model  # noqa: E402
-from bench.train import build_engine, fit, lr_at, make_optimizer, pick_device, seed_everything  # noqa: E402
+from bench.train import build_engine, fit, learning_rate, make_optimizer, pick_device, seed_everything  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).parents[1] / "../shared/data/medmnist"
 MODELS = {
@@ -140,7 +140,7 @@ class Naive:
                 self._it = None
                 continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            lr = lr_at(self.steps, self.total, self.warmup, self.t.lr)
+            lr = learning_rate(self.t, self.steps, len(self.loader))
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             optimizer.zero_grad(set_to_none=True)
@@ -206,7 +206,6 @@ def step_pairs(cfg: RunConfig, splits, spec, device, data_root: Path, warm: int,
     nv = Naive(cfg, spec, data_root, device, 0, math.ceil(total / per_epoch) + 1, amp)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    warmup_steps = round(t.warmup_epochs * per_epoch)
     pairs, perm = [], None
     for i in range(total):
         if i % per_epoch == 0:  # fit draws the permutation outside its timed loop, once per epoch
@@ -217,7 +216,7 @@ def step_pairs(cfg: RunConfig, splits, spec, device, data_root: Path, warm: int,
             j = i % per_epoch
             sync(device)
             t0 = time.perf_counter()
-            engine.step(x, y, perm[j * batch : (j + 1) * batch], lr_at(i, total, warmup_steps, t.lr), t.aug, aug_gen)
+            engine.step(x, y, perm[j * batch : (j + 1) * batch], learning_rate(t, i, per_epoch), t.aug, aug_gen)
             sync(device)
             return batch / (time.perf_counter() - t0)
 

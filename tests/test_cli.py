@@ -222,3 +222,37 @@ def test_help_of_bench_and_every_subcommand(capsys):
     assert done.returncode == 0 and "run" in done.stdout and "list" in done.stdout
     done = subprocess.run([BENCH, "run", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--jobs" in done.stdout and "--dry-run" in done.stdout
+
+
+def test_data_list_and_fetch_commands(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "medmnist"
+    write_fixture(root, "breastmnist", 28, n=(8, 8, 8))
+    (root / "retinamnist.npz").write_bytes(b"not the real file")
+    assert cli.main(["data", "list", "--data-root", str(root)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert len(lines) == 18  # every medmnist task, one line each
+    assert "28:verified (fixture)" in lines["breastmnist"] and "64:missing" in lines["breastmnist"]
+    assert "28:corrupt" in lines["retinamnist"] and "28:missing" in lines["organmnist3d"]
+
+    assert cli.main(["data", "fetch", "breastmnist", "--data-root", str(root)]) == 0  # present: verified, no network
+    assert f"breastmnist@28: {root / 'breastmnist.npz'} verified" in capsys.readouterr().out
+    _offline(monkeypatch)
+    assert cli.main(["data", "fetch", "dermamnist", "--size", "64", "--data-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not download dermamnist_64.npz" in err and "put it in" in err
+    assert cli.main(["data", "fetch", "dermamnist", "--size", "32", "--data-root", str(root)]) == 2
+    assert "size 32 is not available for dermamnist" in capsys.readouterr().err
+
+
+def test_report_command_writes_the_page_of_a_grid(tmp_path, data_root, capsys):
+    grid = grid_file(tmp_path)
+    results, out = tmp_path / "results", tmp_path / "reports"
+    assert run(grid, results, data_root) == 0
+    capsys.readouterr()
+    assert cli.main(["report", "--results", str(results), "--out", str(out), "--grid", grid]) == 0
+    assert f"report written to {out / 'tiny'}/index.html" in capsys.readouterr().out
+    row = store.read_runs(results).iloc[0]
+    summary = pd.read_csv(out / "tiny" / "summary.csv")
+    assert summary.loc[0, "auc_mean"] == pytest.approx(row["test_auc"]) and summary.loc[0, "ok"] == 1
+    assert cli.main(["report", "--results", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "no runs stored" in capsys.readouterr().err

@@ -110,17 +110,18 @@ def test_load_fixture_equals_npz(fixture_root, task, size):
                 assert set(np.unique(labels)) == set(range(spec.n_classes))
 
 
-def test_fixture_format_matches_real_files(shared_data, tmp_path):
-    for name, task, size in [("breastmnist.npz", "breastmnist", 28), ("retinamnist.npz", "retinamnist", 28),
-                             ("adrenalmnist3d.npz", "adrenalmnist3d", 28)]:
-        if not (shared_data / name).exists():
-            continue
-        fake = write_fixture(tmp_path, task, size, n=(5, 5, 5))
-        with np.load(shared_data / name) as real, np.load(fake) as synthetic:
-            assert set(real.files) == set(synthetic.files)
-            for key in real.files:
-                assert real[key].dtype == synthetic[key].dtype
-                assert real[key].shape[1:] == synthetic[key].shape[1:]
+@pytest.mark.slow
+@pytest.mark.parametrize("name, task", [("breastmnist.npz", "breastmnist"), ("retinamnist.npz", "retinamnist"),
+                                        ("adrenalmnist3d.npz", "adrenalmnist3d")])
+def test_fixture_format_matches_real_files(shared_data, tmp_path, name, task):
+    if not (shared_data / name).exists():
+        pytest.skip(f"{name} is not in {shared_data}")
+    fake = write_fixture(tmp_path, task, 28, n=(5, 5, 5))
+    with np.load(shared_data / name) as real, np.load(fake) as synthetic:
+        assert set(real.files) == set(synthetic.files)
+        for key in real.files:
+            assert real[key].dtype == synthetic[key].dtype
+            assert real[key].shape[1:] == synthetic[key].shape[1:]
 
 
 def test_fixture_is_deterministic_and_split_subset(fixture_root, tmp_path):
@@ -178,6 +179,7 @@ def test_missing_file_offline_names_url_and_directory(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no partial download left behind
 
 
+@pytest.mark.slow
 def test_download_verifies_and_caches(shared_data, tmp_path, monkeypatch):
     """The download path end to end, with the network replaced by a copy of the real file."""
     source = shared_data / "breastmnist.npz"
@@ -290,6 +292,7 @@ def test_prepare_batch_rejects_floats():
 # -- the real files ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["breastmnist", "retinamnist", "adrenalmnist3d"])
 def test_real_file_equals_medmnist(shared_data, task):
     if not (shared_data / f"{task}.npz").exists():
@@ -308,6 +311,7 @@ def test_real_file_equals_medmnist(shared_data, task):
         assert len(data) == spec.n_samples[split]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,size", [("breastmnist", 28), ("adrenalmnist3d", 28), ("adrenalmnist3d", 64)])
 def test_real_files_verified(shared_data, task, size):
     spec = task_spec(task, size)
@@ -317,6 +321,7 @@ def test_real_files_verified(shared_data, task, size):
     assert ensure_file(spec, shared_data, download=False) == data_file(spec, shared_data)
 
 
+@pytest.mark.slow
 def test_fixture_never_overwrites_real_file(shared_data, tmp_path):
     shutil.copy(shared_data / "breastmnist.npz", tmp_path)
     with pytest.raises(BenchError, match="real breastmnist"):

@@ -516,7 +516,6 @@ def test_full_grid_structure(monkeypatch):
     assert len(runs) == 151 * 3 and per_task * 18 * 3 == 8154
     n_layers = {"HuggingFaceTB/SmolLM2-135M": 30, "HuggingFaceTB/SmolLM2-360M": 32, "Qwen/Qwen2.5-0.5B": 24,
                 "Qwen/Qwen2.5-1.5B": 28, "TinyLlama/TinyLlama_v1.1": 22, "meta-llama/Llama-2-7b-hf": 32}
-    assert len(n_layers) >= 3
     for source, n in n_layers.items():
         mine = [c for c in runs if c.booster.source == source and c.seed == 0]
         rllm = [c for c in mine if c.booster.variant == "rllm"]
