@@ -6,7 +6,7 @@
     seeds:    [0, 1, 2] crossed with everything
     exclude:  [{key: value | [values]}] drop runs matching every key ("variant" matches the name)
     include:  [{variant: name, dotted.key: value}] extra runs (crossed with the seeds)
-    runs:     [{dotted.key: value}] an explicit list instead of axes (each crossed with variants and seeds)
+    runs:     [{dotted.key: value}] explicit points (each crossed with the axes, variants and seeds)
 
 `--set` overrides are applied last, to every run. Runs with the same run id collapse into one
 (e.g. the baseline of a grid that crosses several LLMs).
@@ -111,18 +111,16 @@ def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid"
 
 
 def _points(spec: Mapping[str, Any], where: str) -> list[dict]:
+    """The grid's points: the `runs` entries (or one empty point) crossed with every combination of `axes`."""
     axes = spec.get("axes") or {}
     explicit = spec.get("runs")
-    if axes and explicit:
-        raise BenchError(f"{where}: use either 'axes' or 'runs', not both")
-    if explicit is not None:
-        if not isinstance(explicit, list) or not all(isinstance(r, dict) for r in explicit):
-            raise BenchError(f"{where}: 'runs' is a list of override mappings, e.g. - {{data.task: breastmnist}}")
-        return explicit
+    if explicit is not None and (not isinstance(explicit, list) or not all(isinstance(r, dict) for r in explicit)):
+        raise BenchError(f"{where}: 'runs' is a list of override mappings, e.g. - {{data.task: breastmnist}}")
     if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
         raise BenchError(f"{where}: 'axes' maps dotted keys to non-empty lists, e.g. data.task: [breastmnist]")
     keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+    crossed = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+    return [{**run, **point} for run in (explicit or [{}]) for point in crossed]
 
 
 def _apply(cfg: RunConfig, overrides: Mapping[str, Any], where: str) -> RunConfig:
