@@ -175,7 +175,7 @@ def commit(results: Path, outcome: dict, previous: str | None) -> str:
 
 
 def _is_hub_id(source: str) -> bool:
-    from bench.models.llm_layer import MINILM
+    from bench.models.llm import MINILM
 
     return source != MINILM and not Path(source).expanduser().exists()
 
@@ -193,7 +193,7 @@ def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True)
     nothing touches the network: tasks and sizes are checked, local LLM sources read, hub ids skipped,
     and a missing or corrupt data file is an error.
     """
-    from bench.models.llm_layer import check_block, llm_hidden_size
+    from bench.models.llm import check_block, llm_hidden_size
 
     runs = list(runs)
     specs = [task_spec(task, size) for task, size in sorted({(c.data.task, c.data.size) for c in runs})]
@@ -213,7 +213,7 @@ def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True)
 
 def check_offline(runs: Iterable[RunConfig], data_root: Path) -> list[str]:
     """For --dry-run and list: validate without network or hashing; returns notes about what is missing."""
-    from bench.models.llm_layer import llm_hidden_size
+    from bench.models.llm import llm_hidden_size
 
     runs = list(runs)
     notes = []

@@ -1,4 +1,4 @@
-"""bench.models.llm_layer: one LLM layer cut out of a checkpoint equals the same layer of the whole model.
+"""bench.models.llm: one LLM layer cut out of a checkpoint equals the same layer of the whole model.
 
 Tiny random models (hidden 64, 8 layers) of every supported family are saved as sharded safetensors; the block
 loaded from them must match `AutoModel.from_pretrained` tensor for tensor and output for output.
@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.models import llm_layer
-from bench.models.llm_layer import SUPPORTED, LLMBlock, llm_hidden_size, load_llm_block, minilm_dir
+from bench.models.llm import checkpoint, source
+from bench.models.llm import SUPPORTED, LLMBlock, llm_hidden_size, load_llm_block, minilm_dir
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -259,7 +259,7 @@ def test_legacy_single_file_checkpoints(tmp_path, saved):
 MEM_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import torch
-    from bench.models.llm_layer import load_llm_block
+    from bench.models.llm import load_llm_block
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -475,7 +475,7 @@ def test_hub_downloads_only_what_the_layer_needs(tmp_path, saved, monkeypatch):
 
     src, n_params = saved("llama")
     hub = FakeHub(src, tmp_path)
-    monkeypatch.setattr(llm_layer, "hf_hub_download", hub)
+    monkeypatch.setattr(source, "hf_hub_download", hub)
     monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", _offline_metadata)
     block = load_llm_block("org/tiny", 4, revision="v1.0")
     got = [f for _, f, _ in hub.calls]
@@ -492,7 +492,7 @@ def test_hub_downloads_only_what_the_layer_needs(tmp_path, saved, monkeypatch):
     def online_metadata(repo_id, revision=None, **k):  # what the hub answers from the shards' headers
         assert repo_id == "org/tiny" and revision == FakeHub.SHA
         files = {f: types.SimpleNamespace(tensors={n: types.SimpleNamespace(dtype=v["dtype"], shape=v["shape"])
-                                                   for n, v in llm_layer._read_header(f).items()})
+                                                   for n, v in checkpoint.read_header(f).items()})
                  for f in src.glob("model-*.safetensors")}
         return types.SimpleNamespace(files_metadata=files)
 
@@ -517,7 +517,7 @@ def test_hub_unknown_repo(monkeypatch):
     from huggingface_hub.errors import RepositoryNotFoundError
 
     response = types.SimpleNamespace(headers={}, request=None, status_code=404)
-    monkeypatch.setattr(llm_layer, "hf_hub_download", _raiser(RepositoryNotFoundError("404", response=response)))
+    monkeypatch.setattr(source, "hf_hub_download", _raiser(RepositoryNotFoundError("404", response=response)))
     with pytest.raises(BenchError, match="not a local directory, not minilm-l6, and the hub has no repo") as e:
         load_llm_block("org/does-not-exist", 0)
     assert "\n" not in str(e.value)
@@ -528,7 +528,7 @@ def test_hub_unreachable(monkeypatch, exc):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     err = ConnectionError("Name or service not known") if exc == "connection" else LocalEntryNotFoundError("x")
-    monkeypatch.setattr(llm_layer, "hf_hub_download", _raiser(err))
+    monkeypatch.setattr(source, "hf_hub_download", _raiser(err))
     with pytest.raises(BenchError, match=r"cannot reach the Hugging Face hub .* booster\.source=DIR") as e:
         load_llm_block("meta-llama/Llama-2-7b-hf", -1)
     assert "download meta-llama/Llama-2-7b-hf --include config.json" in str(e.value) and "\n" not in str(e.value)

@@ -11,7 +11,7 @@ from torch import nn
 from bench.config import RunConfig
 from bench.data import TaskSpec
 from bench.models.booster import Booster
-from bench.models.llm_layer import LLMBlock, llm_hidden_size, load_llm_block
+from bench.models.llm import LLMBlock, llm_hidden_size, load_llm_block
 from bench.models.vit import build_backbone
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
