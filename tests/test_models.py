@@ -43,6 +43,23 @@ def test_residual_wiring_is_what_the_docs_say(tiny_llm):
         torch.testing.assert_close(booster(z), want)
 
 
+def test_runs_differing_only_outside_the_block_share_one_loaded_layer(tiny_llm):
+    from bench.models import build
+
+    spec = task_spec("breastmnist", 28)
+    rllm = {"booster.variant": "rllm", "booster.source": str(tiny_llm("llama"))}
+    build._cached_block.cache_clear()
+    a = build_model(cfg_for(**rllm), spec)[0]
+    b = build_model(cfg_for(**rllm, **{"booster.residual": "out", "booster.freeze": "finetune", "booster.lr_mult": 0.1}),
+                    spec)[0]
+    assert (build._cached_block.cache_info().misses, build._cached_block.cache_info().hits) == (1, 1)
+    pa, pb = a.llm_parameters(), b.llm_parameters()
+    assert pa and all(x is not y and torch.equal(x, y) for x, y in zip(pa, pb, strict=True))  # each run its own copy
+    assert not any(p.requires_grad for p in pa) and all(p.requires_grad for p in pb)
+    build_model(cfg_for(**rllm, **{"booster.mask": "causal"}), spec)  # a knob inside the block: loaded anew
+    assert build._cached_block.cache_info().misses == 2
+
+
 def _digest(params) -> str:
     h = hashlib.sha256()
     for p in params:

@@ -8,14 +8,11 @@ import functools
 import torch
 from torch import nn
 
-from bench.config import RunConfig
+from bench.config import BoosterConfig, RunConfig
 from bench.data import TaskSpec
 from bench.models.booster import Booster
-from bench.models.llm import LLMBlock, llm_hidden_size, load_llm_block
+from bench.models.llm import LLMBlock, block_key, llm_hidden_size, load_llm_block
 from bench.models.vit import build_backbone
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
 
 class RLLMViT(nn.Module):
     """tokens -> [booster] -> final norm -> head."""
@@ -38,10 +35,9 @@ class RLLMViT(nn.Module):
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_block(source, revision, layer, num_layers, init, pos_emb, mask, llm_norm, dtype, seed) -> LLMBlock:
-    """A worker's grid reuses one loaded layer across its runs; callers get a deep copy."""
-    return load_llm_block(source, layer, num_layers, revision=revision, init=init, pos_emb=pos_emb, mask=mask,
-                          llm_norm=llm_norm, dtype=DTYPES[dtype], seed=seed)
+def _cached_block(key: BoosterConfig, seed: int) -> LLMBlock:
+    """A worker's grid reuses one loaded layer across its runs (`key` = `block_key(b)`); callers get a deep copy."""
+    return load_llm_block(key, seed)
 
 
 def build_model(cfg: RunConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
@@ -54,8 +50,7 @@ def build_model(cfg: RunConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
     if b.variant == "adapters":
         booster = Booster(backbone.embed_dim, llm_hidden_size(b.source, b.revision), "adapters", None)
     elif b.variant == "rllm":
-        block = copy.deepcopy(_cached_block(b.source, b.revision, b.layer, b.num_layers, b.init, b.pos_emb, b.mask,
-                                            b.llm_norm, b.dtype, cfg.seed if b.init == "random" else 0))
+        block = copy.deepcopy(_cached_block(block_key(b), cfg.seed if b.init == "random" else 0))
         info = dict(block.info)
         booster = Booster(backbone.embed_dim, block.hidden_size, b.residual, block)
     model = RLLMViT(backbone, booster, frozen_llm=b.variant == "rllm" and b.freeze == "frozen")

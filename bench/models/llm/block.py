@@ -7,26 +7,26 @@ so the block computes exactly what the whole model's layers compute, at the cost
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import torch
 from torch import nn
 
+from bench.config import BoosterConfig
 from bench.errors import BenchError
 from bench.models.llm.checkpoint import Checkpoint, count_params, read_block_tensors
 from bench.models.llm.families import Family
 from bench.models.llm.source import Source, load_config
 from bench.upstream import hf_init_weights
 
-INITS = ("pretrained", "random")
-POS_EMBS = ("none", "rope")
-MASKS = ("bidirectional", "causal")
-LLM_NORMS = ("none", "unit", "pretrained")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+OUTSIDE_THE_BLOCK = ("residual", "freeze", "lr_mult")  # booster wiring and training: the loaded block is the same
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise BenchError(f"booster.{name}={value!r} is not one of {', '.join(choices)}")
+def block_key(b: BoosterConfig) -> BoosterConfig:
+    """`b` without the knobs that act outside the block: equal for every run that loads the same block."""
+    return dataclasses.replace(b, **dict.fromkeys(OUTSIDE_THE_BLOCK))
 
 
 class _UnitRMSNorm(nn.Module):
@@ -42,24 +42,41 @@ class _UnitRMSNorm(nn.Module):
 
 
 class LLMBlock(nn.Module):
-    """x (B, T, hidden) -> the chosen layers in order (configured mask and positions) -> the configured norm."""
+    """x (B, T, hidden) -> the chosen layers in order (configured mask and positions) -> the configured norm.
+
+    booster.mask     bidirectional: full attention over all tokens, no mask (as the paper); causal:
+                     lower-triangular. Attention always runs through transformers' "sdpa" implementation.
+    booster.pos_emb  rotary families (llama, qwen2, mistral): none = cos 1, sin 0 at every position, the
+                     identity rotation (as the paper); rope = the model's own rotary embedding over 0..T-1.
+                     Learned-absolute families (gpt2, opt, bert), whose layers carry no positional signal:
+                     none = the layers as they are; rope = the model's own learned position embeddings for
+                     0..T-1 (gpt2 `wpe`, opt `embed_positions` with its offset of 2, bert
+                     `embeddings.position_embeddings`) added to the block input, kept as the buffer
+                     `pos_table`, never trained. More tokens than learned positions is a BenchError.
+    booster.llm_norm none; unit = a parameter-free RMSNorm (rms-normed families) or LayerNorm (others);
+                     pretrained = the model's own final norm (BERT has none: each layer ends in a LayerNorm).
+    booster.dtype    the weights' dtype; forward casts its input to it and its output back.
+
+    Dropout inside the layers is 0: the block is a fixed feature transform, the same in train and eval mode.
+    Nothing is frozen here. `info` holds the provenance `load_llm_block` records.
+    """
 
     hidden_size: int
     info: dict
 
-    def __init__(self, family: Family, config, indices: list[int], mask: str, pos_emb: str, llm_norm: str):
+    def __init__(self, family: Family, config, indices: list[int], b: BoosterConfig):
         super().__init__()
         mod = importlib.import_module(family.module)
         layer_cls = getattr(mod, family.layer_cls)
         self.hidden_size = int(config.hidden_size)
         self.info = {}
-        self.mask = mask
-        self.pos_emb = pos_emb
+        self.mask = b.mask
+        self.pos_emb = b.pos_emb
         self.pos_offset = family.pos_offset
         with torch.device("meta"):
             self.layers = nn.ModuleList(_make_layer(layer_cls, config, i) for i in indices)
             eps = getattr(config, family.eps_attr) if family.eps_attr else 1e-5
-            if llm_norm == "pretrained":
+            if b.llm_norm == "pretrained":
                 if family.rms:
                     self.norm = getattr(mod, family.layer_cls.replace("DecoderLayer", "RMSNorm"))(
                         self.hidden_size, eps=config.rms_norm_eps
@@ -67,7 +84,7 @@ class LLMBlock(nn.Module):
                 else:
                     affine = getattr(config, "layer_norm_elementwise_affine", True)
                     self.norm = nn.LayerNorm(self.hidden_size, eps=eps, elementwise_affine=affine)
-            elif llm_norm == "unit":
+            elif b.llm_norm == "unit":
                 self.norm = (
                     _UnitRMSNorm(config.rms_norm_eps)
                     if family.rms
@@ -75,14 +92,14 @@ class LLMBlock(nn.Module):
                 )
             else:
                 self.norm = nn.Identity()
-            if pos_emb == "rope" and family.pos_key:
+            if b.pos_emb == "rope" and family.pos_key:
                 rows = int(config.max_position_embeddings) + family.pos_offset
                 self.register_buffer("pos_table", torch.empty(rows, self.hidden_size))
             else:
                 self.pos_table = None
         for m in self.layers.modules():  # sdpa reads `is_causal` when no mask is given (we never give one)
             if isinstance(getattr(m, "is_causal", None), bool):
-                m.is_causal = mask == "causal"
+                m.is_causal = b.mask == "causal"
         # The model's own RotaryEmbedding (fp32, CPU; it moves inv_freq to the input's device itself), kept out of
         # the module tree so that a later .to(bf16) of the whole ViT can't round its frequencies. cos/sin are
         # recomputed each call (T x head_dim: negligible), which keeps torch.compile and inference_mode happy.
@@ -146,8 +163,6 @@ def _head_dim(config) -> int:
 
 
 def _resolve_layers(layer: int, num_layers: int, n: int, label: str) -> list[int]:
-    if num_layers < 1:
-        raise BenchError(f"booster.num_layers must be >= 1, got {num_layers}")
     first = layer + n if layer < 0 else layer
     if first < 0 or first + num_layers > n:
         span = f"layers {layer}..{layer + num_layers - 1}" if num_layers > 1 else f"layer {layer}"
@@ -178,19 +193,14 @@ def _random_init(block: LLMBlock, family: Family, config, seed: int) -> None:
             block.pos_table.copy_(emb.weight)
 
 
-def _plan(source: str, layer: int, num_layers: int, revision: str | None, init: str, pos_emb: str, mask: str,
-          llm_norm: str):
-    """Every check that needs only the config: knob values, model type, layer range, final norm."""
-    _check_choice("init", init, INITS)
-    _check_choice("pos_emb", pos_emb, POS_EMBS)
-    _check_choice("mask", mask, MASKS)
-    _check_choice("llm_norm", llm_norm, LLM_NORMS)
-    if init == "random" and llm_norm == "pretrained":
-        raise BenchError("booster.llm_norm=pretrained loads trained weights into a random-init block; use unit or none")
-    src = Source(source, revision)
+def _plan(b: BoosterConfig):
+    """Every check that needs the LLM's own config: model type, layer range, final norm."""
+    if b.variant != "rllm" or None in (b.init, b.pos_emb, b.mask, b.llm_norm):
+        raise ValueError(f"an LLM block needs an rllm BoosterConfig resolved by bench.config.resolve, got {b}")
+    src = Source(b.source, b.revision)
     config, family = load_config(src)
-    indices = _resolve_layers(layer, num_layers, int(config.num_hidden_layers), src.label)
-    if llm_norm == "pretrained":
+    indices = _resolve_layers(b.layer, b.num_layers, int(config.num_hidden_layers), src.label)
+    if b.llm_norm == "pretrained":
         no_final = family.final_norm is None or (
             config.model_type == "opt"
             and (not config.do_layer_norm_before or getattr(config, "_remove_final_layer_norm", False))
@@ -202,32 +212,26 @@ def _plan(source: str, layer: int, num_layers: int, revision: str | None, init: 
     return src, config, family, indices
 
 
-def check_block(source: str, layer: int, num_layers: int = 1, *, revision: str | None = None,
-                init: str = "pretrained", pos_emb: str = "none", mask: str = "bidirectional",
-                llm_norm: str = "unit") -> None:
-    """Raise the BenchError `load_llm_block` would, from the config alone: a grid checks before it trains."""
-    _plan(source, layer, num_layers, revision, init, pos_emb, mask, llm_norm)
+def check_block(b: BoosterConfig) -> None:
+    """Raise the BenchError `load_llm_block(b)` would, from the LLM's config alone: a grid checks before it trains."""
+    _plan(b)
 
 
-def load_llm_block(
-    source: str,
-    layer: int,
-    num_layers: int = 1,
-    *,
-    revision: str | None = None,
-    init: str = "pretrained",
-    pos_emb: str = "none",
-    mask: str = "bidirectional",
-    llm_norm: str = "unit",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-) -> LLMBlock:
-    """Layers `layer .. layer+num_layers-1` of `source` (see the module docstring for every knob)."""
-    src, config, family, indices = _plan(source, layer, num_layers, revision, init, pos_emb, mask, llm_norm)
-    n = int(config.num_hidden_layers)
-    block = LLMBlock(family, config, indices, mask, pos_emb, llm_norm)
+def load_llm_block(b: BoosterConfig, seed: int = 0) -> LLMBlock:
+    """Layers `b.layer .. b.layer + b.num_layers - 1` of `b.source`, as `b`'s knobs say (see LLMBlock).
+
+    `b` is resolved (`bench.config.resolve` validates every field and fills the R-LLM defaults). init=pretrained
+    reads only these layers' tensors (and the final norm or position table, if asked for); init=random reads
+    none and uses the family's own `_init_weights`, seeded with `seed` without touching the global RNG.
+    `info` records llm.source (hub id@commit sha, or the absolute directory), llm.file_hash (sha256 of the shard
+    file(s) read, comma-joined; "" for init=random), llm.model_type, llm.layers ("30,31"), llm.hidden_size,
+    llm.num_hidden_layers and llm.params (the whole checkpoint's, from safetensors headers; None if unreachable).
+    """
+    src, config, family, indices = _plan(b)
+    dtype = DTYPES[b.dtype]
+    block = LLMBlock(family, config, indices, b)
     ckpt = None
-    if init == "random":
+    if b.init == "random":
         _random_init(block, family, config, seed)
         block.to(dtype)
         file_hash = ""
@@ -245,7 +249,7 @@ def load_llm_block(
         "llm.model_type": config.model_type,
         "llm.layers": ",".join(map(str, indices)),
         "llm.hidden_size": int(config.hidden_size),
-        "llm.num_hidden_layers": n,
+        "llm.num_hidden_layers": int(config.num_hidden_layers),
         "llm.params": count_params(src, ckpt, family),
     }
     return block
