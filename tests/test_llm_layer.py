@@ -227,6 +227,43 @@ def test_dtype_casts_weights_and_io(saved):
         torch.testing.assert_close(y, fp32(x), atol=0.1, rtol=0.05)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_attention_runs_through_sdpa(family, saved, monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*a, **k):
+        calls.append(1)
+        return sdpa(*a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    block = load(saved(family)[0], 0, num_layers=2)
+    with torch.no_grad():
+        block(torch.randn(2, T, H))
+    assert len(calls) == 2  # one attention per layer
+
+
+def test_rope_frequencies_stay_fp32_when_the_block_is_cast(saved):
+    """A cast of the whole model (.to(bf16)) rounds the weights but must not round the rotary frequencies: the
+    cast block computes what a block loaded as bf16 (fp32 frequencies from the start) computes."""
+    d = saved("llama")[0]
+    x = torch.randn(2, T, H)
+    cast = load(d, 1, pos_emb="rope").to(torch.bfloat16)
+    bf16 = load(d, 1, pos_emb="rope", dtype="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in cast.parameters())
+    with torch.no_grad():
+        assert torch.equal(cast(x), bf16(x))
+
+
+@pytest.mark.parametrize("pos_emb", ["rope", "none"])
+def test_every_tensor_forward_reads_moves_with_the_block(saved, pos_emb):
+    """After .to(device) nothing the forward reads is left on the CPU (a host -> device copy in every step);
+    on a machine without a GPU the meta device shows it: a CPU tensor mixed with meta ones is an error."""
+    block = load(saved("llama")[0], 1, pos_emb=pos_emb).to("meta")
+    y = block(torch.randn(2, T, H, device="meta"))
+    assert y.device.type == "meta" and y.shape == (2, T, H)
+
+
 def test_learned_positions_limit(saved):
     block = load(str(saved("gpt2")[0]), 0, pos_emb="rope")
     block(torch.randn(1, 32, H))  # n_positions = 32

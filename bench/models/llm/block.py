@@ -18,7 +18,7 @@ from bench.errors import BenchError
 from bench.models.llm.checkpoint import Checkpoint, count_params, read_block_tensors
 from bench.models.llm.families import Family
 from bench.models.llm.source import Source, load_config
-from bench.upstream import hf_init_weights
+from bench.upstream import hf_init_weights, opt_final_norm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OUTSIDE_THE_BLOCK = ("residual", "freeze", "lr_mult")  # booster wiring and training: the loaded block is the same
@@ -100,31 +100,24 @@ class LLMBlock(nn.Module):
         for m in self.layers.modules():  # sdpa reads `is_causal` when no mask is given (we never give one)
             if isinstance(getattr(m, "is_causal", None), bool):
                 m.is_causal = b.mask == "causal"
-        # The model's own RotaryEmbedding (fp32, CPU; it moves inv_freq to the input's device itself), kept out of
-        # the module tree so that a later .to(bf16) of the whole ViT can't round its frequencies. cos/sin are
-        # recomputed each call (T x head_dim: negligible), which keeps torch.compile and inference_mode happy.
-        rotary = getattr(mod, family.rotary_cls)(config=config) if family.rotary_cls else None
-        object.__setattr__(self, "_rotary", rotary)
-        self._head_dim = _head_dim(config) if family.rotary_cls else None
-
-    def _apply(self, fn, recurse=True):
-        """`.to(device)` / `.cuda()` / `.to_empty(device=...)` also move the out-of-tree rotary embedding (its device
-        only: it stays fp32). Otherwise RoPE's forward copies `inv_freq` host -> device on every call, a copy that
-        synchronises the host with the device inside every training step."""
-        out = super()._apply(fn, recurse)
-        rotary = self.__dict__.get("_rotary")
-        freq = getattr(rotary, "inv_freq", None)
-        if isinstance(freq, torch.Tensor) and not freq.is_meta:
-            device = fn(freq).device
-            if device != freq.device and device.type != "meta":
-                rotary.to(device)
-        return out
+        self.rotary = family.rotary_cls is not None
+        if self.rotary:
+            # The model's own rotary frequencies (rope type, theta, scaling: its RotaryEmbedding's), stored as the
+            # int32 bits of their fp32 values. A buffer moves with the block (.to(device): no host -> device copy
+            # in forward), and only floating-point buffers follow a cast (.to(bf16) of the whole ViT), so the
+            # frequencies stay exactly fp32.
+            rope = getattr(mod, family.rotary_cls)(config=config)
+            self.register_buffer("rope_freq_bits", rope.inv_freq.float().view(torch.int32), persistent=False)
+            self.rope_scale = float(rope.attention_scaling)
+            self.head_dim = _head_dim(config)
 
     def _position_embeddings(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = h.shape[1]
-        if self.pos_emb == "rope":
-            return self._rotary(h, torch.arange(T, device=h.device)[None])
-        one = torch.ones(1, T, self._head_dim, device=h.device, dtype=h.dtype)  # identity rotation: no position
+        if self.pos_emb == "rope":  # as transformers' RotaryEmbedding.forward over positions 0..T-1, in fp32
+            freqs = torch.arange(T, device=h.device)[None, :, None].float() * self.rope_freq_bits.view(torch.float32)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            return (emb.cos() * self.rope_scale).to(h.dtype), (emb.sin() * self.rope_scale).to(h.dtype)
+        one = torch.ones(1, T, self.head_dim, device=h.device, dtype=h.dtype)  # identity rotation: no position
         return one, torch.zeros_like(one)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +133,7 @@ class LLMBlock(nn.Module):
                 )
             h = h + self.pos_table[self.pos_offset : self.pos_offset + T].to(h.dtype)
         kw = {"attention_mask": None}
-        if self._rotary is not None:
+        if self.rotary:
             kw["position_embeddings"] = self._position_embeddings(h)
         for layer in self.layers:
             out = layer(h, **kw)
@@ -182,7 +175,8 @@ def _random_init(block: LLMBlock, family: Family, config, seed: int) -> None:
             post_order(c)
         hf_init_weights(pre_cls, config, m)
 
-    block.to_empty(device="cpu")
+    block.layers.to_empty(device="cpu")  # what is on the meta device (not the rotary frequencies)
+    block.norm.to_empty(device="cpu")
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         post_order(block.layers)
@@ -190,7 +184,7 @@ def _random_init(block: LLMBlock, family: Family, config, seed: int) -> None:
         if block.pos_table is not None:
             emb = nn.Embedding(*block.pos_table.shape)
             hf_init_weights(pre_cls, config, emb)
-            block.pos_table.copy_(emb.weight)
+            block.pos_table = emb.weight.detach()
 
 
 def _plan(b: BoosterConfig):
@@ -200,15 +194,11 @@ def _plan(b: BoosterConfig):
     src = Source(b.source, b.revision)
     config, family = load_config(src)
     indices = _resolve_layers(b.layer, b.num_layers, int(config.num_hidden_layers), src.label)
-    if b.llm_norm == "pretrained":
-        no_final = family.final_norm is None or (
-            config.model_type == "opt"
-            and (not config.do_layer_norm_before or getattr(config, "_remove_final_layer_norm", False))
-        )
-        if no_final:
-            why = ("BERT has no final norm: each of its layers already ends in a LayerNorm"
-                   if config.model_type == "bert" else f"this {config.model_type} config has no final layer norm")
-            raise BenchError(f"booster.llm_norm=pretrained: {why}; use booster.llm_norm=unit or none")
+    no_final = family.final_norm is None or (config.model_type == "opt" and not opt_final_norm(config))
+    if b.llm_norm == "pretrained" and no_final:
+        why = ("BERT has no final norm: each of its layers already ends in a LayerNorm"
+               if config.model_type == "bert" else f"this {config.model_type} config has no final layer norm")
+        raise BenchError(f"booster.llm_norm=pretrained: {why}; use booster.llm_norm=unit or none")
     return src, config, family, indices
 
 

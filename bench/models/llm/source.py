@@ -177,8 +177,7 @@ def load_config(src: Source):
         )
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    config = CONFIG_MAPPING[model_type].from_dict(raw)
-    config._attn_implementation = "sdpa"
+    config = CONFIG_MAPPING[model_type].from_dict(raw, attn_implementation="sdpa")
     config.use_cache = False
     for name, value in config.to_dict().items():
         if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
