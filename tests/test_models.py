@@ -146,23 +146,71 @@ def test_pretrained_vit_loads_timm_weights_from_a_local_file(tmp_path, monkeypat
     from safetensors.torch import save_file
 
     from bench.config import VitConfig
-    from bench.models.vit import TIMM_WEIGHTS, ViT2D
+    from bench.models.backbones import TIMM_WEIGHTS, build_backbone
 
     source = timm.create_model(TIMM_WEIGHTS["tiny"].split(".")[0], pretrained=False)
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
     monkeypatch.setenv("BENCH_TIMM_WEIGHTS", str(tmp_path / "model.safetensors"))
-    vit = ViT2D(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=1, num_classes=2)
-    torch.testing.assert_close(vit.vit.blocks[3].mlp.fc1.weight, source.blocks[3].mlp.fc1.weight)
-    assert vit.vit.patch_embed.proj.weight.shape == (192, 1, 4, 4) and vit.vit.pos_embed.shape[1] == 50
-    assert vit.forward_head(vit.norm(vit.tokens(torch.randn(2, 1, 28, 28)))).shape == (2, 2)
+    vit = build_backbone(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=1, num_classes=2, is_3d=False)
+    torch.testing.assert_close(vit.blocks[3].mlp.fc1.weight, source.blocks[3].mlp.fc1.weight)
+    assert vit.patch_embed.proj.weight.shape == (192, 1, 4, 4) and vit.pos_embed.shape[1] == 50
+    assert vit(torch.randn(2, 1, 28, 28)).shape == (2, 2)
 
 
 def test_pretrained_vit_offline_without_a_file_says_how_to_fix(monkeypatch):
     from bench.config import VitConfig
     from bench.errors import BenchError
-    from bench.models.vit import ViT2D
+    from bench.models.backbones import build_backbone
 
     monkeypatch.delenv("BENCH_TIMM_WEIGHTS", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BenchError, match="BENCH_TIMM_WEIGHTS"):
-        ViT2D(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=3, num_classes=2)
+        build_backbone(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=3, num_classes=2, is_3d=False)
+
+
+def test_paper_mode_is_timms_vit_on_images_upsampled_to_224():
+    """vit.paper_mode: a 28-px image is upsampled (bilinear) to 224 and cut into 16-px patches (14x14 + CLS)."""
+    import torch.nn.functional as F
+    from timm.models.vision_transformer import VisionTransformer
+
+    spec = task_spec("breastmnist", 28)
+    model = build_model(cfg_for(**{"vit.paper_mode": True}), spec)[0].eval()
+    reference = VisionTransformer(img_size=224, patch_size=16, in_chans=1, num_classes=2, embed_dim=192, depth=1,
+                                  num_heads=3).eval()
+    reference.load_state_dict(model.backbone.state_dict())  # strict: same shapes, so patch 16 over 224
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        want = reference(F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False))
+        assert torch.equal(model(x), want)
+        assert not torch.allclose(reference(F.interpolate(x, size=(224, 224), mode="nearest")), want)
+
+
+def _manual_forward(vit, booster, x, is_3d):
+    """Patches + CLS + positions -> the ViT blocks -> FD(FL(FE z) + FE z) -> final norm -> head on CLS, by hand."""
+    import torch.nn.functional as F
+
+    w, bias = vit.patch_embed.proj.weight, vit.patch_embed.proj.bias
+    t = (F.conv3d if is_3d else F.conv2d)(x, w, bias, stride=w.shape[-1]).flatten(2).transpose(1, 2)
+    t = torch.cat([vit.cls_token.expand(len(x), -1, -1), t], dim=1) + vit.pos_embed
+    for block in vit.blocks:
+        if block is not booster:
+            t = block(t)
+    if booster is not None:
+        h = booster.fe(t)
+        t = booster.fd(booster.llm(h) + h)
+    return vit.head(vit.norm(t)[:, 0])
+
+
+@pytest.mark.parametrize("task", ["breastmnist", "adrenalmnist3d"])
+@pytest.mark.parametrize("variant", ["baseline", "rllm"])
+def test_backbone_interface_and_the_booster_before_the_final_norm(tiny_llm, task, variant):
+    spec = task_spec(task, 28)
+    cfg = cfg_for(task, **{"vit.depth": 2, "booster.variant": variant, "booster.source": str(tiny_llm("llama"))})
+    model = build_model(cfg, spec)[0].eval()
+    vit = model.backbone
+    assert len(vit.blocks) == 2 + (variant == "rllm") and (model.booster is vit.blocks[-1]) == (variant == "rllm")
+    x = torch.randn(2, spec.n_channels, *([28] * (3 if spec.is_3d else 2)))
+    with torch.no_grad():
+        logits = model(x)
+        assert torch.equal(vit(x), logits) and torch.equal(vit.forward_head(vit.forward_features(x)), logits)
+        torch.testing.assert_close(logits, _manual_forward(vit, model.booster, x, spec.is_3d))

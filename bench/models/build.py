@@ -6,28 +6,33 @@ import copy
 import functools
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from bench.config import BoosterConfig, RunConfig
 from bench.data import TaskSpec
+from bench.models.backbones import build_backbone
 from bench.models.booster import Booster
 from bench.models.llm import LLMBlock, block_key, llm_hidden_size, load_llm_block
-from bench.models.vit import build_backbone
+
 
 class RLLMViT(nn.Module):
-    """tokens -> [booster] -> final norm -> head."""
+    """A ViT whose `blocks` end with the booster, if any: blocks -> [FE -> FL -> FD] -> final norm -> head."""
 
-    def __init__(self, backbone: nn.Module, booster: Booster | None, frozen_llm: bool):
+    def __init__(self, backbone: VisionTransformer, booster: Booster | None, frozen_llm: bool):
         super().__init__()
+        if booster is not None:
+            backbone.blocks.append(booster)  # timm's forward_features runs it after the last block, before the norm
         self.backbone = backbone
-        self.booster = booster
         self.frozen_llm = frozen_llm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.backbone.tokens(x)
-        if self.booster is not None:
-            t = self.booster(t)
-        return self.backbone.forward_head(self.backbone.norm(t))
+        return self.backbone(x)
+
+    @property
+    def booster(self) -> Booster | None:
+        last = self.backbone.blocks[-1]
+        return last if isinstance(last, Booster) else None
 
     def llm_parameters(self) -> list[nn.Parameter]:
         llm = self.booster.llm if self.booster is not None else None
