@@ -42,6 +42,7 @@ import gc, json, resource, sys, time
 import torch, transformers, safetensors
 import transformers.models.llama.modeling_llama
 from transformers import AutoModel
+from bench.config import RunConfig, override, resolve
 from bench.models.llm import load_llm_block
 
 mode, path, dtype, warm = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
@@ -49,7 +50,9 @@ DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
 def load(p):
     if mode == "layer":
-        return load_llm_block(p, -1, dtype=DTYPE, llm_norm="none")
+        sets = {"booster.variant": "rllm", "booster.source": p, "booster.layer": -1, "booster.dtype": dtype,
+                "booster.llm_norm": "none"}
+        return load_llm_block(resolve(override(RunConfig(), sets)).booster)
     if mode == "full":
         return AutoModel.from_pretrained(p, dtype=DTYPE)
     return AutoModel.from_pretrained(p)  # "full-auto": the checkpoint's dtype, tensors mapped lazily from the shards
