@@ -31,6 +31,12 @@ def hf_init_weights(pretrained_cls: type, config: Any, module: Any) -> None:
     pretrained_cls._init_weights(stand_in, module)
 
 
+def opt_final_norm(config: Any) -> bool:
+    """Whether an OPT config builds a final layer norm (OPT-350m has none): OPTDecoder's rule, which also reads
+    the config's private `_remove_final_layer_norm` (a key of old OPT config.json files)."""
+    return bool(config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm", False))
+
+
 def optuna_storage(study: Any) -> Any:
     """The storage behind an Optuna study (no public accessor exists)."""
     return study._storage

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench.config import RunConfig, override, parse_sets, resolve  # noqa: E402
 from bench.data import load_splits, task_spec, write_fixture  # noqa: E402
-from bench.models.vit import WIDTHS  # noqa: E402
+from bench.models.backbones import WIDTHS  # noqa: E402
 from bench.train import build_engine, seed_everything  # noqa: E402
 from train_throughput import DEFAULT_DATA, Naive, load1, machine  # noqa: E402
 

@@ -4,7 +4,7 @@ Writes a random LLaMA-shaped checkpoint (default hidden 1024, intermediate 2816,
 LLaMA ships; ~0.5 GB in ~100 MB shards, written by `save_pretrained(max_shard_size=...)`) to a temp dir, then, each
 in a fresh subprocess:
 
-    layer      bench.models.llm_layer.load_llm_block(dir, -1)       the last layer, as fp32 (booster.dtype's default)
+    layer      bench.models.llm.load_llm_block(dir, -1)       the last layer, as fp32 (booster.dtype's default)
     full       AutoModel.from_pretrained(dir, dtype=float32)         the whole base model, same dtype
     full-auto  AutoModel.from_pretrained(dir)                        the checkpoint's dtype: transformers 5 maps the
                                                                      shards and pages weights in only when read
@@ -42,14 +42,17 @@ import gc, json, resource, sys, time
 import torch, transformers, safetensors
 import transformers.models.llama.modeling_llama
 from transformers import AutoModel
-from bench.models.llm_layer import load_llm_block
+from bench.config import RunConfig, override, resolve
+from bench.models.llm import load_llm_block
 
 mode, path, dtype, warm = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
 def load(p):
     if mode == "layer":
-        return load_llm_block(p, -1, dtype=DTYPE, llm_norm="none")
+        sets = {"booster.variant": "rllm", "booster.source": p, "booster.layer": -1, "booster.dtype": dtype,
+                "booster.llm_norm": "none"}
+        return load_llm_block(resolve(override(RunConfig(), sets)).booster)
     if mode == "full":
         return AutoModel.from_pretrained(p, dtype=DTYPE)
     return AutoModel.from_pretrained(p)  # "full-auto": the checkpoint's dtype, tensors mapped lazily from the shards

@@ -1,4 +1,4 @@
-"""bench.models.llm_layer: one LLM layer cut out of a checkpoint equals the same layer of the whole model.
+"""bench.models.llm: one LLM layer cut out of a checkpoint equals the same layer of the whole model.
 
 Tiny random models (hidden 64, 8 layers) of every supported family are saved as sharded safetensors; the block
 loaded from them must match `AutoModel.from_pretrained` tensor for tensor and output for output.
@@ -18,15 +18,27 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.config import BoosterConfig, RunConfig, override, resolve
 from bench.errors import BenchError
-from bench.models import llm_layer
-from bench.models.llm_layer import SUPPORTED, LLMBlock, llm_hidden_size, load_llm_block, minilm_dir
+from bench.models.llm import SUPPORTED, LLMBlock, check_block, llm_hidden_size, load_llm_block, minilm_dir
+from bench.models.llm import checkpoint, source
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 H, N_LAYERS, T = 64, 8, 7
 ROTARY = ("llama", "qwen2", "mistral")
+
+
+def booster(source, layer: int, num_layers: int = 1, **knobs) -> BoosterConfig:
+    """The booster config of an rllm run on `source`, resolved as every run's is (R-LLM defaults filled in)."""
+    sets = {"booster.variant": "rllm", "booster.source": str(source), "booster.layer": layer,
+            "booster.num_layers": num_layers, **{f"booster.{k}": v for k, v in knobs.items()}}
+    return resolve(override(RunConfig(), sets)).booster
+
+
+def load(source, layer: int, num_layers: int = 1, seed: int = 0, **knobs) -> LLMBlock:
+    return load_llm_block(booster(source, layer, num_layers, **knobs), seed)
 
 
 def _tiny(family: str):
@@ -139,7 +151,7 @@ def test_layer_matches_whole_model(family, saved, refs):
     x = torch.randn(2, T, H)
     for layer, idx, mask, pos_emb in [(3, 3, "bidirectional", "none"), (-1, N_LAYERS - 1, "causal", "rope"),
                                       (-8, 0, "bidirectional", "rope"), (5, 5, "causal", "none")]:
-        block = load_llm_block(str(d), layer, mask=mask, pos_emb=pos_emb, llm_norm="none")
+        block = load(str(d), layer, mask=mask, pos_emb=pos_emb, llm_norm="none")
         assert isinstance(block, LLMBlock) and block.hidden_size == H
         assert block.info["llm.layers"] == str(idx)
         # every tensor equals the whole model's
@@ -171,7 +183,7 @@ def test_layer_matches_whole_model(family, saved, refs):
 def test_two_layers_equal_two_chained(family, saved, refs):
     d, _ = saved(family)
     x = torch.randn(2, T, H)
-    block = load_llm_block(str(d), -3, num_layers=2, mask="causal", pos_emb="rope", llm_norm="none")
+    block = load(str(d), -3, num_layers=2, mask="causal", pos_emb="rope", llm_norm="none")
     assert block.info["llm.layers"] == f"{N_LAYERS - 3},{N_LAYERS - 2}" and len(block.layers) == 2
     with torch.no_grad():
         torch.testing.assert_close(block(x), _ref_forward(refs(family), family, x, [5, 6], "causal", "rope"),
@@ -184,7 +196,7 @@ def test_pretrained_final_norm(family, saved, refs):
     ref = refs(family)
     final = {"llama": lambda: ref.norm, "gpt2": lambda: ref.ln_f, "opt": lambda: ref.decoder.final_layer_norm}[family]()
     x = torch.randn(2, T, H)
-    block = load_llm_block(str(d), -1, llm_norm="pretrained")
+    block = load(str(d), -1, llm_norm="pretrained")
     for k, v in final.state_dict().items():
         assert torch.equal(block.norm.state_dict()[k], v)
     with torch.no_grad():
@@ -194,8 +206,8 @@ def test_pretrained_final_norm(family, saved, refs):
 
 def test_unit_norm_has_nothing_to_train(saved):
     x = torch.randn(2, T, H) * 3 + 1
-    rms = load_llm_block(str(saved("llama")[0]), 0, llm_norm="unit")
-    ln = load_llm_block(str(saved("gpt2")[0]), 0, llm_norm="unit")
+    rms = load(str(saved("llama")[0]), 0, llm_norm="unit")
+    ln = load(str(saved("gpt2")[0]), 0, llm_norm="unit")
     assert not list(rms.norm.parameters()) and not list(ln.norm.parameters())
     with torch.no_grad():
         torch.testing.assert_close(rms(x).pow(2).mean(-1), torch.ones(2, T), atol=1e-4, rtol=0)
@@ -206,8 +218,8 @@ def test_unit_norm_has_nothing_to_train(saved):
 def test_dtype_casts_weights_and_io(saved):
     d = str(saved("llama")[0])
     x = torch.randn(2, T, H)
-    fp32 = load_llm_block(d, 2)
-    bf16 = load_llm_block(d, 2, dtype=torch.bfloat16)
+    fp32 = load(d, 2)
+    bf16 = load(d, 2, dtype="bf16")
     assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
     with torch.no_grad():
         y = bf16(x)
@@ -215,8 +227,45 @@ def test_dtype_casts_weights_and_io(saved):
         torch.testing.assert_close(y, fp32(x), atol=0.1, rtol=0.05)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_attention_runs_through_sdpa(family, saved, monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*a, **k):
+        calls.append(1)
+        return sdpa(*a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    block = load(saved(family)[0], 0, num_layers=2)
+    with torch.no_grad():
+        block(torch.randn(2, T, H))
+    assert len(calls) == 2  # one attention per layer
+
+
+def test_rope_frequencies_stay_fp32_when_the_block_is_cast(saved):
+    """A cast of the whole model (.to(bf16)) rounds the weights but must not round the rotary frequencies: the
+    cast block computes what a block loaded as bf16 (fp32 frequencies from the start) computes."""
+    d = saved("llama")[0]
+    x = torch.randn(2, T, H)
+    cast = load(d, 1, pos_emb="rope").to(torch.bfloat16)
+    bf16 = load(d, 1, pos_emb="rope", dtype="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in cast.parameters())
+    with torch.no_grad():
+        assert torch.equal(cast(x), bf16(x))
+
+
+@pytest.mark.parametrize("pos_emb", ["rope", "none"])
+def test_every_tensor_forward_reads_moves_with_the_block(saved, pos_emb):
+    """After .to(device) nothing the forward reads is left on the CPU (a host -> device copy in every step);
+    on a machine without a GPU the meta device shows it: a CPU tensor mixed with meta ones is an error."""
+    block = load(saved("llama")[0], 1, pos_emb=pos_emb).to("meta")
+    y = block(torch.randn(2, T, H, device="meta"))
+    assert y.device.type == "meta" and y.shape == (2, T, H)
+
+
 def test_learned_positions_limit(saved):
-    block = load_llm_block(str(saved("gpt2")[0]), 0, pos_emb="rope")
+    block = load(str(saved("gpt2")[0]), 0, pos_emb="rope")
     block(torch.randn(1, 32, H))  # n_positions = 32
     with pytest.raises(BenchError, match="32 learned positions"):
         block(torch.randn(1, 33, H))
@@ -242,7 +291,7 @@ def test_legacy_single_file_checkpoints(tmp_path, saved):
     buffers = {f"h.{i}.attn.{b}": torch.ones(1, 1, 32, 32) for i in range(N_LAYERS) for b in ("bias", "masked_bias")}
     d = _single_file(src, tmp_path / "gpt2", lambda k: k.removeprefix("transformer."), buffers)
     kw = dict(pos_emb="rope", llm_norm="pretrained")
-    a, b = load_llm_block(str(d), 2, **kw), load_llm_block(str(src), 2, **kw)
+    a, b = load(str(d), 2, **kw), load(str(src), 2, **kw)
     assert a.state_dict().keys() == b.state_dict().keys()
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     assert a.info["llm.params"] == n_params  # the stored buffers are not parameters
@@ -250,7 +299,7 @@ def test_legacy_single_file_checkpoints(tmp_path, saved):
     src, _ = saved("bert")
     d = _single_file(src, tmp_path / "bert", lambda k: "bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma")
                      .replace("LayerNorm.bias", "LayerNorm.beta"))
-    a, b = load_llm_block(str(d), 1, pos_emb="rope"), load_llm_block(str(src), 1, pos_emb="rope")
+    a, b = load(str(d), 1, pos_emb="rope"), load(str(src), 1, pos_emb="rope")
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
 
 
@@ -259,21 +308,26 @@ def test_legacy_single_file_checkpoints(tmp_path, saved):
 MEM_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import torch
-    from bench.models.llm_layer import load_llm_block
+    from bench.config import RunConfig, override, resolve
+    from bench.models.llm import load_llm_block
+
+    def booster(source, layer, **knobs):
+        sets = {"booster.variant": "rllm", "booster.source": source, "booster.layer": layer, **knobs}
+        return resolve(override(RunConfig(), sets)).booster
 
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
 
-    load_llm_block(sys.argv[2], 0)  # warm-up on a tiny model: imports and code paths
+    load_llm_block(booster(sys.argv[2], 0))  # warm-up on a tiny model: imports and code paths
     try:
         open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
         before, peak = status("VmRSS"), lambda: status("VmHWM")
     except OSError:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    block = load_llm_block(sys.argv[1], 5, llm_norm="none")
+    block = load_llm_block(booster(sys.argv[1], 5, **{"booster.llm_norm": "none"}))
     extra = peak() - before
     layer = sum(p.numel() * p.element_size() for p in block.parameters())
     print(json.dumps({"extra": extra, "layer": layer, "layer_params": sum(p.numel() for p in block.parameters())}))
@@ -324,7 +378,7 @@ def minilm_x():
 
 def test_minilm_loads(minilm_x):
     assert (minilm_dir() / "config.json").is_file() and (minilm_dir() / "model.safetensors").is_file()
-    block = load_llm_block("minilm-l6", -1)
+    block = load("minilm-l6", -1)
     assert block.hidden_size == 384 == llm_hidden_size("minilm-l6")
     with torch.no_grad():
         y = block(minilm_x)
@@ -339,9 +393,9 @@ def test_minilm_loads(minilm_x):
 
 def test_minilm_knobs_change_the_output(minilm_x):
     with torch.no_grad():
-        base = load_llm_block("minilm-l6", 2)(minilm_x)
-        causal = load_llm_block("minilm-l6", 2, mask="causal")(minilm_x)
-        rope = load_llm_block("minilm-l6", 2, pos_emb="rope")(minilm_x)
+        base = load("minilm-l6", 2)(minilm_x)
+        causal = load("minilm-l6", 2, mask="causal")(minilm_x)
+        rope = load("minilm-l6", 2, pos_emb="rope")(minilm_x)
     assert not torch.allclose(base, causal, atol=1e-3)
     torch.testing.assert_close(base[:, -1], causal[:, -1], atol=1e-4, rtol=1e-4)  # the last token sees everything
     assert not torch.allclose(base, rope, atol=1e-3)
@@ -349,16 +403,16 @@ def test_minilm_knobs_change_the_output(minilm_x):
 
 def test_minilm_pretrained_norm_is_an_error():
     with pytest.raises(BenchError, match="BERT has no final norm"):
-        load_llm_block("minilm-l6", -1, llm_norm="pretrained")
+        load("minilm-l6", -1, llm_norm="pretrained")
 
 
 def test_random_init_is_seeded_and_differs(minilm_x):
     rng = torch.random.get_rng_state()
-    a = load_llm_block("minilm-l6", -1, init="random", seed=0)
+    a = load("minilm-l6", -1, init="random", seed=0)
     assert torch.equal(torch.random.get_rng_state(), rng), "random init must not move the global RNG"
-    b = load_llm_block("minilm-l6", -1, init="random", seed=0)
-    c = load_llm_block("minilm-l6", -1, init="random", seed=1)
-    p = load_llm_block("minilm-l6", -1)
+    b = load("minilm-l6", -1, init="random", seed=0)
+    c = load("minilm-l6", -1, init="random", seed=1)
+    p = load("minilm-l6", -1)
     sa, sb, sc, sp = (m.state_dict() for m in (a, b, c, p))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["layers.0.attention.self.query.weight"], sc["layers.0.attention.self.query.weight"])
@@ -373,8 +427,8 @@ def test_random_init_is_seeded_and_differs(minilm_x):
 
 def test_random_init_rope_table_is_random_too(saved):
     d = str(saved("gpt2")[0])
-    a = load_llm_block(d, 1, init="random", pos_emb="rope", seed=3)
-    p = load_llm_block(d, 1, pos_emb="rope")
+    a = load(d, 1, init="random", pos_emb="rope", seed=3)
+    p = load(d, 1, pos_emb="rope")
     assert a.pos_table.shape == p.pos_table.shape and not torch.equal(a.pos_table, p.pos_table)
 
 
@@ -383,38 +437,42 @@ def test_random_init_rope_table_is_random_too(saved):
 
 def test_unknown_local_source():
     with pytest.raises(BenchError, match="does not exist"):
-        load_llm_block("/no/such/model/dir", 0)
+        load("/no/such/model/dir", 0)
 
 
 def test_layer_out_of_range():
     for layer, n in [(6, 1), (-7, 1), (5, 2)]:
-        with pytest.raises(BenchError, match="has 6 layers") as e:
-            load_llm_block("minilm-l6", layer, n)
-        assert "\n" not in str(e.value)
+        for call in (load, lambda *a: check_block(booster(*a))):  # a grid's preflight says what loading would
+            with pytest.raises(BenchError, match="has 6 layers") as e:
+                call("minilm-l6", layer, n)
+            assert "\n" not in str(e.value)
 
 
 def test_bad_knobs():
-    with pytest.raises(BenchError, match="booster.mask"):
-        load_llm_block("minilm-l6", 0, mask="diagonal")
-    with pytest.raises(BenchError, match="num_layers"):
-        load_llm_block("minilm-l6", 0, 0)
-    with pytest.raises(BenchError, match="revision"):
-        load_llm_block("minilm-l6", 0, revision="v1")
+    """Field values are refused by the config alone, before any LLM is read; what needs the LLM, by the block."""
+    with pytest.raises(BenchError, match="booster.mask='diagonal' is not one of bidirectional, causal"):
+        booster("minilm-l6", 0, mask="diagonal")
+    with pytest.raises(BenchError, match="num_layers must be >= 1"):
+        booster("minilm-l6", 0, 0)
     with pytest.raises(BenchError, match="random-init"):
-        load_llm_block("minilm-l6", 0, init="random", llm_norm="pretrained")
+        booster("minilm-l6", 0, init="random", llm_norm="pretrained")
+    with pytest.raises(BenchError, match="revision applies to hub ids only"):
+        check_block(booster("minilm-l6", 0, revision="v1"))
+    with pytest.raises(ValueError, match="resolved"):  # unresolved, llm_norm=None would silently mean no norm
+        load_llm_block(BoosterConfig(variant="rllm", source="minilm-l6"))
 
 
 def test_pretrained_norm_needs_a_final_norm(tmp_path):
     transformers.OPTConfig(hidden_size=H, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                            do_layer_norm_before=False).save_pretrained(tmp_path)  # OPT-350m style
     with pytest.raises(BenchError, match="no final layer norm"):
-        load_llm_block(str(tmp_path), 0, llm_norm="pretrained")
+        load(str(tmp_path), 0, llm_norm="pretrained")
 
 
 def test_unsupported_architecture(tmp_path):
     transformers.T5Config(d_model=32, num_layers=2, num_heads=2, d_ff=64, vocab_size=32).save_pretrained(tmp_path)
     with pytest.raises(BenchError, match="t5 model; supported model types: llama, qwen2, mistral, gpt2, opt, bert"):
-        load_llm_block(str(tmp_path), 0)
+        load(str(tmp_path), 0)
     with pytest.raises(BenchError, match="supported model types"):
         llm_hidden_size(str(tmp_path))
 
@@ -425,8 +483,9 @@ def test_missing_weights(tmp_path, saved):
     only_config.mkdir()
     shutil.copy(src / "config.json", only_config)
     with pytest.raises(BenchError, match="no model.safetensors"):
-        load_llm_block(str(only_config), 0)
+        load(str(only_config), 0)
     assert llm_hidden_size(str(only_config)) == H  # config only
+    check_block(booster(only_config, 0))  # so is the preflight check
 
     holed = tmp_path / "holed"
     shutil.copytree(src, holed)
@@ -434,14 +493,14 @@ def test_missing_weights(tmp_path, saved):
     del index["weight_map"]["model.layers.3.mlp.up_proj.weight"]
     (holed / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(BenchError, match=r"missing weights: .* lacks model\.layers\.3\.mlp\.up_proj\.weight"):
-        load_llm_block(str(holed), 3)
-    load_llm_block(str(holed), 2)  # the other layers are intact
+        load(str(holed), 3)
+    load(str(holed), 2)  # the other layers are intact
 
     liar = tmp_path / "liar"  # GPT-2 tensors under a llama config: no llama-named tensors at all
     shutil.copytree(saved("gpt2")[0], liar)
     shutil.copy(src / "config.json", liar / "config.json")
     with pytest.raises(BenchError, match="missing weights"):
-        load_llm_block(str(liar), 0)
+        load(str(liar), 0)
 
 
 # ------------------------------------------------------------------------------------------------------ hub
@@ -475,9 +534,9 @@ def test_hub_downloads_only_what_the_layer_needs(tmp_path, saved, monkeypatch):
 
     src, n_params = saved("llama")
     hub = FakeHub(src, tmp_path)
-    monkeypatch.setattr(llm_layer, "hf_hub_download", hub)
+    monkeypatch.setattr(source, "hf_hub_download", hub)
     monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", _offline_metadata)
-    block = load_llm_block("org/tiny", 4, revision="v1.0")
+    block = load("org/tiny", 4, revision="v1.0")
     got = [f for _, f, _ in hub.calls]
     assert got[:2] == ["config.json", "model.safetensors.index.json"]
     assert sorted(got[2:]) == _shards_holding(src, r"model\.layers\.4\.")
@@ -485,24 +544,24 @@ def test_hub_downloads_only_what_the_layer_needs(tmp_path, saved, monkeypatch):
     assert block.info["llm.source"] == f"org/tiny@{FakeHub.SHA}"
     total = json.loads((src / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
     assert block.info["llm.params"] == total // 4 == n_params  # offline: estimated from the index
-    local = load_llm_block(str(src), 4)
+    local = load(str(src), 4)
     assert all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), local.state_dict().values(), strict=True))
     assert block.info["llm.file_hash"] == local.info["llm.file_hash"]
 
     def online_metadata(repo_id, revision=None, **k):  # what the hub answers from the shards' headers
         assert repo_id == "org/tiny" and revision == FakeHub.SHA
         files = {f: types.SimpleNamespace(tensors={n: types.SimpleNamespace(dtype=v["dtype"], shape=v["shape"])
-                                                   for n, v in llm_layer._read_header(f).items()})
+                                                   for n, v in checkpoint.read_header(f).items()})
                  for f in src.glob("model-*.safetensors")}
         return types.SimpleNamespace(files_metadata=files)
 
     monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", online_metadata)
-    assert load_llm_block("org/tiny", -1).info["llm.params"] == n_params
+    assert load("org/tiny", -1).info["llm.params"] == n_params
 
     hub.calls.clear()
     assert llm_hidden_size("org/tiny") == H and [f for _, f, _ in hub.calls] == ["config.json"]
     hub.calls.clear()
-    load_llm_block("org/tiny", 4, init="random")
+    load("org/tiny", 4, init="random")
     assert not any(f.startswith("model-") for _, f, _ in hub.calls), "init=random reads no checkpoint tensors"
 
 
@@ -517,9 +576,9 @@ def test_hub_unknown_repo(monkeypatch):
     from huggingface_hub.errors import RepositoryNotFoundError
 
     response = types.SimpleNamespace(headers={}, request=None, status_code=404)
-    monkeypatch.setattr(llm_layer, "hf_hub_download", _raiser(RepositoryNotFoundError("404", response=response)))
+    monkeypatch.setattr(source, "hf_hub_download", _raiser(RepositoryNotFoundError("404", response=response)))
     with pytest.raises(BenchError, match="not a local directory, not minilm-l6, and the hub has no repo") as e:
-        load_llm_block("org/does-not-exist", 0)
+        load("org/does-not-exist", 0)
     assert "\n" not in str(e.value)
 
 
@@ -528,9 +587,9 @@ def test_hub_unreachable(monkeypatch, exc):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     err = ConnectionError("Name or service not known") if exc == "connection" else LocalEntryNotFoundError("x")
-    monkeypatch.setattr(llm_layer, "hf_hub_download", _raiser(err))
+    monkeypatch.setattr(source, "hf_hub_download", _raiser(err))
     with pytest.raises(BenchError, match=r"cannot reach the Hugging Face hub .* booster\.source=DIR") as e:
-        load_llm_block("meta-llama/Llama-2-7b-hf", -1)
+        load("meta-llama/Llama-2-7b-hf", -1)
     assert "download meta-llama/Llama-2-7b-hf --include config.json" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(BenchError, match="cannot reach"):
         llm_hidden_size("meta-llama/Llama-2-7b-hf")

@@ -1,5 +1,6 @@
 """The R-LLM model: shapes, what trains and what stays frozen, every variant end to end, real data."""
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -41,6 +42,66 @@ def test_residual_wiring_is_what_the_docs_say(tiny_llm):
     for mode, want in expected.items():
         booster.residual = mode
         torch.testing.assert_close(booster(z), want)
+
+
+def test_capacity_controls_without_an_llm_layer(tiny_llm):
+    """adapters = FD(FE z) + z, mlp = FD(FE z) (the paper's +MLP); bias=false drops both biases (the paper's)."""
+    spec = task_spec("breastmnist", 28)
+    z = torch.randn(2, 50, 192)
+    src = str(tiny_llm("llama"))
+    for variant, want in {"adapters": lambda fe, fd: fd(fe(z)) + z, "mlp": lambda fe, fd: fd(fe(z))}.items():
+        booster = build_model(cfg_for(**{"booster.variant": variant, "booster.source": src}), spec)[0].booster
+        assert booster.llm is None and booster.fe.bias is not None
+        torch.testing.assert_close(booster(z), want(booster.fe, booster.fd))
+        nobias = build_model(cfg_for(**{"booster.variant": variant, "booster.source": src, "booster.bias": False}),
+                             spec)[0].booster
+        assert nobias.fe.bias is None and nobias.fd.bias is None
+        h = z @ nobias.fe.weight.T
+        torch.testing.assert_close(nobias(z), h @ nobias.fd.weight.T + (z if variant == "adapters" else 0))
+
+
+def test_trunc_normal_adapter_init_is_timms(tiny_llm):
+    """The paper's 2D code initialises FE/FD like timm's ViT: trunc_normal(std 0.02) weights, zero biases."""
+    spec = task_spec("breastmnist", 28)
+    cfg = cfg_for(**{"booster.variant": "rllm", "booster.source": str(tiny_llm("llama")),
+                     "booster.adapter_init": "trunc_normal", "vit.arch": "small", "vit.depth": 1})
+    booster = build_model(cfg, spec)[0].booster
+    w = torch.cat([booster.fe.weight.flatten(), booster.fd.weight.flatten()])
+    # timm's bounds -2, 2 are absolute, not in sd units: at sd 0.02 nothing is cut, so this is N(0, 0.02)
+    assert abs(w.std().item() - 0.02) < 0.0004 and abs(w.mean().item()) < 0.0004
+    assert not booster.fe.bias.any() and not booster.fd.bias.any()
+    default = build_model(dataclasses.replace(cfg, booster=dataclasses.replace(cfg.booster, adapter_init="default")),
+                          spec)[0].booster
+    assert abs(default.fe.weight.std().item() - 1 / 384 ** 0.5 / 3 ** 0.5) < 0.001  # torch's U(+-1/sqrt(fan_in))
+
+
+@pytest.mark.parametrize(("layer", "num_layers", "want"), [
+    ("first", 1, "0"), ("last", 1, "5"), ("middle", 1, "3"), ("0.5", 2, "2,3"), ("last", 2, "4,5"), ("1.0", 1, "5"),
+    ("0.2", 1, "1"), (-2, 2, "4,5"),
+])
+def test_relative_layers_resolve_against_the_llms_depth(layer, num_layers, want):
+    """MiniLM's 6 layers: first/middle/last and fractions place the block's start in 0..6-num_layers, halves up."""
+    spec = task_spec("breastmnist", 28)
+    cfg = cfg_for(**{"booster.variant": "rllm", "booster.source": "minilm-l6",
+                     "booster.layer": layer, "booster.num_layers": num_layers})
+    assert build_model(cfg, spec)[1]["llm.layers"] == want
+
+
+def test_runs_differing_only_outside_the_block_share_one_loaded_layer(tiny_llm):
+    from bench.models import build
+
+    spec = task_spec("breastmnist", 28)
+    rllm = {"booster.variant": "rllm", "booster.source": str(tiny_llm("llama"))}
+    build._cached_block.cache_clear()
+    a = build_model(cfg_for(**rllm), spec)[0]
+    b = build_model(cfg_for(**rllm, **{"booster.residual": "out", "booster.freeze": "finetune", "booster.lr_mult": 0.1}),
+                    spec)[0]
+    assert (build._cached_block.cache_info().misses, build._cached_block.cache_info().hits) == (1, 1)
+    pa, pb = a.llm_parameters(), b.llm_parameters()
+    assert pa and all(x is not y and torch.equal(x, y) for x, y in zip(pa, pb, strict=True))  # each run its own copy
+    assert not any(p.requires_grad for p in pa) and all(p.requires_grad for p in pb)
+    build_model(cfg_for(**rllm, **{"booster.mask": "causal"}), spec)  # a knob inside the block: loaded anew
+    assert build._cached_block.cache_info().misses == 2
 
 
 def _digest(params) -> str:
@@ -92,6 +153,9 @@ VARIANTS = {
     "res_none": {"booster.variant": "rllm", "booster.residual": "none"},
     "pretrained_norm": {"booster.variant": "rllm", "booster.llm_norm": "pretrained"},
     "two_layers": {"booster.variant": "rllm", "booster.layer": -2, "booster.num_layers": 2},
+    "mlp": {"booster.variant": "mlp", "booster.bias": False},
+    "paper_adapters": {"booster.variant": "rllm", "booster.bias": False, "booster.adapter_init": "trunc_normal",
+                       "booster.layer": "last"},
 }
 
 
@@ -129,23 +193,71 @@ def test_pretrained_vit_loads_timm_weights_from_a_local_file(tmp_path, monkeypat
     from safetensors.torch import save_file
 
     from bench.config import VitConfig
-    from bench.models.vit import TIMM_WEIGHTS, ViT2D
+    from bench.models.backbones import TIMM_WEIGHTS, build_backbone
 
     source = timm.create_model(TIMM_WEIGHTS["tiny"].split(".")[0], pretrained=False)
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
     monkeypatch.setenv("BENCH_TIMM_WEIGHTS", str(tmp_path / "model.safetensors"))
-    vit = ViT2D(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=1, num_classes=2)
-    torch.testing.assert_close(vit.vit.blocks[3].mlp.fc1.weight, source.blocks[3].mlp.fc1.weight)
-    assert vit.vit.patch_embed.proj.weight.shape == (192, 1, 4, 4) and vit.vit.pos_embed.shape[1] == 50
-    assert vit.forward_head(vit.norm(vit.tokens(torch.randn(2, 1, 28, 28)))).shape == (2, 2)
+    vit = build_backbone(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=1, num_classes=2, is_3d=False)
+    torch.testing.assert_close(vit.blocks[3].mlp.fc1.weight, source.blocks[3].mlp.fc1.weight)
+    assert vit.patch_embed.proj.weight.shape == (192, 1, 4, 4) and vit.pos_embed.shape[1] == 50
+    assert vit(torch.randn(2, 1, 28, 28)).shape == (2, 2)
 
 
 def test_pretrained_vit_offline_without_a_file_says_how_to_fix(monkeypatch):
     from bench.config import VitConfig
     from bench.errors import BenchError
-    from bench.models.vit import ViT2D
+    from bench.models.backbones import build_backbone
 
     monkeypatch.delenv("BENCH_TIMM_WEIGHTS", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BenchError, match="BENCH_TIMM_WEIGHTS"):
-        ViT2D(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=3, num_classes=2)
+        build_backbone(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=3, num_classes=2, is_3d=False)
+
+
+def test_paper_mode_is_timms_vit_on_images_upsampled_to_224():
+    """vit.paper_mode: a 28-px image is upsampled (bilinear) to 224 and cut into 16-px patches (14x14 + CLS)."""
+    import torch.nn.functional as F
+    from timm.models.vision_transformer import VisionTransformer
+
+    spec = task_spec("breastmnist", 28)
+    model = build_model(cfg_for(**{"vit.paper_mode": True}), spec)[0].eval()
+    reference = VisionTransformer(img_size=224, patch_size=16, in_chans=1, num_classes=2, embed_dim=192, depth=1,
+                                  num_heads=3).eval()
+    reference.load_state_dict(model.backbone.state_dict())  # strict: same shapes, so patch 16 over 224
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        want = reference(F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False))
+        assert torch.equal(model(x), want)
+        assert not torch.allclose(reference(F.interpolate(x, size=(224, 224), mode="nearest")), want)
+
+
+def _manual_forward(vit, booster, x, is_3d):
+    """Patches + CLS + positions -> the ViT blocks -> FD(FL(FE z) + FE z) -> final norm -> head on CLS, by hand."""
+    import torch.nn.functional as F
+
+    w, bias = vit.patch_embed.proj.weight, vit.patch_embed.proj.bias
+    t = (F.conv3d if is_3d else F.conv2d)(x, w, bias, stride=w.shape[-1]).flatten(2).transpose(1, 2)
+    t = torch.cat([vit.cls_token.expand(len(x), -1, -1), t], dim=1) + vit.pos_embed
+    for block in vit.blocks:
+        if block is not booster:
+            t = block(t)
+    if booster is not None:
+        h = booster.fe(t)
+        t = booster.fd(booster.llm(h) + h)
+    return vit.head(vit.norm(t)[:, 0])
+
+
+@pytest.mark.parametrize("task", ["breastmnist", "adrenalmnist3d"])
+@pytest.mark.parametrize("variant", ["baseline", "rllm"])
+def test_backbone_interface_and_the_booster_before_the_final_norm(tiny_llm, task, variant):
+    spec = task_spec(task, 28)
+    cfg = cfg_for(task, **{"vit.depth": 2, "booster.variant": variant, "booster.source": str(tiny_llm("llama"))})
+    model = build_model(cfg, spec)[0].eval()
+    vit = model.backbone
+    assert len(vit.blocks) == 2 + (variant == "rllm") and (model.booster is vit.blocks[-1]) == (variant == "rllm")
+    x = torch.randn(2, spec.n_channels, *([28] * (3 if spec.is_3d else 2)))
+    with torch.no_grad():
+        logits = model(x)
+        assert torch.equal(vit(x), logits) and torch.equal(vit.forward_head(vit.forward_features(x)), logits)
+        torch.testing.assert_close(logits, _manual_forward(vit, model.booster, x, spec.is_3d))

@@ -467,12 +467,12 @@ def test_ctrl_c_keeps_finished_runs_serial(ci_env, tmp_path, capsys, monkeypatch
 def _no_network(monkeypatch):
     import huggingface_hub
 
-    import bench.models.llm_layer as llm_layer
+    import bench.models.llm.source as llm_source
 
     def refuse(*a, **k):
         raise AssertionError("touched the network")
 
-    monkeypatch.setattr(llm_layer, "hf_hub_download", refuse)
+    monkeypatch.setattr(llm_source, "hf_hub_download", refuse)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     monkeypatch.setattr("torchvision.datasets.utils.download_url", refuse)
 

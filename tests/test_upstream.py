@@ -51,6 +51,17 @@ def test_transformers_init_weights_on_a_stand_in_initialises_a_lone_layer(family
             assert torch.all(p == 1), name
 
 
+@pytest.mark.parametrize("before, removed", [(True, False), (False, False), (True, True)])
+def test_opt_final_norm_is_what_transformers_builds(before, removed):
+    import transformers
+
+    config = transformers.OPTConfig(hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+                                    vocab_size=32, word_embed_proj_dim=16, do_layer_norm_before=before,
+                                    _remove_final_layer_norm=removed)
+    built = transformers.OPTModel(config).decoder.final_layer_norm is not None
+    assert upstream.opt_final_norm(config) == built == (before and not removed)
+
+
 def test_optuna_storage_and_trial_id_reach_the_trial_row():
     import optuna
 

@@ -11,7 +11,7 @@ from bench.data import data_file, ensure_file, task_spec
 
 
 def _is_hub_id(source: str) -> bool:
-    from bench.models.llm_layer import MINILM
+    from bench.models.llm import MINILM
 
     return source != MINILM and not Path(source).expanduser().exists()
 
@@ -29,26 +29,23 @@ def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True)
     nothing touches the network: tasks and sizes are checked, local LLM sources read, hub ids skipped,
     and a missing or corrupt data file is an error.
     """
-    from bench.models.llm_layer import check_block, llm_hidden_size
+    from bench.models.llm import block_key, check_block, llm_hidden_size
 
     runs = list(runs)
     for task, size in sorted({(c.data.task, c.data.size) for c in runs}):
         ensure_file(task_spec(task, size), data_root, download=download)
-    blocks = {(b.variant, b.source, b.revision, b.layer, b.num_layers, b.init, b.pos_emb, b.mask, b.llm_norm)
-              for b in (c.booster for c in runs) if b.source}
-    for variant, source, revision, layer, num_layers, init, pos_emb, mask, llm_norm in sorted(blocks, key=str):
-        if not download and _is_hub_id(source):
+    for b in sorted({block_key(c.booster) for c in runs if c.booster.source}, key=str):
+        if not download and _is_hub_id(b.source):
             continue
-        if variant == "adapters":
-            llm_hidden_size(source, revision)
-        else:  # the layer range, model type and final norm, from the config alone
-            check_block(source, layer, num_layers, revision=revision, init=init, pos_emb=pos_emb, mask=mask,
-                        llm_norm=llm_norm)
+        if b.variant == "rllm":  # the layer range, model type and final norm, from the config alone
+            check_block(b)
+        else:
+            llm_hidden_size(b.source, b.revision)
 
 
 def check_offline(runs: Iterable[RunConfig], data_root: Path) -> list[str]:
     """For --dry-run and list: validate without network or hashing; returns notes about what is missing."""
-    from bench.models.llm_layer import llm_hidden_size
+    from bench.models.llm import llm_hidden_size
 
     runs = list(runs)
     notes = []

@@ -160,7 +160,7 @@ def prepare(task: str, variant: str, *, grid: str | None = None, sets: Mapping[s
     root = resolve_root(data_root)
     ensure_file(task_spec(base.data.task, base.data.size), root, download=download)
     if base.booster.source and base.booster.variant != "baseline":
-        from bench.models.llm_layer import llm_hidden_size
+        from bench.models.llm import llm_hidden_size
 
         llm_hidden_size(base.booster.source, base.booster.revision)
     pick_device(device)

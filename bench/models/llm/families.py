@@ -1,0 +1,77 @@
+"""The supported model types: transformers' class names and their checkpoints' tensor names, in one table.
+
+Source (model-type check), checkpoint (tensor names) and block (layer classes) all read this one table, so
+adding a family is one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    module: str  # transformers.models.<x>.modeling_<x>
+    layer_cls: str
+    pretrained_cls: str  # for _init_weights and the checkpoint keys it ignores
+    prefixes: tuple[str, ...]  # where the layer stack's parent sits in a checkpoint (task model, base model)
+    layer_stem: str  # + "{i}." = one layer's keys, under the prefix
+    final_norm: str | None  # under the prefix
+    pos_key: str | None = None  # learned absolute position table, under the prefix
+    pos_offset: int = 0
+    rotary_cls: str | None = None
+    rms: bool = False
+    eps_attr: str | None = None  # LayerNorm eps attribute of the config (None = torch's default 1e-5)
+    buffer_keys: str | None = None  # regex of stored non-parameter tensors (excluded from llm.params)
+
+
+def _llama_like(name: str, cls_prefix: str) -> Family:
+    return Family(
+        module=f"transformers.models.{name}.modeling_{name}",
+        layer_cls=f"{cls_prefix}DecoderLayer",
+        pretrained_cls=f"{cls_prefix}PreTrainedModel",
+        prefixes=("model.", ""),
+        layer_stem="layers.",
+        final_norm="norm.",
+        rotary_cls=f"{cls_prefix}RotaryEmbedding",
+        rms=True,
+    )
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": _llama_like("llama", "Llama"),
+    "qwen2": _llama_like("qwen2", "Qwen2"),
+    "mistral": _llama_like("mistral", "Mistral"),
+    "gpt2": Family(
+        module="transformers.models.gpt2.modeling_gpt2",
+        layer_cls="GPT2Block",
+        pretrained_cls="GPT2PreTrainedModel",
+        prefixes=("transformer.", ""),
+        layer_stem="h.",
+        final_norm="ln_f.",
+        pos_key="wpe.weight",
+        eps_attr="layer_norm_epsilon",
+        buffer_keys=r"(^|\.)(attn|crossattention)\.(masked_)?bias$",
+    ),
+    "opt": Family(
+        module="transformers.models.opt.modeling_opt",
+        layer_cls="OPTDecoderLayer",
+        pretrained_cls="OPTPreTrainedModel",
+        prefixes=("model.decoder.", "decoder."),
+        layer_stem="layers.",
+        final_norm="final_layer_norm.",
+        pos_key="embed_positions.weight",
+        pos_offset=2,
+    ),
+    "bert": Family(
+        module="transformers.models.bert.modeling_bert",
+        layer_cls="BertLayer",
+        pretrained_cls="BertPreTrainedModel",
+        prefixes=("bert.", ""),
+        layer_stem="encoder.layer.",
+        final_norm=None,
+        pos_key="embeddings.position_embeddings.weight",
+        eps_attr="layer_norm_eps",
+    ),
+}
+SUPPORTED = tuple(FAMILIES)
