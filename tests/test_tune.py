@@ -45,18 +45,22 @@ seeds: SEEDS
 BAD_LR = 0.05  # curve_fit: above this learning rate nothing is learnt (val AUC 0.5 from the first epoch)
 
 
+def fake_auc(lr: float, seed: int, epoch: int, epochs: int) -> float:
+    """curve_fit's val AUC: rises per epoch, peaks at lr=1e-3, differs by seed; flat 0.5 in the bad region."""
+    if lr > BAD_LR:
+        return 0.5
+    return 0.7 + 0.2 * (epoch + 1) / epochs - 0.02 * abs(math.log10(lr / 1e-3)) + 0.01 * (seed % 3)
+
+
 def curve_fit(cfg, splits, spec, device, *, on_epoch=None, **_):
-    """Stand-in for `bench.train.fit`: val AUC rises per epoch near lr=1e-3; flat 0.5 in the bad region."""
+    """Stand-in for `bench.train.fit`: val AUC per epoch from `fake_auc`, reported through the same hook."""
     assert splits.test is None and splits.train is not None and splits.val is not None
     lr, epochs = cfg.train.lr, cfg.train.epochs
     if os.environ.get("FAKE_FAIL_ABOVE") and lr > float(os.environ["FAKE_FAIL_ABOVE"]):
         raise RuntimeError(f"train loss is nan at epoch 0 (lr {lr})")
     history = []
     for epoch in range(epochs):
-        if lr > BAD_LR:
-            auc = 0.5
-        else:
-            auc = 0.7 + 0.2 * (epoch + 1) / epochs - 0.02 * abs(math.log10(lr / 1e-3))
+        auc = fake_auc(lr, cfg.seed, epoch, epochs)
         history.append({"epoch": epoch, "val_auc": auc, "val_acc": auc})
         time.sleep(float(os.environ.get("FAKE_EPOCH_S", "0")))
         if on_epoch:
@@ -173,8 +177,9 @@ def test_storage_that_cannot_connect_is_one_line(env, capsys, fake_fit):
 # -------------------------------------------------------------------------------------- the search
 
 
-def test_bad_region_is_pruned(env, tmp_path, capsys, fake_fit):
-    """Trials in the bad lr region are stopped after their first epoch; good ones train all 4 epochs."""
+def test_bad_region_is_pruned_on_the_running_mean(env, tmp_path, capsys, fake_fit):
+    """3 seeds x 4 epochs = steps 0..11: trials in the bad lr region stop at step 0; good ones report every
+    step a running value that never decreases and ends at the objective."""
     space = space_file(tmp_path, "params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0, log: true}\nreplace: true\n"
                                  "pruner: {type: median, n_startup_trials: 3, n_warmup_steps: 0}\n")
     journal = env.results / "optuna" / "prune.log"
@@ -184,7 +189,8 @@ def test_bad_region_is_pruned(env, tmp_path, capsys, fake_fit):
     lrs = [1e-3, 2e-3, 5e-4, 0.3, 0.6, 1.5e-3]
     for lr in lrs:  # fix the order: three good trials, two in the bad region, one good
         study.enqueue_trial({"train.lr": lr})
-    assert env.tune("--space", space, "--study", "prune", grid=env.make_grid(epochs=4), trials=len(lrs)) == 0
+    assert env.tune("--space", space, "--study", "prune", "--seeds", "3", grid=env.make_grid(epochs=4),
+                    trials=len(lrs)) == 0
     out = capsys.readouterr().out
     trials = load(env.results, name="prune", storage=str(journal)).trials
     assert [t.params["train.lr"] for t in trials] == lrs
@@ -192,8 +198,12 @@ def test_bad_region_is_pruned(env, tmp_path, capsys, fake_fit):
         if t.params["train.lr"] > BAD_LR:
             assert t.state == TrialState.PRUNED and sorted(t.intermediate_values) == [0], t
         else:
-            assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [0, 1, 2, 3], t
-    assert "trial 3 pruned after epoch 0" in out and "6/6 done" in out
+            assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == list(range(12)), t
+            steps = [t.intermediate_values[i] for i in range(12)]
+            assert steps == sorted(steps) and steps[-1] == pytest.approx(t.value)
+            # after seed 0 (step 3) the value is seed 0's best val AUC over the 3 seeds
+            assert steps[3] == pytest.approx(fake_auc(t.params["train.lr"], 1000, 3, 4) / 3)
+    assert "trial 3 pruned after epoch 0 of seed 1000 (step 0)" in out and "6/6 done" in out
     assert "(4 complete, 2 pruned, 0 failed)" in out
     assert exported(env.results)["params"]["train.lr"] == 1e-3
 
@@ -242,15 +252,20 @@ def test_test_split_is_untouched_during_tuning(env, capsys, monkeypatch):
 
     monkeypatch.setattr(npz_class, "__getitem__", spy)
     monkeypatch.setattr(tune_study, "fit", checked_fit)
-    assert env.tune(grid=env.make_grid(epochs=1), trials=1) == 0
-    assert seen == [None]
+    grid = env.make_grid(epochs=1, variants=("baseline", "adapters"))
+    rc = cli.main(["tune", "--grid", str(grid), "--trials", "1", "--seeds", "2", "--data-root", str(env.root),
+                   "--results", str(env.results), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr()
+    assert seen == [None] * 4  # 2 studies x 2 seeds
     assert read_keys and all(not k.startswith("test_") for k in read_keys), read_keys
     assert {"train_images", "val_images"} <= set(read_keys)
     assert sorted(p.name for p in env.results.iterdir()) == ["optuna", "tuned"]  # no runs/, history/, predictions/
     out = capsys.readouterr().out
-    assert "1/1 done, best val AUC" in out
-    doc = exported(env.results)
-    assert doc["metric"] == "val_auc" and 0.0 <= doc["best_value"] <= 1.0 and doc["n_trials"] == 1
+    assert "1/1 done, best mean val AUC (2 seeds)" in out
+    for variant in ("baseline", "adapters"):
+        doc = exported(env.results, variant)
+        assert doc["metric"] == "val_auc" and 0.0 <= doc["best_value"] <= 1.0 and doc["n_trials"] == 1
+        assert doc["seeds"] == [1000, 1001] and len(doc["best_seed_val_auc"]) == 2
 
 
 def test_resume_continues_the_same_study(env, capsys, fake_fit):
