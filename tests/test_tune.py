@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from bench import cli, store
 from bench.config import override, run_id
 from bench.grid import load_grid
 from bench.train import RunResult
+from bench.tune import dispatch
 from bench.tune import study as tune_study
 from bench.tune.space import default_space
 from bench.tune.storage import open_storage
@@ -77,7 +79,10 @@ def env(tmp_path, fixture_root, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def grid(epochs=3, variants=("baseline",), seeds=(0, 1)) -> Path:
-        body = "\n".join(f"  {v}: {{booster.variant: {v}}}" for v in variants)
+        """`variants`: names of booster.variant values, or {name: YAML flow mapping of its overrides}."""
+        if not isinstance(variants, dict):
+            variants = {v: f"{{booster.variant: {v}}}" for v in variants}
+        body = "\n".join(f"  {v}: {o}" for v, o in variants.items())
         path = tmp_path / f"grid_{epochs}_{'_'.join(variants)}_{len(seeds)}.yaml"
         path.write_text(GRID.replace("EPOCHS", str(epochs)).replace("VARIANTS", body).replace("SEEDS", str(list(seeds))))
         return path
@@ -387,6 +392,215 @@ def test_default_space_searches_lr_mult_only_when_finetuning():
             "vit.drop_path", "train.aug"} <= keys()
 
 
+# ------------------------------------------------------------------------------------- a whole grid
+
+
+def grid_args(env, grid, *extra) -> list[str]:
+    return ["tune", "--grid", str(grid), "--data-root", str(env.root), "--results", str(env.results), "--device", "cpu",
+            *map(str, extra)]
+
+
+def test_grid_tunes_every_variant_with_one_budget_and_a_rerun_adds_no_trial(env, capsys, fake_fit):
+    """`bench tune --grid smoke`: one study and one tuned file per variant, with the same trials, seeds and
+    space for each; a second call adds no trial."""
+    args = grid_args(env, "smoke", "--trials", "2", "--set", "train.epochs=1")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    variants = ("baseline", "adapters", "rllm")
+    assert sorted(p.name for p in (env.results / "tuned").iterdir()) == sorted(f"breastmnist__{v}.json" for v in variants)
+    docs = {v: exported(env.results, v) for v in variants}
+    for v, doc in docs.items():
+        trials = load(env.results, doc).trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, v
+        assert doc["budget"] == 2 and doc["n_trials"] == 2 and doc["seeds"] == [1000, 1001, 1002]
+        assert doc["space"] == docs["baseline"]["space"] and doc["grid"] == "smoke"
+        assert f"done: breastmnist/{v}: 2/2 trials (2 complete, 0 pruned, 0 failed), best mean val AUC (3 seeds)" in out
+    assert len({doc["study"] for doc in docs.values()}) == 3
+    assert "grid smoke: 3 studies, 2 trials each" in out
+
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "] trial " not in out  # no trial ran
+    for v, doc in docs.items():
+        assert len(load(env.results, doc).trials) == 2
+        assert f"study {doc['study']} in" in out and f"breastmnist/{v}: 2/2 trials" in out
+
+
+def test_task_and_variant_filters_select_the_studies(env, fixture_root, capsys, fake_fit):
+    fixture_root("adrenalmnist3d", n=(16, 8, 8))
+    assert cli.main(grid_args(env, "ci", "--trials", "1", "--seeds", "1", "--variant", "rllm")) == 0
+    assert sorted(p.name for p in (env.results / "tuned").iterdir()) == ["adrenalmnist3d__rllm.json",
+                                                                         "breastmnist__rllm.json"]
+    capsys.readouterr()
+    rc = cli.main(grid_args(env, "ci", "--trials", "1", "--task", "adrenalmnist3d", "--variant", "adapters"))
+    assert "has no variant 'adapters' for adrenalmnist3d; its variants there: baseline, rllm" in one_line_error(capsys, rc)
+    assert cli.main(grid_args(env, "ci", "--trials", "1", "--seeds", "1", "--task", "adrenalmnist3d")) == 0
+    assert sorted(p.name for p in (env.results / "tuned").iterdir()) == [
+        "adrenalmnist3d__baseline.json", "adrenalmnist3d__rllm.json", "breastmnist__rllm.json"]
+
+
+def test_every_variant_of_a_task_searches_the_same_space(env, tmp_path, capsys, fake_fit):
+    """booster.lr_mult applies to the fine-tuned layer only: with a frozen variant beside it, neither searches it."""
+    variants = {"rllm": "{booster.variant: rllm}", "finetune": "{booster.variant: rllm, booster.freeze: finetune}"}
+    grid = env.make_grid(epochs=1, variants=variants)
+    assert cli.main(grid_args(env, grid, "--trials", "1", "--seeds", "1")) == 0
+    out = capsys.readouterr().out
+    assert "note: breastmnist: booster.lr_mult is not searched for any variant (only finetune take it" in out
+    rllm, finetune = exported(env.results, "rllm"), exported(env.results, "finetune")
+    assert rllm["space"] == finetune["space"] and "booster.lr_mult" not in finetune["searched"]
+
+    # started alone, the variant is the same study: the filters never change what a study searches
+    assert cli.main(grid_args(env, grid, "--trials", "2", "--seeds", "1", "--variant", "finetune")) == 0
+    assert exported(env.results, "finetune")["study"] == finetune["study"]
+    assert len(load(env.results, finetune).trials) == 2 and len(load(env.results, rllm).trials) == 1
+
+    # a space file giving one variant an extra key: one line, no study touched
+    space = space_file(tmp_path, "params:\n  booster.lr_mult: {type: float, low: 0.1, high: 1.0, log: true}\n")
+    err = one_line_error(capsys, cli.main(grid_args(env, grid, "--trials", "3", "--space", space)))
+    assert "booster.lr_mult" in err and "does not fit variant rllm" in err and "searches the same keys" in err
+    assert len(load(env.results, finetune).trials) == 2
+
+    # a grid whose variants all fine-tune searches it
+    only = env.make_grid(epochs=1, variants={"finetune": variants["finetune"]})
+    assert cli.main(grid_args(env, only, "--trials", "1", "--seeds", "1")) == 0
+    assert "booster.lr_mult" in exported(env.results, "finetune")["searched"]
+
+
+def test_objective_is_the_mean_of_the_seeds_best_val_auc(env, capsys, fake_fit):
+    assert env.tune("--seeds", "3", "--pruner", "none", grid=env.make_grid(epochs=2), trials=3) == 0
+    trials = load(env.results).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert t.user_attrs["seeds"] == [1000, 1001, 1002]
+        per_seed = t.user_attrs["seed_val_auc"]
+        # each seed's best val AUC: curve_fit's last (highest) epoch for that seed
+        assert per_seed == pytest.approx([fake_auc(t.params["train.lr"], seed, 1, 2) for seed in (1000, 1001, 1002)])
+        assert t.user_attrs["seed_best_epoch"] == [1, 1, 1]
+        assert t.value == pytest.approx(statistics.fmean(per_seed))
+    best = max(trials, key=lambda t: statistics.fmean(t.user_attrs["seed_val_auc"]))
+    doc = exported(env.results)
+    assert doc["best_trial"] == best.number and doc["best_seed_val_auc"] == best.user_attrs["seed_val_auc"]
+
+
+@pytest.mark.parametrize("task, k", [("breastmnist", 3), ("retinamnist", 3), ("pneumoniamnist", 1)])  # val 78, 120, 524
+def test_seeds_default_to_three_below_500_val_images(env, fixture_root, capsys, fake_fit, task, k):
+    fixture_root(task, n=(32, 16, 16))
+    rc = cli.main(["tune", "--task", task, "--variant", "baseline", "--grid", str(env.make_grid(epochs=1)),
+                   "--trials", "1", "--data-root", str(env.root), "--results", str(env.results), "--device", "cpu"])
+    assert rc == 0
+    assert f"{task}: {k} seed{'s' if k > 1 else ''} per trial" in capsys.readouterr().out
+    doc = json.loads((env.results / "tuned" / f"{task}__baseline.json").read_text())
+    assert doc["seeds"] == list(range(1000, 1000 + k)) and len(doc["best_seed_val_auc"]) == k
+
+
+def test_the_export_judges_only_the_first_n_trials(env, tmp_path, capsys, fake_fit):
+    """Racing workers may start trials past --trials; the budget is the first N, so no variant gets more."""
+    space = space_file(tmp_path, "params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                                 "replace: true\n")
+    journal = env.results / "optuna" / "budget.log"
+    journal.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="budget", direction="maximize", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    for lr in (3e-3, 5e-4, 1e-3):  # the best comes last
+        study.enqueue_trial({"train.lr": lr})
+    common = ("--space", space, "--study", "budget", "--seeds", "1", "--pruner", "none")
+    assert env.tune(*common, trials=3) == 0
+    assert exported(env.results)["best_trial"] == 2
+    assert env.tune(*common, trials=2) == 0
+    doc = exported(env.results)
+    assert len(load(env.results, doc).trials) == 3
+    assert doc["best_trial"] == 1 and doc["params"] == {"train.lr": 5e-4}
+    assert doc["budget"] == 2 and doc["n_trials"] == 2
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--set", "train.audit_test=true"], "train.audit_test=true evaluates the test split every epoch"),
+    (["--seeds", "0"], "--seeds must be auto or a whole number >= 1, got '0'"),
+    (["--seeds", "two"], "--seeds must be auto or a whole number >= 1"),
+    (["--study", "mine"], "--study names one study, but 2 are selected"),
+    (["--variant", "rlm"], "has no variant 'rlm'"),
+    (["--backend", "dask"], "--backend dask needs --scheduler"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+])
+def test_bad_grid_options_are_one_line(env, capsys, args, expect):
+    rc = cli.main(grid_args(env, env.make_grid(variants=("baseline", "adapters")), "--trials", "1", *args))
+    assert expect in one_line_error(capsys, rc)
+    assert not env.results.exists()
+
+
+# --------------------------------------------------------------------------------- tuned vs default
+
+T975_DF2 = 4.302652729911275  # Student's t quantile 0.975 with 2 degrees of freedom
+# label -> (default, tuned) test (acc, auc) for seeds 0, 1, 2: tuning lifts rllm above the baseline
+TEST = {"baseline": ([(0.70, 0.80), (0.72, 0.82), (0.74, 0.84)], [(0.71, 0.81), (0.72, 0.83), (0.75, 0.82)]),
+        "rllm": ([(0.69, 0.78), (0.70, 0.80), (0.71, 0.805)], [(0.73, 0.85), (0.74, 0.86), (0.74, 0.88)])}
+
+
+def md_table(md: str, title: str) -> list[dict]:
+    lines = md.split(f"### {title}", 1)[1].splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("|")):]
+    head = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(head, (c.strip() for c in line.strip().strip("|").split(" | ")))))
+    return rows
+
+
+def test_report_pairs_tuned_runs_with_their_defaults(tmp_path):
+    import dataclasses
+
+    from report_helpers import config
+    from report_helpers import store as store_row
+
+    from bench.report import make_report
+
+    results = tmp_path / "results"
+    rllm = {"booster.variant": "rllm"}
+    for label, sets in (("baseline", {}), ("rllm", rllm)):
+        path = results / "tuned" / f"breastmnist__{label}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": "breastmnist", "variant": label, "params": {"train.lr": 0.002},
+                                    "searched": ["train.lr"], "budget": 4 if label == "baseline" else 8,
+                                    "seeds": [1000, 1001, 1002], "best_value": 0.9}))
+        for seed, ((acc, auc), (tacc, tauc)) in enumerate(zip(*TEST[label])):
+            store_row(results, config(label=label, seed=seed, **sets), acc, auc)
+            tuned = config(label=label, seed=seed, **{**sets, "train.lr": 0.002})
+            store_row(results, dataclasses.replace(tuned, params_file=str(path)), tacc, tauc)
+    store_row(results, config(label="rllm", seed=0, **{**rllm, "train.epochs": 20}), 0.5, 0.5)  # another default: no pair
+
+    md = (make_report(results, tmp_path / "reports", name="t") / "summary.md").read_text()
+    rows = {r["variant"]: r for r in md_table(md, "Tuned vs default: test metrics over the paired seeds")}
+    assert set(rows) == {"baseline", "rllm"}
+    p_values = {}
+    for label, (default, tuned) in TEST.items():
+        for j, name in enumerate(("ACC", "AUC")):
+            d = [t[j] - b[j] for b, t in zip(default, tuned)]
+            mean, se = statistics.fmean(d), statistics.stdev(d) / math.sqrt(3)
+            cell = rows[label]
+            assert cell[f"Δ{name} [95% CI]"] == f"{mean:+.3f} [{mean - T975_DF2 * se:+.3f}, {mean + T975_DF2 * se:+.3f}]"
+            assert cell[f"default {name}"] == f"{statistics.fmean(b[j] for b in default):.3f} ± " \
+                                               f"{statistics.stdev(b[j] for b in default):.3f} (n=3)"
+            t = mean / se
+            p_values[(label, name)] = 1 - abs(t) / math.sqrt(2 + t * t)  # two-sided, t with 2 df, closed form
+    ordered = sorted(p_values, key=p_values.get)  # Benjamini-Hochberg by hand over the 4 comparisons
+    adjusted, running = {}, 1.0
+    for rank in range(len(ordered), 0, -1):
+        running = min(running, p_values[ordered[rank - 1]] * len(ordered) / rank)
+        adjusted[ordered[rank - 1]] = running
+    for (label, name), p in adjusted.items():
+        assert rows[label][f"p BH ({name})"] == f"{p:.3g}"
+    assert rows["baseline"]["seeds"] == rows["rllm"]["seeds"] == "3"
+    assert rows["baseline"]["rank by AUC: default → tuned"] == "1 → 2"
+    assert rows["rllm"]["rank by AUC: default → tuned"] == "2 → 1"
+    assert ("breastmnist · 28: ranking by test AUC changed by tuning: default baseline > rllm; tuned rllm > baseline."
+            in md)
+    budgets = {r["variant"]: r for r in md_table(md, "Search budget of each tuned file")}
+    assert budgets["baseline"]["trials"] == "4" and budgets["rllm"]["trials"] == "8"
+    assert "Unequal search budgets between the variants of breastmnist" in md
+
+
 # ------------------------------------------------------------------------------------------ scale-out
 
 WRAPPER = """\
@@ -474,6 +688,50 @@ def test_a_killed_process_leaves_a_trial_that_the_next_start_fails(env, tmp_path
     assert trials[0].state == TrialState.FAIL and "is gone" in trials[0].user_attrs["interrupted"]
     assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2
     assert "trial 0 was left running" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_jobs_spread_over_the_studies_first(env, tmp_path):
+    """--jobs 2 on two studies: each worker starts on its own study (then they share what is left)."""
+    wrapper = tmp_path / "fake_bench.py"
+    wrapper.write_text(WRAPPER.format(tests=str(Path(__file__).parent)))
+    (tmp_path / "barrier").mkdir()
+    environ = {**os.environ, "FAKE_BARRIER": str(tmp_path / "barrier"), "FAKE_WORKERS": "2", "FAKE_EPOCH_S": "0.1"}
+    grid = env.make_grid(epochs=2, variants=("baseline", "adapters"))
+    done = subprocess.run([sys.executable, str(wrapper), *grid_args(env, grid, "--trials", "2", "--seeds", "1",
+                                                                     "--jobs", "2", "--pruner", "none")],
+                          env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    firsts = set()
+    for variant in ("baseline", "adapters"):
+        trials = load(env.results, exported(env.results, variant)).trials
+        assert 2 <= len(trials) <= 3 and all(t.state == TrialState.COMPLETE for t in trials)
+        firsts.add(trials[0].user_attrs["worker"])
+    assert len(firsts) == 2, firsts
+
+
+@pytest.mark.slow
+def test_dask_cluster_runs_the_studies(env, capsys, fake_fit, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    import torch
+
+    monkeypatch.setattr(dispatch, "POLL_S", 0.2)
+    threads = torch.get_num_threads()
+    grid = env.make_grid(epochs=1, variants=("baseline", "adapters"))
+    try:  # an in-process cluster: its worker threads see the stand-in fit
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as c:
+            rc = cli.main(grid_args(env, grid, "--trials", "2", "--seeds", "1", "--backend", "dask",
+                                    "--scheduler", c.scheduler_address))
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 worker loops on the Dask cluster" in out and "journal storage" in out
+    for variant in ("baseline", "adapters"):
+        doc = exported(env.results, variant)  # written by this process, not the workers
+        trials = load(env.results, doc).trials
+        assert 2 <= len(trials) <= 3 and all(t.state == TrialState.COMPLETE for t in trials)
+        assert f"done: breastmnist/{variant}: " in out
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 from bench.errors import BenchError, one_line
 from bench.train import pick_device
-from bench.tune.study import TuneSetup, summarise, work
 from bench.tune.storage import describe_storage
+from bench.tune.study import TuneSetup, summarise, work
 
 POLL_S = 30.0  # Dask: how often this process reads the studies' progress and writes their tuned files
 
