@@ -328,7 +328,7 @@ def test_params_tuned_runs_with_the_exported_values(env, capsys, fake_fit):
     rc = cli.main(["run", "--grid", str(both), "--params", "tuned", "--results", str(env.results),
                    "--data-root", str(env.root), "--device", "cpu"])
     err = one_line_error(capsys, rc)
-    assert "breastmnist__adapters.json" in err and "bench tune --task breastmnist --variant adapters" in err
+    assert "breastmnist__adapters.json" in err and f"bench tune --grid {both} --task breastmnist --variant adapters" in err
     assert not (env.results / "runs").exists()
 
     rc = cli.main(["run", "--grid", str(grid), "--params", "tuned", "--results", str(env.results),
@@ -778,3 +778,21 @@ def test_postgresql_url_runs_and_resumes_trials(env, capsys, fake_fit, postgres)
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
     assert not (env.results / "optuna").exists()  # nothing in the default journal
     assert "3/3 done" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_postgresql_shares_a_grid_between_machines(env, capsys, fake_fit, postgres):
+    """Two machines (two result folders) run the same grid-wide command against one database: the second
+    finds every study done, adds no trial, and writes the same tuned files."""
+    grid = env.make_grid(epochs=1, variants=("baseline", "adapters"))
+    machines = [env.results.parent / "machine-a", env.results.parent / "machine-b"]
+    for results in machines:
+        assert cli.main(["tune", "--grid", str(grid), "--trials", "2", "--seeds", "1", "--storage", postgres,
+                         "--data-root", str(env.root), "--results", str(results), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("] trial ") == 4  # 2 studies x 2 trials, all on the first machine
+    for variant in ("baseline", "adapters"):
+        a, b = (json.loads((m / "tuned" / f"breastmnist__{variant}.json").read_text()) for m in machines)
+        assert a["study"] == b["study"] and a["params"] == b["params"] and a["storage"] == postgres
+        assert len(load(machines[0], a, storage=postgres).trials) == 2
+    assert not any((m / "optuna").exists() for m in machines)

@@ -24,7 +24,7 @@ from scipy import stats
 from bench.config import all_keys, from_flat, override, run_id
 from bench.errors import BenchError
 from bench.report.stats import METRICS, paired_test
-from bench.report.tables import MISSING, NAMES, Section, Table, fmt_delta, fmt_p, fmt_stat, row_name
+from bench.report.tables import MISSING, NAMES, Section, Table, fmt_delta, fmt_p, fmt_stat, label_order, row_name
 from bench.store import read_runs
 
 CONFIG_KEYS = set(all_keys())
@@ -51,6 +51,8 @@ def tuned_section(results: Path, grid: pd.DataFrame, metric: str = "auc") -> Sec
                       "with: run the grid without --params too.")
         return Section("Tuned vs default", blocks)
     table = _comparison(paired, metric)
+    order = label_order(grid["label"])
+    table = table.sort_values(["task", "size", "label"], key=lambda c: c.map(order.index) if c.name == "label" else c)
     blocks += [_table(table, metric), *_rankings(table, metric), _budgets(docs, set(paired["params_file"]))]
     return Section("Tuned vs default", blocks)
 
