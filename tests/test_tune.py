@@ -562,7 +562,7 @@ def test_report_pairs_tuned_runs_with_their_defaults(tmp_path):
         path = results / "tuned" / f"breastmnist__{label}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"task": "breastmnist", "variant": label, "params": {"train.lr": 0.002},
-                                    "searched": ["train.lr"], "budget": 4 if label == "baseline" else 8,
+                                    "searched": ["train.lr"], "budget": 4, "n_trials": 4 if label == "baseline" else 3,
                                     "seeds": [1000, 1001, 1002], "best_value": 0.9}))
         for seed, ((acc, auc), (tacc, tauc)) in enumerate(zip(*TEST[label])):
             store_row(results, config(label=label, seed=seed, **sets), acc, auc)
@@ -597,7 +597,7 @@ def test_report_pairs_tuned_runs_with_their_defaults(tmp_path):
     assert ("breastmnist · 28: ranking by test AUC changed by tuning: default baseline > rllm; tuned rllm > baseline."
             in md)
     budgets = {r["variant"]: r for r in md_table(md, "Search budget of each tuned file")}
-    assert budgets["baseline"]["trials"] == "4" and budgets["rllm"]["trials"] == "8"
+    assert budgets["baseline"]["trials"] == "4/4" and budgets["rllm"]["trials"] == "3/4"  # e.g. cut by --timeout
     assert "Unequal search budgets between the variants of breastmnist" in md
 
 
@@ -700,7 +700,7 @@ def test_jobs_spread_over_the_studies_first(env, tmp_path):
     grid = env.make_grid(epochs=2, variants=("baseline", "adapters"))
     done = subprocess.run([sys.executable, str(wrapper), *grid_args(env, grid, "--trials", "2", "--seeds", "1",
                                                                      "--jobs", "2", "--pruner", "none")],
-                          env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+                          env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     firsts = set()
     for variant in ("baseline", "adapters"):

@@ -181,7 +181,8 @@ def _rankings(table: pd.DataFrame, metric: str) -> list[str]:
 
 
 def _budgets(docs: dict, used: set) -> Table:
-    """The search budget behind each tuned file, so unequal budgets between variants show."""
+    """The search budget behind each tuned file (trials done / asked for, seeds per trial), so unequal budgets
+    between the variants of a task show."""
     rows = []
     for path in sorted(used):
         doc = docs.get(path)
@@ -190,7 +191,7 @@ def _budgets(docs: dict, used: set) -> Table:
                          "best val objective": MISSING, "file": f"{path} (not readable)"})
             continue
         rows.append({"task": str(doc.get("task")), "variant": str(doc.get("variant")),
-                     "trials": str(doc.get("budget", doc.get("n_trials"))),
+                     "trials": f"{doc.get('n_trials')}/{doc.get('budget', doc.get('n_trials'))}",
                      "seeds per trial": str(len(doc.get("seeds") or [None])),
                      "best val objective": f"{doc['best_value']:.4f}" if doc.get("best_value") is not None else MISSING,
                      "file": str(path)})

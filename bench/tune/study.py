@@ -55,9 +55,10 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
