@@ -426,6 +426,22 @@ def test_grid_tunes_every_variant_with_one_budget_and_a_rerun_adds_no_trial(env,
         assert f"study {doc['study']} in" in out and f"breastmnist/{v}: 2/2 trials" in out
 
 
+@pytest.mark.slow
+def test_smoke_grid_tunes_for_real_on_fixture_data(env, capsys):
+    """The README's command, really training (fixture data): a tuned file per variant, and a rerun adds no trial."""
+    args = grid_args(env, "smoke", "--trials", "2", "--set", "train.epochs=1")
+    assert cli.main(args) == 0
+    variants = ("baseline", "adapters", "rllm")
+    docs = {v: exported(env.results, v) for v in variants}
+    counts = {v: len(load(env.results, doc).trials) for v, doc in docs.items()}
+    assert counts == dict.fromkeys(variants, 2)
+    assert all(len(doc["best_seed_val_auc"]) == 3 and doc["n_complete"] == 2 for doc in docs.values())
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert "] trial " not in capsys.readouterr().out
+    assert {v: len(load(env.results, doc).trials) for v, doc in docs.items()} == counts
+
+
 def test_task_and_variant_filters_select_the_studies(env, fixture_root, capsys, fake_fit):
     fixture_root("adrenalmnist3d", n=(16, 8, 8))
     assert cli.main(grid_args(env, "ci", "--trials", "1", "--seeds", "1", "--variant", "rllm")) == 0
