@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from bench import cli, store
 from bench.config import override, run_id
 from bench.grid import load_grid
 from bench.train import RunResult
+from bench.tune import dispatch
 from bench.tune import study as tune_study
 from bench.tune.space import default_space
 from bench.tune.storage import open_storage
@@ -45,18 +47,22 @@ seeds: SEEDS
 BAD_LR = 0.05  # curve_fit: above this learning rate nothing is learnt (val AUC 0.5 from the first epoch)
 
 
+def fake_auc(lr: float, seed: int, epoch: int, epochs: int) -> float:
+    """curve_fit's val AUC: rises per epoch, peaks at lr=1e-3, differs by seed; flat 0.5 in the bad region."""
+    if lr > BAD_LR:
+        return 0.5
+    return 0.7 + 0.2 * (epoch + 1) / epochs - 0.02 * abs(math.log10(lr / 1e-3)) + 0.01 * (seed % 3)
+
+
 def curve_fit(cfg, splits, spec, device, *, on_epoch=None, **_):
-    """Stand-in for `bench.train.fit`: val AUC rises per epoch near lr=1e-3; flat 0.5 in the bad region."""
+    """Stand-in for `bench.train.fit`: val AUC per epoch from `fake_auc`, reported through the same hook."""
     assert splits.test is None and splits.train is not None and splits.val is not None
     lr, epochs = cfg.train.lr, cfg.train.epochs
     if os.environ.get("FAKE_FAIL_ABOVE") and lr > float(os.environ["FAKE_FAIL_ABOVE"]):
         raise RuntimeError(f"train loss is nan at epoch 0 (lr {lr})")
     history = []
     for epoch in range(epochs):
-        if lr > BAD_LR:
-            auc = 0.5
-        else:
-            auc = 0.7 + 0.2 * (epoch + 1) / epochs - 0.02 * abs(math.log10(lr / 1e-3))
+        auc = fake_auc(lr, cfg.seed, epoch, epochs)
         history.append({"epoch": epoch, "val_auc": auc, "val_acc": auc})
         time.sleep(float(os.environ.get("FAKE_EPOCH_S", "0")))
         if on_epoch:
@@ -73,7 +79,10 @@ def env(tmp_path, fixture_root, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def grid(epochs=3, variants=("baseline",), seeds=(0, 1)) -> Path:
-        body = "\n".join(f"  {v}: {{booster.variant: {v}}}" for v in variants)
+        """`variants`: names of booster.variant values, or {name: YAML flow mapping of its overrides}."""
+        if not isinstance(variants, dict):
+            variants = {v: f"{{booster.variant: {v}}}" for v in variants}
+        body = "\n".join(f"  {v}: {o}" for v, o in variants.items())
         path = tmp_path / f"grid_{epochs}_{'_'.join(variants)}_{len(seeds)}.yaml"
         path.write_text(GRID.replace("EPOCHS", str(epochs)).replace("VARIANTS", body).replace("SEEDS", str(list(seeds))))
         return path
@@ -173,8 +182,9 @@ def test_storage_that_cannot_connect_is_one_line(env, capsys, fake_fit):
 # -------------------------------------------------------------------------------------- the search
 
 
-def test_bad_region_is_pruned(env, tmp_path, capsys, fake_fit):
-    """Trials in the bad lr region are stopped after their first epoch; good ones train all 4 epochs."""
+def test_bad_region_is_pruned_on_the_running_mean(env, tmp_path, capsys, fake_fit):
+    """3 seeds x 4 epochs = steps 0..11: trials in the bad lr region stop at step 0; good ones report every
+    step a running value that never decreases and ends at the objective."""
     space = space_file(tmp_path, "params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0, log: true}\nreplace: true\n"
                                  "pruner: {type: median, n_startup_trials: 3, n_warmup_steps: 0}\n")
     journal = env.results / "optuna" / "prune.log"
@@ -184,7 +194,8 @@ def test_bad_region_is_pruned(env, tmp_path, capsys, fake_fit):
     lrs = [1e-3, 2e-3, 5e-4, 0.3, 0.6, 1.5e-3]
     for lr in lrs:  # fix the order: three good trials, two in the bad region, one good
         study.enqueue_trial({"train.lr": lr})
-    assert env.tune("--space", space, "--study", "prune", grid=env.make_grid(epochs=4), trials=len(lrs)) == 0
+    assert env.tune("--space", space, "--study", "prune", "--seeds", "3", grid=env.make_grid(epochs=4),
+                    trials=len(lrs)) == 0
     out = capsys.readouterr().out
     trials = load(env.results, name="prune", storage=str(journal)).trials
     assert [t.params["train.lr"] for t in trials] == lrs
@@ -192,8 +203,12 @@ def test_bad_region_is_pruned(env, tmp_path, capsys, fake_fit):
         if t.params["train.lr"] > BAD_LR:
             assert t.state == TrialState.PRUNED and sorted(t.intermediate_values) == [0], t
         else:
-            assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [0, 1, 2, 3], t
-    assert "trial 3 pruned after epoch 0" in out and "6/6 done" in out
+            assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == list(range(12)), t
+            steps = [t.intermediate_values[i] for i in range(12)]
+            assert steps == sorted(steps) and steps[-1] == pytest.approx(t.value)
+            # after seed 0 (step 3) the value is seed 0's best val AUC over the 3 seeds
+            assert steps[3] == pytest.approx(fake_auc(t.params["train.lr"], 1000, 3, 4) / 3)
+    assert "trial 3 pruned after epoch 0 of seed 1000 (step 0)" in out and "6/6 done" in out
     assert "(4 complete, 2 pruned, 0 failed)" in out
     assert exported(env.results)["params"]["train.lr"] == 1e-3
 
@@ -242,15 +257,20 @@ def test_test_split_is_untouched_during_tuning(env, capsys, monkeypatch):
 
     monkeypatch.setattr(npz_class, "__getitem__", spy)
     monkeypatch.setattr(tune_study, "fit", checked_fit)
-    assert env.tune(grid=env.make_grid(epochs=1), trials=1) == 0
-    assert seen == [None]
+    grid = env.make_grid(epochs=1, variants=("baseline", "adapters"))
+    rc = cli.main(["tune", "--grid", str(grid), "--trials", "1", "--seeds", "2", "--data-root", str(env.root),
+                   "--results", str(env.results), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr()
+    assert seen == [None] * 4  # 2 studies x 2 seeds
     assert read_keys and all(not k.startswith("test_") for k in read_keys), read_keys
     assert {"train_images", "val_images"} <= set(read_keys)
     assert sorted(p.name for p in env.results.iterdir()) == ["optuna", "tuned"]  # no runs/, history/, predictions/
     out = capsys.readouterr().out
-    assert "1/1 done, best val AUC" in out
-    doc = exported(env.results)
-    assert doc["metric"] == "val_auc" and 0.0 <= doc["best_value"] <= 1.0 and doc["n_trials"] == 1
+    assert "1/1 done, best mean val AUC (2 seeds)" in out
+    for variant in ("baseline", "adapters"):
+        doc = exported(env.results, variant)
+        assert doc["metric"] == "val_auc" and 0.0 <= doc["best_value"] <= 1.0 and doc["n_trials"] == 1
+        assert doc["seeds"] == [1000, 1001] and len(doc["best_seed_val_auc"]) == 2
 
 
 def test_resume_continues_the_same_study(env, capsys, fake_fit):
@@ -308,7 +328,7 @@ def test_params_tuned_runs_with_the_exported_values(env, capsys, fake_fit):
     rc = cli.main(["run", "--grid", str(both), "--params", "tuned", "--results", str(env.results),
                    "--data-root", str(env.root), "--device", "cpu"])
     err = one_line_error(capsys, rc)
-    assert "breastmnist__adapters.json" in err and "bench tune --task breastmnist --variant adapters" in err
+    assert "breastmnist__adapters.json" in err and f"bench tune --grid {both} --task breastmnist --variant adapters" in err
     assert not (env.results / "runs").exists()
 
     rc = cli.main(["run", "--grid", str(grid), "--params", "tuned", "--results", str(env.results),
@@ -370,6 +390,231 @@ def test_default_space_searches_lr_mult_only_when_finetuning():
     assert "booster.lr_mult" not in keys(freeze="frozen")
     assert {"train.lr", "train.weight_decay", "train.warmup_epochs", "train.batch_size", "train.label_smoothing",
             "vit.drop_path", "train.aug"} <= keys()
+
+
+# ------------------------------------------------------------------------------------- a whole grid
+
+
+def grid_args(env, grid, *extra) -> list[str]:
+    return ["tune", "--grid", str(grid), "--data-root", str(env.root), "--results", str(env.results), "--device", "cpu",
+            *map(str, extra)]
+
+
+def test_grid_tunes_every_variant_with_one_budget_and_a_rerun_adds_no_trial(env, capsys, fake_fit):
+    """`bench tune --grid smoke`: one study and one tuned file per variant, with the same trials, seeds and
+    space for each; a second call adds no trial."""
+    args = grid_args(env, "smoke", "--trials", "2", "--set", "train.epochs=1")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    variants = ("baseline", "adapters", "rllm")
+    assert sorted(p.name for p in (env.results / "tuned").iterdir()) == sorted(f"breastmnist__{v}.json" for v in variants)
+    docs = {v: exported(env.results, v) for v in variants}
+    for v, doc in docs.items():
+        trials = load(env.results, doc).trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, v
+        assert doc["budget"] == 2 and doc["n_trials"] == 2 and doc["seeds"] == [1000, 1001, 1002]
+        assert doc["space"] == docs["baseline"]["space"] and doc["grid"] == "smoke"
+        assert f"done: breastmnist/{v}: 2/2 trials (2 complete, 0 pruned, 0 failed), best mean val AUC (3 seeds)" in out
+    assert len({doc["study"] for doc in docs.values()}) == 3
+    assert "grid smoke: 3 studies, 2 trials each" in out
+
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "] trial " not in out  # no trial ran
+    for v, doc in docs.items():
+        assert len(load(env.results, doc).trials) == 2
+        assert f"study {doc['study']} in" in out and f"breastmnist/{v}: 2/2 trials" in out
+
+
+@pytest.mark.slow
+def test_smoke_grid_tunes_for_real_on_fixture_data(env, capsys):
+    """The README's command, really training (fixture data): a tuned file per variant, and a rerun adds no trial."""
+    args = grid_args(env, "smoke", "--trials", "2", "--set", "train.epochs=1")
+    assert cli.main(args) == 0
+    variants = ("baseline", "adapters", "rllm")
+    docs = {v: exported(env.results, v) for v in variants}
+    counts = {v: len(load(env.results, doc).trials) for v, doc in docs.items()}
+    assert counts == dict.fromkeys(variants, 2)
+    assert all(len(doc["best_seed_val_auc"]) == 3 and doc["n_complete"] == 2 for doc in docs.values())
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert "] trial " not in capsys.readouterr().out
+    assert {v: len(load(env.results, doc).trials) for v, doc in docs.items()} == counts
+
+
+def test_task_and_variant_filters_select_the_studies(env, fixture_root, capsys, fake_fit):
+    fixture_root("adrenalmnist3d", n=(16, 8, 8))
+    assert cli.main(grid_args(env, "ci", "--trials", "1", "--seeds", "1", "--variant", "rllm")) == 0
+    assert sorted(p.name for p in (env.results / "tuned").iterdir()) == ["adrenalmnist3d__rllm.json",
+                                                                         "breastmnist__rllm.json"]
+    capsys.readouterr()
+    rc = cli.main(grid_args(env, "ci", "--trials", "1", "--task", "adrenalmnist3d", "--variant", "adapters"))
+    assert "has no variant 'adapters' for adrenalmnist3d; its variants there: baseline, rllm" in one_line_error(capsys, rc)
+    assert cli.main(grid_args(env, "ci", "--trials", "1", "--seeds", "1", "--task", "adrenalmnist3d")) == 0
+    assert sorted(p.name for p in (env.results / "tuned").iterdir()) == [
+        "adrenalmnist3d__baseline.json", "adrenalmnist3d__rllm.json", "breastmnist__rllm.json"]
+
+
+def test_every_variant_of_a_task_searches_the_same_space(env, tmp_path, capsys, fake_fit):
+    """booster.lr_mult applies to the fine-tuned layer only: with a frozen variant beside it, neither searches it."""
+    variants = {"rllm": "{booster.variant: rllm}", "finetune": "{booster.variant: rllm, booster.freeze: finetune}"}
+    grid = env.make_grid(epochs=1, variants=variants)
+    assert cli.main(grid_args(env, grid, "--trials", "1", "--seeds", "1")) == 0
+    out = capsys.readouterr().out
+    assert "note: breastmnist: booster.lr_mult is not searched for any variant (only finetune take it" in out
+    rllm, finetune = exported(env.results, "rllm"), exported(env.results, "finetune")
+    assert rllm["space"] == finetune["space"] and "booster.lr_mult" not in finetune["searched"]
+
+    # started alone, the variant is the same study: the filters never change what a study searches
+    assert cli.main(grid_args(env, grid, "--trials", "2", "--seeds", "1", "--variant", "finetune")) == 0
+    assert exported(env.results, "finetune")["study"] == finetune["study"]
+    assert len(load(env.results, finetune).trials) == 2 and len(load(env.results, rllm).trials) == 1
+
+    # a space file giving one variant an extra key: one line, no study touched
+    space = space_file(tmp_path, "params:\n  booster.lr_mult: {type: float, low: 0.1, high: 1.0, log: true}\n")
+    err = one_line_error(capsys, cli.main(grid_args(env, grid, "--trials", "3", "--space", space)))
+    assert "booster.lr_mult" in err and "does not fit variant rllm" in err and "searches the same keys" in err
+    assert len(load(env.results, finetune).trials) == 2
+
+    # a grid whose variants all fine-tune searches it
+    only = env.make_grid(epochs=1, variants={"finetune": variants["finetune"]})
+    assert cli.main(grid_args(env, only, "--trials", "1", "--seeds", "1")) == 0
+    assert "booster.lr_mult" in exported(env.results, "finetune")["searched"]
+
+
+def test_objective_is_the_mean_of_the_seeds_best_val_auc(env, capsys, fake_fit):
+    assert env.tune("--seeds", "3", "--pruner", "none", grid=env.make_grid(epochs=2), trials=3) == 0
+    trials = load(env.results).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert t.user_attrs["seeds"] == [1000, 1001, 1002]
+        per_seed = t.user_attrs["seed_val_auc"]
+        # each seed's best val AUC: curve_fit's last (highest) epoch for that seed
+        assert per_seed == pytest.approx([fake_auc(t.params["train.lr"], seed, 1, 2) for seed in (1000, 1001, 1002)])
+        assert t.user_attrs["seed_best_epoch"] == [1, 1, 1]
+        assert t.value == pytest.approx(statistics.fmean(per_seed))
+    best = max(trials, key=lambda t: statistics.fmean(t.user_attrs["seed_val_auc"]))
+    doc = exported(env.results)
+    assert doc["best_trial"] == best.number and doc["best_seed_val_auc"] == best.user_attrs["seed_val_auc"]
+
+
+@pytest.mark.parametrize("task, k", [("breastmnist", 3), ("retinamnist", 3), ("pneumoniamnist", 1)])  # val 78, 120, 524
+def test_seeds_default_to_three_below_500_val_images(env, fixture_root, capsys, fake_fit, task, k):
+    fixture_root(task, n=(32, 16, 16))
+    rc = cli.main(["tune", "--task", task, "--variant", "baseline", "--grid", str(env.make_grid(epochs=1)),
+                   "--trials", "1", "--data-root", str(env.root), "--results", str(env.results), "--device", "cpu"])
+    assert rc == 0
+    assert f"{task}: {k} seed{'s' if k > 1 else ''} per trial" in capsys.readouterr().out
+    doc = json.loads((env.results / "tuned" / f"{task}__baseline.json").read_text())
+    assert doc["seeds"] == list(range(1000, 1000 + k)) and len(doc["best_seed_val_auc"]) == k
+
+
+def test_the_export_judges_only_the_first_n_trials(env, tmp_path, capsys, fake_fit):
+    """Racing workers may start trials past --trials; the budget is the first N, so no variant gets more."""
+    space = space_file(tmp_path, "params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                                 "replace: true\n")
+    journal = env.results / "optuna" / "budget.log"
+    journal.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="budget", direction="maximize", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    for lr in (3e-3, 5e-4, 1e-3):  # the best comes last
+        study.enqueue_trial({"train.lr": lr})
+    common = ("--space", space, "--study", "budget", "--seeds", "1", "--pruner", "none")
+    assert env.tune(*common, trials=3) == 0
+    assert exported(env.results)["best_trial"] == 2
+    assert env.tune(*common, trials=2) == 0
+    doc = exported(env.results)
+    assert len(load(env.results, doc).trials) == 3
+    assert doc["best_trial"] == 1 and doc["params"] == {"train.lr": 5e-4}
+    assert doc["budget"] == 2 and doc["n_trials"] == 2
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--set", "train.audit_test=true"], "train.audit_test=true evaluates the test split every epoch"),
+    (["--seeds", "0"], "--seeds must be auto or a whole number >= 1, got '0'"),
+    (["--seeds", "two"], "--seeds must be auto or a whole number >= 1"),
+    (["--study", "mine"], "--study names one study, but 2 are selected"),
+    (["--variant", "rlm"], "has no variant 'rlm'"),
+    (["--backend", "dask"], "--backend dask needs --scheduler"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+])
+def test_bad_grid_options_are_one_line(env, capsys, args, expect):
+    rc = cli.main(grid_args(env, env.make_grid(variants=("baseline", "adapters")), "--trials", "1", *args))
+    assert expect in one_line_error(capsys, rc)
+    assert not env.results.exists()
+
+
+# --------------------------------------------------------------------------------- tuned vs default
+
+T975_DF2 = 4.302652729911275  # Student's t quantile 0.975 with 2 degrees of freedom
+# label -> (default, tuned) test (acc, auc) for seeds 0, 1, 2: tuning lifts rllm above the baseline
+TEST = {"baseline": ([(0.70, 0.80), (0.72, 0.82), (0.74, 0.84)], [(0.71, 0.81), (0.72, 0.83), (0.75, 0.82)]),
+        "rllm": ([(0.69, 0.78), (0.70, 0.80), (0.71, 0.805)], [(0.73, 0.85), (0.74, 0.86), (0.74, 0.88)])}
+
+
+def md_table(md: str, title: str) -> list[dict]:
+    lines = md.split(f"### {title}", 1)[1].splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("|")):]
+    head = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(head, (c.strip() for c in line.strip().strip("|").split(" | ")))))
+    return rows
+
+
+def test_report_pairs_tuned_runs_with_their_defaults(tmp_path):
+    import dataclasses
+
+    from report_helpers import config
+    from report_helpers import store as store_row
+
+    from bench.report import make_report
+
+    results = tmp_path / "results"
+    rllm = {"booster.variant": "rllm"}
+    for label, sets in (("baseline", {}), ("rllm", rllm)):
+        path = results / "tuned" / f"breastmnist__{label}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": "breastmnist", "variant": label, "params": {"train.lr": 0.002},
+                                    "searched": ["train.lr"], "budget": 4, "n_trials": 4 if label == "baseline" else 3,
+                                    "seeds": [1000, 1001, 1002], "best_value": 0.9}))
+        for seed, ((acc, auc), (tacc, tauc)) in enumerate(zip(*TEST[label])):
+            store_row(results, config(label=label, seed=seed, **sets), acc, auc)
+            tuned = config(label=label, seed=seed, **{**sets, "train.lr": 0.002})
+            store_row(results, dataclasses.replace(tuned, params_file=str(path)), tacc, tauc)
+    store_row(results, config(label="rllm", seed=0, **{**rllm, "train.epochs": 20}), 0.5, 0.5)  # another default: no pair
+
+    md = (make_report(results, tmp_path / "reports", name="t") / "summary.md").read_text()
+    rows = {r["variant"]: r for r in md_table(md, "Tuned vs default: test metrics over the paired seeds")}
+    assert set(rows) == {"baseline", "rllm"}
+    p_values = {}
+    for label, (default, tuned) in TEST.items():
+        for j, name in enumerate(("ACC", "AUC")):
+            d = [t[j] - b[j] for b, t in zip(default, tuned)]
+            mean, se = statistics.fmean(d), statistics.stdev(d) / math.sqrt(3)
+            cell = rows[label]
+            assert cell[f"Δ{name} [95% CI]"] == f"{mean:+.3f} [{mean - T975_DF2 * se:+.3f}, {mean + T975_DF2 * se:+.3f}]"
+            assert cell[f"default {name}"] == f"{statistics.fmean(b[j] for b in default):.3f} ± " \
+                                               f"{statistics.stdev(b[j] for b in default):.3f} (n=3)"
+            t = mean / se
+            p_values[(label, name)] = 1 - abs(t) / math.sqrt(2 + t * t)  # two-sided, t with 2 df, closed form
+    ordered = sorted(p_values, key=p_values.get)  # Benjamini-Hochberg by hand over the 4 comparisons
+    adjusted, running = {}, 1.0
+    for rank in range(len(ordered), 0, -1):
+        running = min(running, p_values[ordered[rank - 1]] * len(ordered) / rank)
+        adjusted[ordered[rank - 1]] = running
+    for (label, name), p in adjusted.items():
+        assert rows[label][f"p BH ({name})"] == f"{p:.3g}"
+    assert rows["baseline"]["seeds"] == rows["rllm"]["seeds"] == "3"
+    assert rows["baseline"]["rank by AUC: default → tuned"] == "1 → 2"
+    assert rows["rllm"]["rank by AUC: default → tuned"] == "2 → 1"
+    assert ("breastmnist · 28: ranking by test AUC changed by tuning: default baseline > rllm; tuned rllm > baseline."
+            in md)
+    budgets = {r["variant"]: r for r in md_table(md, "Search budget of each tuned file")}
+    assert budgets["baseline"]["trials"] == "4/4" and budgets["rllm"]["trials"] == "3/4"  # e.g. cut by --timeout
+    assert "Unequal search budgets between the variants of breastmnist" in md
 
 
 # ------------------------------------------------------------------------------------------ scale-out
@@ -461,6 +706,50 @@ def test_a_killed_process_leaves_a_trial_that_the_next_start_fails(env, tmp_path
     assert "trial 0 was left running" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_jobs_spread_over_the_studies_first(env, tmp_path):
+    """--jobs 2 on two studies: each worker starts on its own study (then they share what is left)."""
+    wrapper = tmp_path / "fake_bench.py"
+    wrapper.write_text(WRAPPER.format(tests=str(Path(__file__).parent)))
+    (tmp_path / "barrier").mkdir()
+    environ = {**os.environ, "FAKE_BARRIER": str(tmp_path / "barrier"), "FAKE_WORKERS": "2", "FAKE_EPOCH_S": "0.1"}
+    grid = env.make_grid(epochs=2, variants=("baseline", "adapters"))
+    done = subprocess.run([sys.executable, str(wrapper), *grid_args(env, grid, "--trials", "2", "--seeds", "1",
+                                                                     "--jobs", "2", "--pruner", "none")],
+                          env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    firsts = set()
+    for variant in ("baseline", "adapters"):
+        trials = load(env.results, exported(env.results, variant)).trials
+        assert 2 <= len(trials) <= 3 and all(t.state == TrialState.COMPLETE for t in trials)
+        firsts.add(trials[0].user_attrs["worker"])
+    assert len(firsts) == 2, firsts
+
+
+@pytest.mark.slow
+def test_dask_cluster_runs_the_studies(env, capsys, fake_fit, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    import torch
+
+    monkeypatch.setattr(dispatch, "POLL_S", 0.2)
+    threads = torch.get_num_threads()
+    grid = env.make_grid(epochs=1, variants=("baseline", "adapters"))
+    try:  # an in-process cluster: its worker threads see the stand-in fit
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as c:
+            rc = cli.main(grid_args(env, grid, "--trials", "2", "--seeds", "1", "--backend", "dask",
+                                    "--scheduler", c.scheduler_address))
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 worker loops on the Dask cluster" in out and "journal storage" in out
+    for variant in ("baseline", "adapters"):
+        doc = exported(env.results, variant)  # written by this process, not the workers
+        trials = load(env.results, doc).trials
+        assert 2 <= len(trials) <= 3 and all(t.state == TrialState.COMPLETE for t in trials)
+        assert f"done: breastmnist/{variant}: " in out
+
+
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp dir; yields its URL."""
@@ -505,3 +794,21 @@ def test_postgresql_url_runs_and_resumes_trials(env, capsys, fake_fit, postgres)
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
     assert not (env.results / "optuna").exists()  # nothing in the default journal
     assert "3/3 done" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_postgresql_shares_a_grid_between_machines(env, capsys, fake_fit, postgres):
+    """Two machines (two result folders) run the same grid-wide command against one database: the second
+    finds every study done, adds no trial, and writes the same tuned files."""
+    grid = env.make_grid(epochs=1, variants=("baseline", "adapters"))
+    machines = [env.results.parent / "machine-a", env.results.parent / "machine-b"]
+    for results in machines:
+        assert cli.main(["tune", "--grid", str(grid), "--trials", "2", "--seeds", "1", "--storage", postgres,
+                         "--data-root", str(env.root), "--results", str(results), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("] trial ") == 4  # 2 studies x 2 trials, all on the first machine
+    for variant in ("baseline", "adapters"):
+        a, b = (json.loads((m / "tuned" / f"breastmnist__{variant}.json").read_text()) for m in machines)
+        assert a["study"] == b["study"] and a["params"] == b["params"] and a["storage"] == postgres
+        assert len(load(machines[0], a, storage=postgres).trials) == 2
+    assert not any((m / "optuna").exists() for m in machines)

@@ -19,6 +19,7 @@ from bench.report.published import NOT_SHIPPED, load_published
 from bench.report.stats import AXES, METRICS, ablation, ablation_runs, pairs, summary
 from bench.report.tables import (NAMES, Callout, Section, Table, ablation_table, delta_table, label_order,
                                  metric_matrix, paper_table, runs_table, sources_table, summary_csv, to_latex)
+from bench.report.tuned import tuned_section
 from bench.store import read_history
 
 __all__ = ["make_report", "expected_runs"]
@@ -82,6 +83,7 @@ def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.Dat
         _ablation_section(ok, table, metric, folder),
         Section("Training curves", [plots.val_curves(history, ok, metric, folder)]),
     ]
+    sections[2:2] = [s for s in [tuned_section(results, grid, metric)] if s]  # after Summary, with tuned runs
     studies = plots.optuna_plots(results, folder)
     if studies:
         sections.append(Section("Optuna studies", studies))

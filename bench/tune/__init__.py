@@ -1,8 +1,10 @@
-"""`bench tune`: Optuna studies over one variant's training hyperparameters, scored on **val** only.
+"""`bench tune`: Optuna studies over each variant's training hyperparameters, scored on **val** only.
 
     space     what is searched: the default ranges and the YAML search-space file
     storage   where a study lives: a journal file or an RDB URL
-    study     the study loop: setup, sampler and pruner, the ask/train/tell workers, the best-params export
+    study     one study: setup (which studies, their seeds), sampler and pruner, the multi-seed objective,
+              the ask/train/tell loop, the best-params export
+    dispatch  many studies over --jobs processes / GPUs or a Dask cluster, and their progress
     params    the tuned-params files, and `bench run --params` applying them
 
 `bench run --params tuned` imports only `params`: this file and `params` import neither optuna nor torch,

@@ -67,10 +67,11 @@ def with_params(grid: Grid, params: str | None, results: Path,
         except BenchError:
             g = str(grid.path)
         listed = ", ".join(str(p) for _, p in missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        which = f"--task {task} --variant {variant} " if len(missing) == 1 else ""
         raise BenchError(
-            f"--params {params}: no tuned parameters for {len(missing)} task/variant(s) ({listed}); make each with "
-            f"`bench tune --task {task} --variant {variant} --grid {g} --trials N --results {results}` "
-            "(with the same --set options)")
+            f"--params {params}: no tuned parameters for {len(missing)} task/variant(s) ({listed}); make "
+            f"{'it' if len(missing) == 1 else 'them all'} with `bench tune --grid {g} {which}--trials N --results "
+            f"{results}` (with the same --set options; studies already done add no trials)")
     docs = {tv: read_tuned(p) for tv, p in need.items()}
     noted, runs, seen = set(), [], set()
     for cfg in grid.runs:

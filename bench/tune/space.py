@@ -1,6 +1,12 @@
 """The search space: which config keys a study searches, over which ranges, checked against the config
-(every extreme must resolve for the variant) before any trial. No optuna here: a `Param` suggests
+(every extreme must resolve for every variant) before any trial. No optuna here: a `Param` suggests
 through the trial it is given.
+
+The fair rule: every variant of a task searches the same keys over the same ranges, so no tuned variant
+gets more dimensions (or a wider range) than another. The variants are all those the grid has for the
+task, whichever `--variant` filters are given, so a study is the same however it was started. A default
+key that does not apply to every variant (`booster.lr_mult`: fine-tuned layers only) is left out for all
+of them and keeps the grid's value; a key the space file lists must fit every variant, else one line.
 
 Search-space file (`bench tune --space FILE`, YAML; every key optional):
 
@@ -101,8 +107,9 @@ def _number(value: Any, where: str) -> float:
         raise BenchError(f"{where}: expected a number, got {value!r}") from None
 
 
-def parse_param(key: str, spec: Any, base: RunConfig, where: str) -> Param:
-    """Check one search-space entry against the config: the key, its type, and that every extreme resolves."""
+def parse_param(key: str, spec: Any, bases: Mapping[str, RunConfig], where: str) -> Param:
+    """Check one search-space entry against the config: the key, its type, and that every extreme resolves
+    for every variant in `bases` (label -> base config)."""
     ctx = f"{where}: {key}"
     if key not in all_keys():
         near = difflib.get_close_matches(key, all_keys(), n=1)
@@ -153,11 +160,14 @@ def parse_param(key: str, spec: Any, base: RunConfig, where: str) -> Param:
             raise BenchError(f"{ctx}: 'log' and 'step' cannot be combined")
         param = Param(key, kind, low, high, log=log, step=step)
         extremes = [low, high]
-    for value in extremes:
-        try:
-            resolve(override(base, {key: value}))
-        except BenchError as e:
-            raise BenchError(f"{ctx}={value!r} does not fit this variant: {e}") from None
+    for label, base in bases.items():
+        for value in extremes:
+            try:
+                resolve(override(base, {key: value}))
+            except BenchError as e:
+                fair = (f"; every variant of {base.data.task} searches the same keys, so drop it or tune a grid whose "
+                        "variants all take it") if len(bases) > 1 else ""
+                raise BenchError(f"{ctx}={value!r} does not fit variant {label}: {e}{fair}") from None
     return param
 
 
@@ -166,13 +176,33 @@ class SpaceFile:
     params: dict[str, Param]
     pruner: dict = field(default_factory=dict)
     sampler: dict = field(default_factory=dict)
+    left_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # default key -> the variants that take it
 
 
-def load_space(path: str | Path | None, base: RunConfig) -> SpaceFile:
-    """default_space(base), with the file's `params` merged in (or replacing it), plus pruner and sampler options."""
-    space = default_space(base)
+def common_defaults(bases: Mapping[str, RunConfig]) -> tuple[dict[str, Param], dict[str, tuple[str, ...]]]:
+    """The default keys every variant takes, with their one range; and the keys left out (-> who takes them)."""
+    spaces = {label: default_space(base) for label, base in bases.items()}
+    common, left_out = {}, {}
+    for key in dict.fromkeys(k for space in spaces.values() for k in space):
+        takes = tuple(label for label, space in spaces.items() if key in space)
+        if len(takes) < len(spaces):
+            left_out[key] = takes
+            continue
+        ranges = {label: space[key] for label, space in spaces.items()}
+        if len(set(ranges.values())) > 1:
+            shown = "; ".join(f"{label}: {p.to_dict()}" for label, p in ranges.items())
+            raise BenchError(f"the variants' default ranges for {key} differ ({shown}); set its range in a --space "
+                             "file so every variant searches the same one")
+        common[key] = next(iter(ranges.values()))
+    return common, left_out
+
+
+def load_space(path: str | Path | None, bases: Mapping[str, RunConfig]) -> SpaceFile:
+    """The one space of a task's variants (`bases`: label -> base config, see the fair rule above): the common
+    default keys, with the file's `params` merged in (or replacing them), plus pruner and sampler options."""
+    space, left_out = common_defaults(bases)
     if path is None:
-        return SpaceFile(space)
+        return SpaceFile(space, left_out=left_out)
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"search-space file '{path}' does not exist")
@@ -194,15 +224,16 @@ def load_space(path: str | Path | None, base: RunConfig) -> SpaceFile:
     if not isinstance(replace, bool):
         raise BenchError(f"{path}: 'replace' is true or false")
     if replace:
-        space = {}
+        space, left_out = {}, {}
     for key, spec in params.items():
         if spec is None:
             if key not in all_keys():
-                parse_param(str(key), {}, base, str(path))  # raises the unknown-key error
+                parse_param(str(key), {}, bases, str(path))  # raises the unknown-key error
             space.pop(key, None)
         else:
-            space[key] = parse_param(str(key), spec, base, str(path))
+            space[key] = parse_param(str(key), spec, bases, str(path))
+        left_out.pop(key, None)
     for section in ("pruner", "sampler"):
         if not isinstance(doc.get(section) or {}, Mapping):
             raise BenchError(f"{path}: '{section}' is a mapping of options")
-    return SpaceFile(space, dict(doc.get("pruner") or {}), dict(doc.get("sampler") or {}))
+    return SpaceFile(space, dict(doc.get("pruner") or {}), dict(doc.get("sampler") or {}), left_out)
