@@ -27,6 +27,15 @@ def _add_grid(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="override a config field for every run, e.g. --set train.epochs=1 (repeatable)")
 
 
+def _add_cost(p: argparse.ArgumentParser) -> None:
+    from bench.cost import DEFAULT_GPU, DEFAULT_UTILISATION, GPUS
+
+    p.add_argument("--gpu", choices=sorted(GPUS), default=DEFAULT_GPU,
+                   help=f"the GPU the cost estimate assumes (default {DEFAULT_GPU}; bf16 dense peak)")
+    p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION, metavar="F",
+                   help=f"the share of its peak a run sustains, for the estimate (default {DEFAULT_UTILISATION})")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bench", description="R-LLM bench: frozen LLM layers in ViTs on MedMNIST.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,17 +56,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
     p.add_argument("--force", action="store_true", help="rerun runs already stored ok (a failed rerun keeps the ok row)")
     p.add_argument("--skip-failed", action="store_true", help="do not retry runs stored as failed")
-    p.add_argument("--dry-run", action="store_true", help="print what would run and exit (no training, no network)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would run and what it costs, and exit (no training, no network)")
     p.add_argument("--params", metavar="tuned|DIR",
                    help="apply tuned hyperparameters: 'tuned' reads <results>/tuned/<task>__<variant>.json "
                         "(written by bench tune) for every run, DIR another folder of such files; "
                         "the run ids change with the values and each row names its file (params_file)")
+    _add_cost(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("list", help="the runs of a grid and which are done",
-                       description="List a grid's runs: how many, a table of them, and their state in the store.")
+    p = sub.add_parser("list", help="the runs of a grid, which are done, and what the rest will cost",
+                       description="List a grid's runs: how many, a table of them, their state in the store, and the "
+                                   "analytic training FLOPs and GPU time of the runs still to do and of the whole grid.")
     _add_grid(p)
     _add_results(p)
+    _add_cost(p)
     p.set_defaults(func=cmd_list)
 
     data = sub.add_parser("data", help="MedMNIST files: list their state, fetch them ahead of time")
@@ -168,6 +181,8 @@ def cmd_run(args) -> int:
         why = {rid: {"ok": "forced", "failed": "retry failed"}.get(status[rid], "new") for rid in todo_ids}
         if todo:
             _run_table(todo, todo_ids, status, why)
+        for cost_line in _cost_lines(grid.runs, todo, args):
+            print(cost_line)
         return 0
 
     def on_term(signum, frame):
@@ -189,15 +204,22 @@ def cmd_run(args) -> int:
     return 1 if n_failed else 0
 
 
+def _cost_lines(grid_runs, todo, args) -> list[str]:
+    from bench import cost
+
+    if not 0 < args.utilisation <= 1:
+        raise BenchError(f"--utilisation {args.utilisation} is a share of the GPU's peak: give a number in (0, 1], e.g. 0.4")
+    return cost.describe(cost.grid_cost(grid_runs), cost.grid_cost(todo), cost.GPUS[args.gpu], args.utilisation)
+
+
 def cmd_list(args) -> int:
     from collections import Counter
 
-    from bench import run, store
+    from bench import store
     from bench.config import parse_sets
     from bench.grid import load_grid
 
-    grid = load_grid(args.grid, parse_sets(args.sets))
-    run.check_tasks(grid.runs)
+    grid = load_grid(args.grid, parse_sets(args.sets))  # resolving every run checked its task and size
     ids = grid.run_ids()
     status = store.statuses(args.results, ids)
     counts = Counter(status.values())
@@ -211,10 +233,12 @@ def cmd_list(args) -> int:
         c["total"] += 1
         c[status[rid] or "todo"] += 1
     print("by variant: " + ", ".join(f"{k} {v['ok']}/{v['total']}" for k, v in by_label.items()))
-    for rid in ids:
-        if status[rid] == "failed":
-            row = store.read_run(args.results, rid) or {}
-            print(f"failed {rid}: {row.get('error')}")
+    failed = [rid for rid in ids if status[rid] == "failed"]
+    for rid, error in store.column(args.results, "error", failed).items():
+        print(f"failed {rid}: {error}")
+    todo = [cfg for cfg, rid in zip(grid.runs, ids) if status[rid] != "ok"]
+    for cost_line in _cost_lines(grid.runs, todo, args):
+        print(cost_line)
     print(line)
     return 0
 

@@ -14,15 +14,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
+import hashlib
 import itertools
-from dataclasses import dataclass
+import json
+import operator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from bench.config import RunConfig, all_keys, flatten, override, resolve, run_id
+from bench.config import (NOT_IN_RUN_ID, RunConfig, added_defaults, all_keys, coerce, field_types, override, resolve,
+                          run_id)
 from bench.errors import BenchError
 
 TOP_KEYS = ("name", "description", "defaults", "axes", "variants", "seeds", "exclude", "include", "runs")
@@ -34,9 +40,16 @@ class Grid:
     name: str
     path: Path
     runs: list[RunConfig]  # resolved, unique by run id, in grid order
+    known: dict[int, tuple[RunConfig, str]] = field(default_factory=dict, repr=False, compare=False)  # the
+    # expansion's run ids by config object, so a copy with some runs replaced (tuned params) recomputes only those
 
     def run_ids(self) -> list[str]:
-        return [run_id(c) for c in self.runs]
+        return [_known_id(self.known, c) or run_id(c) for c in self.runs]
+
+
+def _known_id(known: dict[int, tuple[RunConfig, str]], cfg: RunConfig) -> str | None:
+    hit = known.get(id(cfg))
+    return hit[1] if hit is not None and hit[0] is cfg else None
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -65,13 +78,24 @@ def load_grid(name_or_path: str, sets: Mapping[str, Any] | None = None) -> Grid:
         raise BenchError(f"{path}: malformed YAML ({e})") from None
     if not isinstance(spec, dict):
         raise BenchError(f"{path}: a grid is a YAML mapping with keys {', '.join(TOP_KEYS)}")
-    return Grid(spec.get("name") or path.stem, path, expand(spec, sets or {}, where=str(path)))
+    runs, ids = _expand(spec, sets or {}, where=str(path))
+    return Grid(spec.get("name") or path.stem, path, runs, ids)
 
 
 def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid") -> list[RunConfig]:
+    return _expand(spec, sets, where)[0]
+
+
+def _expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str) -> tuple[list[RunConfig], dict]:
+    """The runs in grid order, unique by run id, and {id(run): (run, run id)}.
+
+    What repeats is computed once: each override mapping is typed once (`_Typed`), a point's config once
+    for all its variants, a combination's resolved config and hashed fields once for all its seeds (resolve
+    does not read the seed)."""
     for key in spec:
         if key not in TOP_KEYS:
             raise BenchError(f"{where}: unknown grid key '{key}'{_near(key, TOP_KEYS)}")
+    typed = _Typed()
     _apply(RunConfig(), sets, "--set")  # a bad --set is the command line's fault, not the grid's
     base = _apply(RunConfig(), spec.get("defaults") or {}, f"{where} defaults")
     variants = spec.get("variants") or {"": {}}
@@ -80,6 +104,8 @@ def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid"
     seeds = spec.get("seeds", [base.seed])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise BenchError(f"{where}: 'seeds' is a list of integers, e.g. seeds: [0, 1, 2]")
+    seeds = [override(base, {"seed": s}).seed for s in seeds]  # each checked against the seed's rule
+    seed_from_sets = "seed" in sets  # --set seed=N wins over the grid's seeds
 
     points = _points(spec, where)
     combos = [(p, name, ov, False) for p in points for name, ov in variants.items()]
@@ -87,27 +113,44 @@ def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid"
         extra = dict(extra)
         name = extra.pop("variant", "")
         combos.append((extra, name, variants.get(name, {}), True))
-
-    runs, seen = [], set()
     excludes = [_check_rule(r, where) for r in spec.get("exclude") or []]
-    for (point, name, ov, included), seed in itertools.product(combos, seeds):
+    per_combo = [r for r in excludes if "seed" not in r]  # decided once for all seeds
+    per_seed = [r for r in excludes if "seed" in r]
+
+    runs: list[RunConfig] = []
+    ids: dict[int, tuple[RunConfig, str]] = {}
+    seen: set[str] = set()
+    at_point: dict[int, RunConfig] = {}
+    labels: dict[Any, str] = {}
+    for point, name, ov, included in combos:
         ctx = f"{where} variant '{name}'" if name else where
-        cfg = _apply(base, point, ctx)
-        cfg = _apply(cfg, ov or {}, ctx)
-        cfg = override(cfg, {"seed": seed, "label": name or cfg.booster.variant})
+        cfg = at_point.get(id(point))
+        if cfg is None:
+            cfg = at_point[id(point)] = typed.apply(base, point, ctx)
+        cfg = typed.apply(cfg, ov, ctx) if ov else cfg
+        label = name or cfg.booster.variant
+        if label not in labels:
+            labels[label] = _apply(RunConfig(), {"label": label}, ctx).label
+        cfg = typed.apply(dataclasses.replace(cfg, label=labels[label]), sets, ctx)
         try:
-            cfg = resolve(override(cfg, sets))
+            res = resolve(cfg)
         except BenchError as e:
             raise BenchError(f"{ctx}: {e}") from None
-        if not included and any(_matches(rule, cfg) for rule in excludes):
+        if not included and any(_matches(rule, res) for rule in per_combo):
             continue
-        rid = run_id(cfg)
-        if rid not in seen:
-            seen.add(rid)
-            runs.append(cfg)
+        parts = _id_parts(res)
+        for seed in seeds:
+            run = res if seed_from_sets else dataclasses.replace(res, seed=seed)
+            if not included and any(_matches(rule, run) for rule in per_seed):
+                continue
+            rid = _run_id(parts, run.seed)
+            if rid not in seen:
+                seen.add(rid)
+                runs.append(run)
+                ids[id(run)] = (run, rid)
     if not runs:
         raise BenchError(f"{where}: the grid has no runs (check axes, variants, seeds and exclude rules)")
-    return runs
+    return runs, ids
 
 
 def _points(spec: Mapping[str, Any], where: str) -> list[dict]:
@@ -132,6 +175,97 @@ def _apply(cfg: RunConfig, overrides: Mapping[str, Any], where: str) -> RunConfi
         raise BenchError(f"{where}: {e}") from None
 
 
+@functools.cache
+def _leaf_types() -> dict[str, Any]:
+    """{dotted key: field type} of every settable field."""
+    out = {}
+
+    def walk(cls, prefix):
+        for name, tp in field_types(cls).items():
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{name}.")
+            else:
+                out[prefix + name] = tp
+
+    walk(RunConfig, "")
+    return out
+
+
+class _Typed:
+    """`_apply` with each override mapping typed and checked once (by `config.coerce`, as `override` does) and
+    then set with `dataclasses.replace`: a grid applies the same few mappings thousands of times."""
+
+    def __init__(self):
+        self.typed: dict[int, tuple[Any, dict | None]] = {}  # id -> (the mapping, kept alive so ids stay unique; typed)
+
+    def apply(self, cfg: RunConfig, overrides: Mapping[str, Any], where: str) -> RunConfig:
+        if id(overrides) not in self.typed:
+            self.typed[id(overrides)] = (overrides, self._type(overrides, where))
+        leaves = self.typed[id(overrides)][1]
+        if leaves is None:  # a whole section, or a mistake: config.override does it and words the error
+            return _apply(cfg, overrides, where)
+        return _replace(cfg, leaves) if leaves else cfg
+
+    @staticmethod
+    def _type(overrides, where) -> dict | None:
+        if not isinstance(overrides, Mapping):
+            return None
+        types = _leaf_types()
+        leaves: dict = {}
+        for key, value in overrides.items():
+            if key not in types:
+                return None
+            try:
+                value = coerce(key, types[key], value)
+            except BenchError as e:
+                raise BenchError(f"{where}: {e}") from None
+            node = leaves
+            *sections, name = key.split(".")
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = value
+        return leaves
+
+
+def _replace(obj, leaves: dict):
+    """`obj` with the typed `leaves` ({field: value | {subfield: ...}}) set, nested sections copied once each."""
+    return dataclasses.replace(obj, **{k: _replace(getattr(obj, k), v) if isinstance(v, dict) else v
+                                       for k, v in leaves.items()})
+
+
+def _id_parts(resolved: RunConfig) -> dict[str, str]:
+    """What `config.run_id` hashes for a resolved config (its dict less the fields left out of run ids), as
+    the JSON text of each top-level value, the seed aside: encoded once for all the seeds."""
+    d = _as_dict(resolved)
+    for key in NOT_IN_RUN_ID:
+        d.pop(key)
+    for key, default in added_defaults().items():
+        section, name = key.split(".")
+        if d[section][name] == default:
+            del d[section][name]
+    d.pop("seed")
+    return {json.dumps(k): json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in d.items()}
+
+
+def _as_dict(obj) -> dict:
+    """`config.to_dict` without its deep copy (fields hold scalars and tuples): 20x faster."""
+    sections = _sections(type(obj))
+    return {k: _as_dict(v) if k in sections else v for k, v in vars(obj).items()}
+
+
+@functools.cache
+def _sections(cls) -> frozenset[str]:
+    return frozenset(name for name, tp in field_types(cls).items() if dataclasses.is_dataclass(tp))
+
+
+def _run_id(parts: dict[str, str], seed: int) -> str:
+    """`config.run_id`: sha1 of the JSON of the dict with sorted keys and no spaces, assembled from the parts
+    (a JSON object is its members' texts joined; tests/test_grid.py checks the ids agree)."""
+    members = {**parts, '"seed"': str(seed)}
+    blob = "{" + ",".join(f"{k}:{members[k]}" for k in sorted(members)) + "}"
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
 def _check_rule(rule: Any, where: str) -> dict:
     if not isinstance(rule, dict):
         raise BenchError(f"{where}: each exclude rule is a mapping, e.g. - {{variant: rope, data.task: chestmnist}}")
@@ -143,13 +277,19 @@ def _check_rule(rule: Any, where: str) -> dict:
 
 
 def _matches(rule: Mapping[str, Any], cfg: RunConfig) -> bool:
-    flat = flatten(cfg)
+    """Every key of the rule matches, comparing text as `config.flatten` writes it (tuples as "a,b")."""
     for key, want in rule.items():
-        have = cfg.label if key == "variant" else flat[key]
+        have = cfg.label if key == "variant" else _getter(key)(cfg)
+        have = ",".join(str(v) for v in have) if isinstance(have, tuple) else str(have)
         wants = want if isinstance(want, list) else [want]
-        if not any(str(have) == str(w) for w in wants):
+        if not any(have == str(w) for w in wants):
             return False
     return True
+
+
+@functools.cache
+def _getter(key: str):
+    return operator.attrgetter(key)
 
 
 def _near(key: str, valid) -> str:

@@ -63,3 +63,109 @@ def test_shipped_smoke_grid():
     g = load_grid("smoke")
     assert [c.label for c in g.runs] == ["baseline", "adapters", "rllm"]
     assert len({run_id(c) for c in g.runs}) == 3
+
+
+# --------------------------------------------------------------- the fast expansion = the plain definition
+
+
+def reference_expand(spec, sets):
+    """The grid's definition, run plainly: every (point, variant, seed) built with config.override from
+    scratch, resolved, matched against the exclude rules on config.flatten's text, hashed by config.run_id;
+    the first run of each id kept. Slow (about 1.5 ms a run), independent of bench/grid.py's caches."""
+    import itertools
+
+    from bench.config import RunConfig, flatten, override, resolve
+
+    base = override(RunConfig(), spec.get("defaults") or {})
+    variants = spec.get("variants") or {"": {}}
+    axes = spec.get("axes") or {}
+    crossed = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    points = [{**entry, **point} for entry in (spec.get("runs") or [{}]) for point in crossed]
+    combos = [(p, name, ov, False) for p in points for name, ov in variants.items()]
+    for extra in spec.get("include") or []:
+        extra = dict(extra)
+        name = extra.pop("variant", "")
+        combos.append((extra, name, variants.get(name, {}), True))
+
+    def matches(rule, cfg):
+        flat = flatten(cfg)
+        return all(any(str(cfg.label if k == "variant" else flat[k]) == str(w) for w in (v if isinstance(v, list) else [v]))
+                   for k, v in rule.items())
+
+    runs, ids = [], []
+    for (point, name, ov, included), seed in itertools.product(combos, spec.get("seeds", [base.seed])):
+        cfg = override(override(base, point), ov or {})
+        cfg = resolve(override(override(cfg, {"seed": seed, "label": name or cfg.booster.variant}), sets))
+        if not included and any(matches(rule, cfg) for rule in spec.get("exclude") or []):
+            continue
+        rid = run_id(cfg)
+        if rid not in ids:
+            ids.append(rid)
+            runs.append(cfg)
+    return runs, ids
+
+
+def assert_same_expansion(grid, spec, sets=None):
+    runs, ids = reference_expand(spec, sets or {})
+    assert grid.run_ids() == ids
+    assert grid.runs == runs  # same configs (labels included), same order
+
+
+@pytest.mark.parametrize("name", ["smoke", "ci", "paper", "layers",
+                                  pytest.param("full", marks=pytest.mark.slow),
+                                  pytest.param("scratch28", marks=pytest.mark.slow)])
+def test_shipped_grids_expand_as_their_definition(name):
+    import yaml
+
+    from bench.grid import grid_path
+
+    assert_same_expansion(load_grid(name), yaml.safe_load(grid_path(name).read_text()))
+
+
+TRICKY = """
+    defaults: {data: {size: 28, mean: [0.5]}, train: {epochs: 1}, booster: {source: minilm-l6}}
+    runs:
+      - {data.task: breastmnist, data.rgb: true, data.mean: [0.4, 0.5, 0.6]}
+      - {data.task: pneumoniamnist}
+    axes: {booster.layer: [0, -1, middle, 0.5]}
+    variants:
+      baseline: {booster.variant: baseline}
+      rllm: {booster: {variant: rllm}}                   # a whole section
+      same-as-rllm: {booster.variant: rllm}              # same run ids as rllm: collapses into it
+      rope: {booster.variant: rllm, booster.pos_emb: rope}
+      adapters: {booster.variant: adapters}
+    seeds: [0, 1, 2]
+    exclude:
+      - {data.mean: "0.4,0.5,0.6", variant: rope}        # a tuple field, as flatten writes it
+      - {seed: 1, variant: [adapters, baseline]}         # a per-seed rule
+      - {booster.layer: middle, data.task: pneumoniamnist}
+    include:
+      - {variant: rope, data.task: breastmnist, data.rgb: true, data.mean: [0.4, 0.5, 0.6], train.lr: 0.01}
+"""
+
+
+@pytest.mark.parametrize("sets", [{}, {"seed": "7"}, {"label": "x"}, {"booster.variant": "rllm"},
+                                  {"train.lr": "0.1", "data.size": "28"}])
+def test_tricky_grid_expands_as_its_definition(tmp_path, sets):
+    import yaml
+
+    text = textwrap.dedent(TRICKY)
+    assert_same_expansion(load_grid(write(tmp_path, text), sets), yaml.safe_load(text), sets)
+
+
+def test_unnamed_variant_labels_and_run_ids_of_replaced_runs(tmp_path):
+    """Unnamed variants are labelled by their variant; a grid copy with runs replaced (as --params tuned does)
+    gets the replaced runs' own ids."""
+    import dataclasses
+
+    import yaml
+
+    from bench.config import override
+
+    text = "axes: {booster.variant: [baseline, rllm]}\nseeds: [0, 1]\ndefaults: {train: {epochs: 1}}\n"
+    grid = load_grid(write(tmp_path, text))
+    assert_same_expansion(grid, yaml.safe_load(text))
+    assert [c.label for c in grid.runs] == ["baseline", "baseline", "rllm", "rllm"]
+    tuned = [override(c, {"train.lr": 0.5}) if c.label == "rllm" else c for c in grid.runs]
+    copy = dataclasses.replace(grid, runs=tuned)
+    assert copy.run_ids() == [run_id(c) for c in tuned] and copy.run_ids()[:2] == grid.run_ids()[:2]

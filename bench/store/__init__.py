@@ -1,15 +1,16 @@
 """The result store: one row per run with its history, test predictions and log, under one folder.
 
 Knows nothing about torch. `layout` says where files live, `schema` what a row holds, `writer` how
-the one dispatcher writes (locked, whole files, row last), `reader` how anyone reads.
+the one dispatcher writes (locked, whole files, row last), `index` how the store reads as one dataset
+(compacted tables kept in step with the per-run files), `reader` how anyone reads.
 """
 
 from bench.store.layout import HISTORY, LOGS, PREDICTIONS, RUNNING_SUFFIX, RUNS, log_path, run_path
-from bench.store.reader import read_history, read_predictions, read_run, read_runs, statuses
+from bench.store.reader import column, read_history, read_predictions, read_run, read_runs, statuses
 from bench.store.writer import clean_stale, commit, results_lock, write_history, write_predictions, write_run
 
 __all__ = [
-    "HISTORY", "LOGS", "PREDICTIONS", "RUNNING_SUFFIX", "RUNS", "clean_stale", "commit", "log_path", "read_history",
-    "read_predictions", "read_run", "read_runs", "results_lock", "run_path", "statuses", "write_history",
-    "write_predictions", "write_run",
+    "HISTORY", "LOGS", "PREDICTIONS", "RUNNING_SUFFIX", "RUNS", "clean_stale", "column", "commit", "log_path",
+    "read_history", "read_predictions", "read_run", "read_runs", "results_lock", "run_path", "statuses",
+    "write_history", "write_predictions", "write_run",
 ]

@@ -4,19 +4,26 @@
     history/<run_id>.parquet      one row per epoch
     predictions/<run_id>.npz      y_score (N x C) and y_true (N x L) of the test split
     logs/<run_id>.log             the run's log; <run_id>.running.log while it trains
+    index/runs.parquet            every row of runs/ in one file, index/history.parquet every history
+                                  (bench.store.index: a cache kept in step by the dispatcher)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-RUNS, HISTORY, PREDICTIONS, LOGS = "runs", "history", "predictions", "logs"
+RUNS, HISTORY, PREDICTIONS, LOGS, INDEX = "runs", "history", "predictions", "logs", "index"
 RUNNING_SUFFIX = ".running.log"
 LOCK_FILE = ".bench.lock"
 
 
 def run_path(results: Path, run_id: str) -> Path:
     return Path(results) / RUNS / f"{run_id}.parquet"
+
+
+def index_path(results: Path, kind: str) -> Path:
+    """The compacted table of `kind` (RUNS or HISTORY)."""
+    return Path(results) / INDEX / f"{kind}.parquet"
 
 
 def history_path(results: Path, run_id: str) -> Path:

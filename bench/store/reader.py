@@ -1,70 +1,63 @@
-"""Reading the store, typed by `bench.store.schema`; never blocks or disturbs a writer."""
+"""Reading the store, typed by `bench.store.schema`; never writes, never blocks or disturbs a writer.
+
+`read_runs`, `read_history` and `statuses` read the store as one dataset (`bench.store.index`: the
+compacted tables plus the per-run files newer than them), sorted by run id (and epoch). pandas is
+imported only by the functions that return a DataFrame, so `statuses` (the runner's resume check and
+`bench list`) starts without it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
-from bench.store import layout, schema
+from bench.store import index, layout, schema
 
-# Nullable pandas dtypes, so an int column with a missing value stays an int column.
-_PANDAS = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
-    return table.to_pandas(types_mapper=_PANDAS.get)
+    """Nullable pandas dtypes, so an int column with a missing value stays an int column."""
+    import pandas as pd
+
+    mapping = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+    return table.drop_columns([index.MTIME, index.SIZE]).to_pandas(types_mapper=mapping.get)
 
 
-def _read(files: list[Path], sch: pa.Schema) -> pa.Table:
-    """Files as one table with exactly `sch`: columns a file lacks are null (rows written by older versions)."""
-    return ds.dataset([str(f) for f in files], schema=sch, format="parquet").to_table()
-
-
-def read_runs(results: Path) -> pd.DataFrame:
-    """The whole store as one DataFrame, one row per run, every schema column (empty when nothing is stored)."""
-    files = sorted((Path(results) / layout.RUNS).glob("*.parquet"))
-    if not files:
-        return pd.DataFrame(columns=schema.columns())
-    return _to_pandas(_read(files, schema.run_schema()))
+def read_runs(results: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """One row per stored run, sorted by run id, with every schema column (or `columns`, plus run_id)."""
+    table, _ = index.snapshot(results, layout.RUNS, columns)
+    return _to_pandas(table)
 
 
 def read_run(results: Path, run_id: str) -> dict | None:
-    path = layout.run_path(results, run_id)
-    if not path.exists():
-        return None
-    return _read([path], schema.run_schema()).to_pylist()[0]
+    """The run's row as its own file has it now (the commit point), or None."""
+    got = index.read_file(layout.run_path(results, run_id))
+    return None if got is None else index.conform(got[0], schema.run_schema()).to_pylist()[0]
 
 
 def statuses(results: Path, run_ids: Iterable[str]) -> dict[str, str | None]:
-    """{run_id: 'ok' | 'failed' | None}, reading only the status column of the rows that exist (~1 ms each)."""
-    folder = Path(results) / layout.RUNS
-    present = {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
-    out = {}
-    for rid in run_ids:
-        if rid in present:
-            with pq.ParquetFile(folder / f"{rid}.parquet") as f:
-                out[rid] = f.read(columns=["status"]).column(0)[0].as_py()
-        else:
-            out[rid] = None
-    return out
+    """{run_id: 'ok' | 'failed' | None}: the runner's resume check."""
+    return column(results, "status", run_ids)
 
 
-def read_history(results: Path, run_ids: list[str] | None = None) -> pd.DataFrame:
-    """Per-epoch history of `run_ids` (all runs when None); runs without a history file are left out."""
-    folder = Path(results) / layout.HISTORY
-    if run_ids is None:
-        files = sorted(folder.glob("*.parquet"))
-    else:
-        files = [p for p in (layout.history_path(results, r) for r in run_ids) if p.exists()]
-    if not files:
-        return pd.DataFrame(columns=schema.HISTORY.names)
-    return _to_pandas(_read(files, schema.HISTORY))
+def column(results: Path, name: str, run_ids: Iterable[str]) -> dict:
+    """{run_id: the run's value in column `name`, None when not stored}, reading only that column."""
+    run_ids = list(run_ids)
+    table, _ = index.snapshot(results, layout.RUNS, [name], run_ids=run_ids)
+    stored = dict(zip(table.column("run_id").to_pylist(), table.column(name).to_pylist()))
+    return {rid: stored.get(rid) for rid in run_ids}
+
+
+def read_history(results: Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per-epoch history of `run_ids` (all runs when None), sorted by run id and epoch; runs without a
+    history file are left out."""
+    table, _ = index.snapshot(results, layout.HISTORY, run_ids=run_ids)
+    return _to_pandas(table)
 
 
 def read_predictions(results: Path, run_id: str) -> dict[str, np.ndarray]:

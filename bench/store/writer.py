@@ -2,7 +2,9 @@
 
 Every file appears whole or not at all (temp file + os.replace), so a killed process leaves at most
 hidden temp files and live logs, which `clean_stale` removes; the run row is written last, so a row
-with status ok means its history, predictions and log exist.
+with status ok means its history, predictions and log exist. The process holding the lock also keeps
+the compacted tables (bench.store.index) in step: when it takes the lock, every `index.compact_every()`
+runs it commits, and when it lets the lock go.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import pyarrow.parquet as pq
 
 from bench.crashsafe import write_atomic
 from bench.errors import BenchError
-from bench.store import layout, schema
+from bench.store import index, layout, schema
+
+_HELD: dict[str, int] = {}  # results directories whose lock this process holds -> runs committed since a refresh
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -75,13 +79,27 @@ def commit(results: Path, outcome: Mapping[str, Any], previous: str | None) -> s
         write_run(results, row)
         result = "failed"
     layout.running_log_path(results, rid).unlink(missing_ok=True)
+    key = os.path.realpath(results)
+    if key in _HELD:
+        _HELD[key] += 1
+        if _HELD[key] >= index.compact_every():
+            _refresh(results)
     return result
+
+
+def _refresh(results: Path) -> None:
+    """Bring the compacted tables in step; they are a cache, so a failure is a warning, never a lost run."""
+    try:
+        index.refresh(results)
+    except (OSError, pa.ArrowException) as e:
+        warnings.warn(f"could not update the index of {results} ({e}); reads stay right, only slower", stacklevel=2)
+    _HELD[os.path.realpath(results)] = 0
 
 
 def clean_stale(results: Path) -> int:
     """Remove what a killed process left: hidden temp files (never read) and live logs of unfinished runs."""
     n = 0
-    for sub in (layout.RUNS, layout.HISTORY, layout.PREDICTIONS, layout.LOGS):
+    for sub in (layout.RUNS, layout.HISTORY, layout.PREDICTIONS, layout.LOGS, layout.INDEX):
         folder = Path(results) / sub
         if not folder.is_dir():
             continue
@@ -103,7 +121,9 @@ def results_lock(results: Path):
     except OSError as e:
         raise BenchError(f"cannot create the results directory {results}: {e.strerror}; pass a writable --results") from None
     path = results / layout.LOCK_FILE
+    key = os.path.realpath(results)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -116,6 +136,11 @@ def results_lock(results: Path):
         os.ftruncate(fd, 0)
         since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        _HELD[key], held = 0, True
+        _refresh(results)
         yield
+        _refresh(results)
     finally:
+        if held:
+            del _HELD[key]
         os.close(fd)

