@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.config import ARCHS_3D, RunConfig, override, parse_sets, resolve  # noqa: E402
+from bench.config import ARCHS_3D, RunConfig, override, parse_sets, resolve
 
 RECIPE = {"data.task": "adrenalmnist3d", "data.rgb": True, "data.mean": 0.0, "data.std": 1.0, "train.optimizer": "adam",
           "train.lr": 1e-5, "train.weight_decay": 0.0, "train.schedule": "constant", "train.warmup_epochs": 0,
@@ -84,9 +84,9 @@ def measure(arch: str, size: int, batch: int, device_name: str, warmup: int, ste
     params = sum(p.numel() for p in engine.model.parameters())
     step_s = statistics.median(times)
     flops = m.train_step * batch
-    return dict(arch=arch, size=size, batch=batch, depth=cfg.vit.depth, params=params, step_gflop=flops / 1e9,
-                step_s=step_s, gflops_per_s=flops / step_s / 1e9, peak_mib=peak / 2**20,
-                load1=os.getloadavg()[0], device=str(device))
+    return {"arch": arch, "size": size, "batch": batch, "depth": cfg.vit.depth, "params": params,
+            "step_gflop": flops / 1e9, "step_s": step_s, "gflops_per_s": flops / step_s / 1e9, "peak_mib": peak / 2**20,
+            "load1": os.getloadavg()[0], "device": str(device)}
 
 
 def machine(device_name: str) -> str:
@@ -94,7 +94,8 @@ def machine(device_name: str) -> str:
 
     if device_name.startswith("cuda"):
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
@@ -116,7 +117,7 @@ def main() -> int:
         arch, size = a.one.split(":")
         print(json.dumps(measure(arch, int(size), batch, a.device, a.warmup, a.steps, sets)))
         return 0
-    print(f"# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine(a.device)}; batch {batch}, "
+    print(f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine(a.device)}; batch {batch}, "
           f"{a.warmup} warm-up + {a.steps} timed steps; load average {os.getloadavg()}")
     print("| backbone | volume | depth | params (M) | GFLOP / step | s / step | GFLOP/s | peak memory (MiB) | load1 |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -124,8 +125,9 @@ def main() -> int:
     for arch in a.archs:
         for size in a.sizes:
             cmd = [sys.executable, __file__, "--one", f"{arch}:{size}", "--device", a.device, "--batch-size",
-                   str(batch), "--warmup", str(a.warmup), "--steps", str(a.steps), *sum((["--set", s] for s in a.set), [])]
-            out = subprocess.run(cmd, capture_output=True, text=True)
+                   str(batch), "--warmup", str(a.warmup), "--steps", str(a.steps)]
+            cmd += [arg for s in a.set for arg in ("--set", s)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode:
                 print(f"| {arch} | {size}^3 | failed: {out.stderr.strip().splitlines()[-1]} |", flush=True)
                 continue
@@ -133,7 +135,8 @@ def main() -> int:
             rows.append(r)
             depth = f"{r['depth']} + {r['depth']}" if arch.startswith("vivit") else str(r["depth"])
             print(f"| {arch} | {size}^3 | {depth} | {r['params'] / 1e6:.1f} | {r['step_gflop']:,.0f} | "
-                  f"{r['step_s']:.2f} | {r['gflops_per_s']:.0f} | {r['peak_mib']:,.0f} | {r['load1']:.1f} |", flush=True)
+                  f"{r['step_s']:.2f} | {r['gflops_per_s']:.0f} | {r['peak_mib']:,.0f} | {r['load1']:.1f} |",
+                  flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

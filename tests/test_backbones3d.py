@@ -32,7 +32,7 @@ def reference_params(arch: str, depth: int, channels: int = 3, size: int = 28, p
     d, inner = WIDTH[arch[-1]], 8 * 64  # heads=8, dim_head=64
     patch_dim = channels * patch**3
     frames, per_frame = size // patch, (size // patch) ** 2
-    ln = lambda n: 2 * n  # noqa: E731
+    ln = lambda n: 2 * n
     embed = ln(patch_dim) + patch_dim * d + d + ln(d)  # Rearrange, LayerNorm, Linear, LayerNorm
     attention = ln(d) + d * 3 * inner + inner * d + d  # norm, to_qkv (no bias), to_out (Linear with bias)
     feed_forward = ln(d) + (d * d + d) + (d * d + d)  # LayerNorm, Linear(dim, mlp_dim = dim), Linear(mlp_dim, dim)
@@ -71,7 +71,8 @@ def test_parameter_counts_at_64_and_one_channel_with_a_frozen_llm_layer(arch, si
     model, _ = build_model(resolve(override(RunConfig(), sets)), task_spec("adrenalmnist3d", size))
     patch = {28: 4, 64: 8}[size]
     assert trainable(model) == reference_params(arch, 1, channels=1, size=size, patch=patch, d_llm=32)
-    assert sum(p.numel() for p in model.llm_parameters()) > 0 and not any(p.requires_grad for p in model.llm_parameters())
+    llm = model.llm_parameters()
+    assert sum(p.numel() for p in llm) > 0 and not any(p.requires_grad for p in llm)
 
 
 def _tubelets(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -88,7 +89,7 @@ def _ln(x, norm):
 def _block(blk, x):
     """The reference's x = attn(x) + x; x = ff(x) + x with 8 heads of 64, written out."""
     q, k, v = (_ln(x, blk.norm1) @ blk.attn.qkv.weight.T).chunk(3, dim=-1)
-    heads = lambda t: t.unflatten(-1, (8, 64)).transpose(1, 2)  # noqa: E731
+    heads = lambda t: t.unflatten(-1, (8, 64)).transpose(1, 2)
     a = torch.softmax(heads(q) @ heads(k).transpose(-1, -2) * 64**-0.5, dim=-1) @ heads(v)
     x = x + F.linear(a.transpose(1, 2).flatten(2), blk.attn.proj.weight, blk.attn.proj.bias)
     mlp = blk.mlp
@@ -163,7 +164,7 @@ def test_real_adrenalmnist3d_subset_trains_every_paper_backbone(size, shared_dat
     (2 + 2 for ViViT; their full depths take about 2 minutes on 2 CPU cores, 3x this test)."""
     spec = task_spec("adrenalmnist3d", size)
     full = load_splits(spec, shared_data, download=False)
-    cut = lambda s, n: SplitData(s.images[:n], s.labels[:n])  # noqa: E731
+    cut = lambda s, n: SplitData(s.images[:n], s.labels[:n])
     splits = dataclasses.replace(full, train=cut(full.train, 16), val=cut(full.val, 8), test=cut(full.test, 8))
     assert not splits.fixture and splits.train.images.shape[1:] == (1, size, size, size)
     for arch in ("vit3d-m", "vivit-s", "vivit-m"):

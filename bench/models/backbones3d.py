@@ -47,7 +47,7 @@ class TubeletEmbed(nn.Module):
         self.frames, self.patches_per_frame = img_size // patch_size, (img_size // patch_size) ** 2
         self.num_patches = self.frames * self.patches_per_frame
         patch_dim = in_chans * patch_size**3
-        dd = dict(device=device, dtype=dtype)
+        dd = {"device": device, "dtype": dtype}
         self.norm_in = nn.LayerNorm(patch_dim, **dd)
         self.proj = nn.Linear(patch_dim, embed_dim, bias=bias, **dd)
         self.norm = nn.LayerNorm(embed_dim, **dd)
