@@ -7,8 +7,9 @@ percent of a step). `torch.utils.flop_counter.FlopCounterMode` counts the same t
 
 A training image costs the forward pass plus, per product, one more forward's worth for each gradient
 the backward pass computes: the gradient of its input (not for the patch embedding, whose input is the
-image) and of its weights (not for a frozen layer). So trained linears cost 3x their forward, the patch
-embedding and frozen LLM layers 2x, attention products 3x (both operands are activations). A run is
+image, unless a norm with weights precedes it, as in Lai et al.'s 3D backbones) and of its weights (not for a
+frozen layer). So trained linears cost 3x their forward, timm's patch embedding and frozen LLM layers 2x,
+attention products 3x (both operands are activations). A run is
 `epochs` epochs of the images train.py trains on (medmnist's n_train less the ragged last batch; repeated
 augmentation repeats images within an epoch, it does not lengthen it), a forward pass over val every
 epoch, and one over test (every epoch with train.audit_test).
@@ -139,7 +140,7 @@ class Matmuls:
     """Forward FLOPs of one image, split by what the backward pass does with them."""
 
     trained: float = 0.0  # linears whose weights train: backward 2x (input and weight gradients)
-    one_gradient: float = 0.0  # the patch embedding (weights only) and frozen layers (input only): backward 1x
+    one_gradient: float = 0.0  # timm's patch embedding (weights only) and frozen layers (input only): backward 1x
     attention: float = 0.0  # QK^T and AV: backward 2x (both operands)
 
     def __add__(self, other: Matmuls) -> Matmuls:
@@ -195,7 +196,10 @@ def backbone(cfg: RunConfig) -> Backbone:
             spatial = _block(grid**2 + 1, width, LAI_INNER, width) * (grid * v.depth)
             blocks = spatial + _block(grid + 1, width, LAI_INNER, width) * v.depth
             booster_tokens = grid + 1
-    embed = Matmuls(one_gradient=2 * n_patches * channels * patch**dims * width)
+    embed_flops = 2 * n_patches * channels * patch**dims * width
+    # timm's patch embedding sees the image: no input gradient. Lai et al.'s normalises the tubelets with a
+    # LayerNorm that has weights before its Linear, so the backward pass computes that Linear's input gradient too.
+    embed = Matmuls(one_gradient=embed_flops) if v.arch in VIT_WIDTHS else Matmuls(trained=embed_flops)
     head = Matmuls(trained=2 * width * classes)
     return Backbone(embed + blocks + head, width, booster_tokens)
 

@@ -14,8 +14,9 @@ from timm.models import create_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from bench.config import VitConfig
+from bench.config import ARCHS_3D, VitConfig
 from bench.errors import BenchError
+from bench.models.backbones3d import build_lai_backbone
 
 WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed dim, heads
 TIMM_WEIGHTS = {  # timm's ImageNet checkpoints (the paper's ViT-S was ImageNet-pretrained)
@@ -63,6 +64,8 @@ def build_backbone(cfg: VitConfig, size: int, in_chans: int, num_classes: int, i
     if img_size % patch:
         what = "volume" if is_3d else "image"
         raise BenchError(f"vit.patch={patch} does not divide the {what} size {img_size}; use a divisor or 0 (auto)")
+    if cfg.arch in ARCHS_3D:
+        return build_lai_backbone(cfg.arch, cfg.depth, img_size, patch, in_chans, num_classes, cfg.drop_path)
     kwargs = dict(img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,
                   drop_path_rate=cfg.drop_path)
     if is_3d:

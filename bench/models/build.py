@@ -1,4 +1,4 @@
-"""Config -> model: a ViT backbone, optionally boosted by FE/FL/FD before its final norm."""
+"""Config -> model: a ViT backbone, optionally boosted by FE/FL/FD where its `booster_site` says."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import copy
 import functools
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from bench.config import BoosterConfig, RunConfig
@@ -16,13 +15,21 @@ from bench.models.booster import Booster
 from bench.models.llm import LLMBlock, block_key, llm_hidden_size, load_llm_block
 
 
-class RLLMViT(nn.Module):
-    """A ViT whose `blocks` end with the booster, if any: blocks -> [FE -> FL -> FD] -> final norm -> head."""
+def booster_site(backbone: nn.Module) -> nn.Sequential:
+    """The module list the booster is appended to: the backbone's `booster_site` where it names one (ViViT: after
+    its temporal transformer's final norm, as Lai et al.'s code), else its `blocks`, which timm's forward_features
+    runs before the final norm."""
+    return getattr(backbone, "booster_site", backbone.blocks)
 
-    def __init__(self, backbone: VisionTransformer, booster: Booster | None, frozen_llm: bool):
+
+class RLLMViT(nn.Module):
+    """A ViT whose booster site ends with the booster, if any: blocks -> [FE -> FL -> FD] -> final norm -> head
+    (ViViT: temporal blocks -> norm -> [FE -> FL -> FD] -> head)."""
+
+    def __init__(self, backbone: nn.Module, booster: Booster | None, frozen_llm: bool):
         super().__init__()
         if booster is not None:
-            backbone.blocks.append(booster)  # timm's forward_features runs it after the last block, before the norm
+            booster_site(backbone).append(booster)
         self.backbone = backbone
         self.frozen_llm = frozen_llm
 
@@ -31,8 +38,8 @@ class RLLMViT(nn.Module):
 
     @property
     def booster(self) -> Booster | None:
-        last = self.backbone.blocks[-1]
-        return last if isinstance(last, Booster) else None
+        site = booster_site(self.backbone)
+        return site[-1] if len(site) and isinstance(site[-1], Booster) else None
 
     def llm_parameters(self) -> list[nn.Parameter]:
         llm = self.booster.llm if self.booster is not None else None
@@ -49,7 +56,8 @@ def build_model(cfg: RunConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
     """The model for a resolved config and the LLM provenance to store with the run."""
     v, b = cfg.vit, cfg.booster
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(v, spec.size, spec.n_channels, spec.n_classes, spec.is_3d)
+    channels = 3 if cfg.data.rgb else spec.n_channels  # data.rgb repeats grey images to 3 channels
+    backbone = build_backbone(v, spec.size, channels, spec.n_classes, spec.is_3d)
     info: dict = {}
     booster = None
     if b.variant in ("adapters", "mlp"):
