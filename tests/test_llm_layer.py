@@ -644,6 +644,35 @@ def test_layer_out_of_range():
             assert "\n" not in str(e.value)
 
 
+def test_relative_layers_of_a_llama_config_in_loading_checks_and_cost(tmp_path, fixture_root):
+    """A LLaMA-7B-deep config (32 layers; config only): first/middle/last/fractions resolve against its depth when
+    loading, in `bench run`'s preflight and in `--dry-run`'s offline check, and price as the index they name."""
+    from bench.cost import run_flops
+    from bench.run import check_offline, preflight
+
+    transformers.LlamaConfig(hidden_size=H, intermediate_size=96, num_hidden_layers=32, num_attention_heads=4,
+                             vocab_size=64).save_pretrained(tmp_path / "llama")
+    d = tmp_path / "llama"
+    for layer, num_layers, want in [("first", 1, "0"), ("middle", 1, "16"), ("last", 1, "31"), ("0.25", 1, "8"),
+                                    ("last", 2, "30,31"), ("1.0", 1, "31"), (1, 1, "1")]:  # round(f * (32 - num_layers))
+        assert load(d, layer, num_layers, init="random").info["llm.layers"] == want
+        check_block(booster(d, layer, num_layers))
+    root = fixture_root("breastmnist", n=(8, 4, 4))
+
+    def run(layer, num_layers=1):
+        sets = {"booster.variant": "rllm", "booster.source": str(d), "booster.layer": layer,
+                "booster.num_layers": num_layers}
+        return resolve(override(RunConfig(), sets))
+
+    preflight([run("middle"), run("last")], root, download=False)
+    assert check_offline([run("middle"), run("0.5", 3)], root) == []
+    assert run_flops(run("last")) == run_flops(run(31)) == run_flops(run("first")) is not None
+    for check in (lambda: check_block(run("last", 33).booster), lambda: check_offline([run("last", 33)], root),
+                  lambda: preflight([run("middle", 33)], root)):
+        with pytest.raises(BenchError, match="booster.num_layers=33 is more than the 32 layers of"):
+            check()
+
+
 def test_bad_knobs():
     """Field values are refused by the config alone, before any LLM is read; what needs the LLM, by the block."""
     with pytest.raises(BenchError, match="booster.mask='diagonal' is not one of bidirectional, causal"):
