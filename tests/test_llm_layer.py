@@ -1,7 +1,8 @@
 """bench.models.llm: one LLM layer cut out of a checkpoint equals the same layer of the whole model.
 
 Tiny random models (hidden 64, 8 layers) of every supported family are saved as sharded safetensors; the block
-loaded from them must match `AutoModel.from_pretrained` tensor for tensor and output for output.
+loaded from them must match `AutoModel.from_pretrained` tensor for tensor and output for output. The same weights
+as PyTorch .bin shards (LLaMA-1's format) load the same block, and a LLaMA layer equals Meta's original formulation.
 """
 
 from __future__ import annotations
