@@ -1,10 +1,13 @@
 """Benchmark 2: loading one layer of a sharded >= 16-layer checkpoint vs `from_pretrained` of the whole model.
 
-Writes a random LLaMA-shaped checkpoint (default hidden 1024, intermediate 2816, 16 layers, vocab 32000, bf16 as
-LLaMA ships; ~0.5 GB in ~100 MB shards, written by `save_pretrained(max_shard_size=...)`) to a temp dir, then, each
-in a fresh subprocess:
+Writes a random LLaMA-shaped checkpoint (default hidden 1024, intermediate 2816, 16 layers, vocab 32000; ~0.5 GB
+in ~100 MB shards) to a temp dir twice: bf16 safetensors written by `save_pretrained(max_shard_size=...)`, and fp16
+PyTorch .bin shards + pytorch_model.bin.index.json as huggyllama/llama-7b ships LLaMA-1 (what transformers 4's
+`save_pretrained(safe_serialization=False)` wrote: huggingface_hub's `split_torch_state_dict_into_shards`, then
+`torch.save` per shard; transformers 5 writes safetensors only). Then, each in a fresh subprocess:
 
     layer      bench.models.llm.load_llm_block(dir, -1)       the last layer, as fp32 (booster.dtype's default)
+    layer-bin  the same from the .bin shards                         memory-mapped torch.load(weights_only=True)
     full       AutoModel.from_pretrained(dir, dtype=float32)         the whole base model, same dtype
     full-auto  AutoModel.from_pretrained(dir)                        the checkpoint's dtype: transformers 5 maps the
                                                                      shards and pages weights in only when read
@@ -20,6 +23,8 @@ every load reads from the page cache. `load_llm_block` also hashes the shard it 
 llm.file_hash for provenance), which is part of its seconds.
 
     .venv/bin/python benchmarks/layer_load.py [--hidden 1024 --layers 16 --repeats 2 --dtype fp32]
+
+Figures: benchmarks/README.md (2).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ mode, path, dtype, warm = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
 def load(p):
-    if mode == "layer":
+    if mode.startswith("layer"):
         sets = {"booster.variant": "rllm", "booster.source": p, "booster.layer": -1, "booster.dtype": dtype,
                 "booster.llm_norm": "none"}
         return load_llm_block(resolve(override(RunConfig(), sets)).booster)
@@ -89,25 +94,47 @@ print(json.dumps({"mode": mode, "seconds": seconds, "extra": extra, "touched": t
 """
 
 
+FORMATS = {"safetensors": "model-*.safetensors", "bin": "pytorch_model*.bin"}  # sub-folder: its shards
+
+
 def write_checkpoint(d: Path, hidden: int, inter: int, layers: int, heads: int, vocab: int, shard: str) -> dict:
+    """d/safetensors (bf16, save_pretrained) and d/bin (fp16 .bin shards + index) of one random LLaMA."""
     import torch
     import transformers
+    from huggingface_hub import split_torch_state_dict_into_shards
 
     config = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                                       num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab,
                                       max_position_embeddings=2048, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(d, max_shard_size=shard)
-    n = sum(p.numel() for p in model.parameters())
-    del model
-    shards = sorted(d.glob("model-*.safetensors"))
-    return {"params": n, "shards": len(shards), "bytes": sum(p.stat().st_size for p in shards)}
+    model.save_pretrained(d / "safetensors", max_shard_size=shard)
+    sd = {k: v.to(torch.float16) for k, v in model.state_dict().items()}
+    split = split_torch_state_dict_into_shards(sd, filename_pattern="pytorch_model{suffix}.bin", max_shard_size=shard)
+    (d / "bin").mkdir()
+    for fname, names in split.filename_to_tensors.items():
+        torch.save({n: sd[n] for n in names}, d / "bin" / fname)
+    if split.is_sharded:
+        (d / "bin" / "pytorch_model.bin.index.json").write_text(
+            json.dumps({"metadata": split.metadata, "weight_map": split.tensor_to_filename}))
+    config.save_pretrained(d / "bin")
+    del model, sd
+    return describe(d)
+
+
+def describe(d: Path) -> dict:
+    """format -> (number of shards, bytes on disk)."""
+    out = {}
+    for fmt, pattern in FORMATS.items():
+        shards = sorted((d / fmt).glob(pattern))
+        out[fmt] = (len(shards), sum(p.stat().st_size for p in shards))
+    return out
 
 
 def child(mode: str, d: Path, dtype: str, warm: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(d), dtype, str(warm)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=1200)
+    fmt = "bin" if mode.endswith("bin") else "safetensors"
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(d / fmt), dtype, str(warm / fmt)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=1200)
     if out.returncode:
         raise SystemExit(f"{mode} child failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -134,20 +161,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="layer-load-") as tmp:
         d = a.dir or Path(tmp) / "llama"
         t0 = time.perf_counter()
-        if (d / "config.json").is_file():
-            shards = sorted(d.glob("model-*.safetensors"))
-            ck = {"params": None, "shards": len(shards), "bytes": sum(s.stat().st_size for s in shards)}
+        if (d / "bin" / "config.json").is_file():
+            ck = describe(d)
         else:
             d.mkdir(parents=True, exist_ok=True)
             ck = write_checkpoint(d, a.hidden, a.intermediate, a.layers, a.heads, a.vocab, a.shard_size)
         warm = Path(tmp) / "warm-up"
-        if not (warm / "config.json").is_file():
+        if not (warm / "bin" / "config.json").is_file():
             warm.mkdir()
             write_checkpoint(warm, 64, 128, 2, 4, 256, "1GB")
         print(f"# checkpoint: LLaMA-shaped, hidden {a.hidden}, intermediate {a.intermediate}, {a.layers} layers, "
-              f"vocab {a.vocab}, bf16, {ck['shards']} shards, {mib(ck['bytes'])} on disk "
-              f"(written in {time.perf_counter() - t0:.0f} s)")
-        modes = ("layer", "full", "full-auto")
+              f"vocab {a.vocab}: bf16 safetensors, {ck['safetensors'][0]} shards, {mib(ck['safetensors'][1])}; fp16 "
+              f".bin, {ck['bin'][0]} shards, {mib(ck['bin'][1])} (written in {time.perf_counter() - t0:.0f} s)")
+        modes = ("layer", "layer-bin", "full", "full-auto")
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for r in range(a.repeats):
             for mode in modes if r % 2 == 0 else modes[::-1]:
@@ -161,7 +187,8 @@ def main(argv=None) -> int:
 
     layer_bytes = runs["layer"][0]["bytes"]
     what = {
-        "layer": f"one layer: load_llm_block(dir, -1), {a.dtype}",
+        "layer": f"one layer: load_llm_block(dir, -1), {a.dtype}, bf16 safetensors",
+        "layer-bin": f"one layer: load_llm_block(dir, -1), {a.dtype}, fp16 .bin shards",
         "full": f"whole model: AutoModel.from_pretrained(dir, dtype={a.dtype})",
         "full-auto": "whole model: AutoModel.from_pretrained(dir) (checkpoint dtype, lazily mapped)",
     }
@@ -175,13 +202,16 @@ def main(argv=None) -> int:
         tp = max(x["touched"] for x in rs)
         summary[mode] = (sec, pk, tp)
         print(f"| {what[mode]} | {sec:.2f} | {mib(pk)} | {mib(tp)} | {mib(rs[0]['bytes'])} {rs[0]['dtype']} "
-              f"| {'**' if mode == 'layer' else ''}{pk / layer_bytes:.2f}x{'**' if mode == 'layer' else ''} |")
+              f"| {'**' if mode.startswith('layer') else ''}{pk / layer_bytes:.2f}x"
+              f"{'**' if mode.startswith('layer') else ''} |")
     loads = [x["load1"] for v in runs.values() for x in v]
     (ls, lp, _), (fs, fp, _) = summary["layer"], summary["full"]
     print(f"\nlayer vs whole model at the same dtype: {fs / ls:.1f}x faster, {fp / lp:.1f}x less peak memory; "
           f"layer bytes {mib(layer_bytes)}; load1 {min(loads):.1f}-{max(loads):.1f}")
-    print(f"goal layer peak <= 1.5x layer bytes: {'met' if lp <= 1.5 * layer_bytes else 'NOT met'} "
-          f"({lp / layer_bytes:.2f}x)")
+    for mode in ("layer", "layer-bin"):
+        peak = summary[mode][1]
+        print(f"goal {mode} peak <= 1.5x layer bytes: {'met' if peak <= 1.5 * layer_bytes else 'NOT met'} "
+              f"({peak / layer_bytes:.2f}x)")
     return 0
 
 

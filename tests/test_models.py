@@ -204,13 +204,16 @@ def test_pretrained_vit_loads_timm_weights_from_a_local_file(tmp_path, monkeypat
     assert vit(torch.randn(2, 1, 28, 28)).shape == (2, 2)
 
 
-def test_pretrained_vit_offline_without_a_file_says_how_to_fix(monkeypatch):
+def test_pretrained_vit_offline_without_a_file_says_how_to_fix(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
     from bench.config import VitConfig
     from bench.errors import BenchError
     from bench.models.backbones import build_backbone
 
     monkeypatch.delenv("BENCH_TIMM_WEIGHTS", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read when huggingface_hub is imported, not from env
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(BenchError, match="BENCH_TIMM_WEIGHTS"):
         build_backbone(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=3, num_classes=2, is_3d=False)
 
@@ -261,3 +264,108 @@ def test_backbone_interface_and_the_booster_before_the_final_norm(tiny_llm, task
         logits = model(x)
         assert torch.equal(vit(x), logits) and torch.equal(vit.forward_head(vit.forward_features(x)), logits)
         torch.testing.assert_close(logits, _manual_forward(vit, model.booster, x, spec.is_3d))
+
+
+# ------------------------------------------------------------------------------ vit.weights and vit.head
+
+
+@pytest.fixture(scope="module")
+def deit_tiny_folder(tmp_path_factory):
+    """A random deit_tiny_patch16_224 saved where `hf download timm/<tag> --local-dir DIR/<tag>` would put it."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+    root = tmp_path_factory.mktemp("timm-weights")
+    (root / "deit_tiny_patch16_224.fb_in1k").mkdir()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()},
+              root / "deit_tiny_patch16_224.fb_in1k" / "model.safetensors")
+    return root, source
+
+
+@pytest.mark.parametrize("head", ["pretrained", "task"])
+def test_vit_weights_load_timms_file_and_the_pretrained_head_keeps_1000_outputs(deit_tiny_folder, monkeypatch, head):
+    """vit.weights (any timm tag, here without its .fb_in1k) from a local folder: in paper mode (224 px, patch 16)
+    every tensor equals the file's, so the ViT computes what timm's own model computes; head=pretrained keeps
+    ImageNet's 1000-way classifier (the paper's code), head=task has a new K-way one."""
+    from bench.models.backbones import task_logits
+
+    root, source = deit_tiny_folder
+    monkeypatch.setenv("BENCH_TIMM_WEIGHTS", str(root))
+    spec = task_spec("dermamnist", 28)
+    cfg = cfg_for("dermamnist", **{"vit.weights": "deit_tiny_patch16_224", "vit.head": head, "vit.depth": 0,
+                                   "vit.paper_mode": True})
+    vit = build_model(cfg, spec)[0].backbone.eval()
+    want = source.state_dict()
+    got = vit.state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        if k.startswith("head.") and head == "task":
+            assert got[k].shape[0] == spec.n_classes == 7
+        else:
+            assert torch.equal(got[k], want[k]), k
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        out = vit(x)
+        assert out.shape == (2, 1000 if head == "pretrained" else 7)
+        if head == "pretrained":
+            torch.testing.assert_close(out, source(x))
+            # the class scores: the first K logits of the 1000, not the first K columns of a 1000-way softmax
+            scores = task_logits(out, 7).softmax(-1)
+            torch.testing.assert_close(scores, torch.exp(out[:, :7]) / torch.exp(out[:, :7]).sum(-1, keepdim=True))
+            assert not torch.allclose(scores, out.softmax(-1)[:, :7])
+
+
+def test_vit_weights_at_28_px_resample_the_embeddings(deit_tiny_folder, monkeypatch):
+    """Outside paper mode timm resamples the patch (16 -> 4) and position (14x14 -> 7x7) embeddings of the file
+    and sums the RGB filters for grey images; the blocks are the file's."""
+    root, source = deit_tiny_folder
+    monkeypatch.setenv("BENCH_TIMM_WEIGHTS", str(root))
+    vit = build_model(cfg_for(**{"vit.weights": "deit_tiny_patch16_224.fb_in1k", "vit.depth": 0}),
+                      task_spec("breastmnist", 28))[0].backbone
+    assert torch.equal(vit.blocks[7].attn.qkv.weight, source.blocks[7].attn.qkv.weight)
+    assert vit.patch_embed.proj.weight.shape == (192, 1, 4, 4) and vit.pos_embed.shape[1] == 50
+    assert vit(torch.rand(2, 1, 28, 28)).shape == (2, 2)
+
+
+def test_vit_weights_missing_offline_is_one_line_before_training(fixture_root, monkeypatch, tmp_path):
+    """No file in BENCH_TIMM_WEIGHTS or the hub cache, the hub off: `bench run`'s preflight and --dry-run's check
+    fail in one line that says where to put the file; with the hub on, the dry run notes it will be fetched."""
+    from huggingface_hub import constants
+
+    from bench.errors import BenchError
+    from bench.run import check_offline, preflight
+
+    root = fixture_root("breastmnist", n=(8, 4, 4))
+    monkeypatch.setenv("BENCH_TIMM_WEIGHTS", str(tmp_path / "empty"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = cfg_for(**{"vit.weights": "deit_small_patch16_224.fb_in1k", "vit.arch": "small", "vit.depth": 0})
+    for check in (lambda: preflight([cfg], root), lambda: preflight([cfg], root, download=False),
+                  lambda: check_offline([cfg], root)):
+        with pytest.raises(BenchError, match=r"timm weights deit_small_patch16_224\.fb_in1k are not on this machine"
+                                             r".*hf download timm/deit_small_patch16_224\.fb_in1k.*BENCH_TIMM_WEIGHTS="
+                           ) as e:
+            check()
+        assert "\n" not in str(e.value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert any("deit_small_patch16_224.fb_in1k are fetched" in n for n in check_offline([cfg], root))
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    ({"vit.weights": "deit_small_patch16_224.no_such_tag"}, "is not a timm pretrained tag"),
+    ({"vit.weights": "no_such_model"}, "is not a timm pretrained tag"),
+    ({"vit.weights": "deit_small_patch16_224"}, r"is a 12-block ViT 384 wide, but vit.arch=tiny .* 192 wide"),
+    ({"vit.weights": "resnet18.a1_in1k"}, "is a ResNet"),
+])
+def test_vit_weights_that_do_not_fit_the_arch(fixture_root, sets, message):
+    from bench.errors import BenchError
+    from bench.run import check_offline, preflight
+
+    root = fixture_root("breastmnist", n=(8, 4, 4))
+    cfg = cfg_for(**{"vit.depth": 0, **sets})
+    for check in (lambda: check_offline([cfg], root), lambda: preflight([cfg], root),
+                  lambda: build_model(cfg, task_spec("breastmnist", 28))):
+        with pytest.raises(BenchError, match=message):
+            check()

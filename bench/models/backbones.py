@@ -5,7 +5,9 @@ the last ViT block and before the final norm, in 2D and 3D alike.
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,7 @@ TIMM_WEIGHTS = {  # timm's ImageNet checkpoints (the paper's ViT-S was ImageNet-
     "base": "vit_base_patch16_224.augreg2_in21k_ft_in1k",
 }
 PAPER_SIZE, PAPER_PATCH = 224, 16
+WEIGHTS_ENV = "BENCH_TIMM_WEIGHTS"  # a folder of <tag>/model.safetensors (or <tag>.safetensors/.pth), or one file
 
 
 def auto_patch(size: int) -> int:
@@ -72,22 +75,119 @@ def build_backbone(cfg: VitConfig, size: int, in_chans: int, num_classes: int, i
         kwargs["embed_layer"] = PatchEmbed3D
     elif cfg.paper_mode:
         kwargs["embed_layer"] = UpsamplingPatchEmbed
-    if cfg.pretrained:
-        return _pretrained_timm(cfg.arch, kwargs)
+    tag = weights_tag(cfg)
+    if tag:
+        return _pretrained_timm(tag, cfg, kwargs)
     dim, heads = WIDTHS[cfg.arch]
     return VisionTransformer(embed_dim=dim, depth=cfg.depth, num_heads=heads, **kwargs)
 
 
-def _pretrained_timm(arch: str, kwargs: dict) -> VisionTransformer:
-    """timm loads (and resamples patch/position embeddings for) its ImageNet weights, from the hub or a file."""
-    name = TIMM_WEIGHTS[arch]
-    local = os.environ.get("BENCH_TIMM_WEIGHTS")
-    overlay = {"file": local} if local else None
+def weights_tag(cfg: VitConfig) -> str:
+    """The timm pretrained tag a resolved ViT config asks for ("" = none): vit.weights, else vit.pretrained's
+    default for the arch."""
+    return cfg.weights or (TIMM_WEIGHTS[cfg.arch] if cfg.pretrained else "")
+
+
+@functools.cache
+def check_weights(tag: str, arch: str) -> str:
+    """`tag` is a timm pretrained tag of a 12-block ViT as wide as vit.arch (what the run records and costs);
+    returns its full name (model.tag)."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    name, _ = split_model_name_tag(tag)
     try:
-        return create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    except (OSError, RuntimeError, ValueError) as e:
+        pretrained = get_pretrained_cfg(tag)
+    except RuntimeError:  # a known model, an unknown tag
+        pretrained = None
+    if pretrained is None:
+        raise BenchError(f"vit.weights={tag!r} is not a timm pretrained tag; e.g. deit_small_patch16_224.fb_in1k "
+                         f"(python -c \"import timm; print(timm.list_pretrained('*{name[:8]}*'))\")")
+    with torch.device("meta"):
+        model = create_model(name)
+    width = getattr(model, "embed_dim", None)
+    if not isinstance(model, VisionTransformer) or width != WIDTHS[arch][0] or len(model.blocks) != 12:
+        what = (f"a 12-block ViT {width} wide" if isinstance(model, VisionTransformer) and len(model.blocks) == 12
+                else f"a {type(model).__name__}")
+        raise BenchError(f"vit.weights={tag} is {what}, but vit.arch={arch} is a 12-block ViT {WIDTHS[arch][0]} wide; "
+                         f"use weights of timm's {arch} ViTs (e.g. {TIMM_WEIGHTS[arch]}) or set vit.arch to match")
+    return f"{name}.{pretrained.tag}" if pretrained.tag else name
+
+
+def local_weights(tag: str) -> Path | None:
+    """The weights file of `tag` on this machine, without the network: ${WEIGHTS_ENV} (a file: used as it is; a
+    folder: <tag>/model.safetensors, as `hf download timm/<tag> --local-dir DIR/<tag>` writes, or
+    <tag>.safetensors, .pth or .bin), else the Hugging Face cache; None when it is nowhere."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    env = os.environ.get(WEIGHTS_ENV)
+    if env and Path(env).expanduser().is_file():
+        return Path(env).expanduser()
+    if env and Path(env).expanduser().is_dir():
+        d = Path(env).expanduser()
+        for f in (d / tag / "model.safetensors", d / tag / "pytorch_model.bin", d / f"{tag}.safetensors",
+                  d / f"{tag}.pth", d / f"{tag}.bin"):
+            if f.is_file():
+                return f
+    hub_id = get_pretrained_cfg(tag).hf_hub_id
+    for fname in ("model.safetensors", "pytorch_model.bin") if hub_id else ():
+        hit = try_to_load_from_cache(hub_id, fname)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def weights_file(tag: str, download: bool) -> Path:
+    """The weights file of timm tag `tag` (full name): found locally (`local_weights`), else downloaded from the
+    hub when `download`; else a one-line BenchError that says where to put the file."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from timm.models import get_pretrained_cfg
+
+    found = local_weights(tag)
+    if found is not None:
+        return found
+    hub_id = get_pretrained_cfg(tag).hf_hub_id
+    if download and hub_id:
+        try:
+            try:
+                return Path(hf_hub_download(hub_id, "model.safetensors"))
+            except EntryNotFoundError:
+                return Path(hf_hub_download(hub_id, "pytorch_model.bin"))
+        except Exception as e:  # noqa: BLE001 - unreachable, offline mode, gated: all say where to put the file
+            why = f"the hub is unreachable ({type(e).__name__})"
+    else:
+        why = "the hub is not asked (offline check)" if hub_id else "timm has no hub copy of them"
+    raise BenchError(missing_weights(tag, why))
+
+
+def missing_weights(tag: str, why: str) -> str:
+    return (f"timm weights {tag} are not on this machine and {why}; where the hub is reachable run `hf download "
+            f"timm/{tag} --local-dir DIR/{tag}`, copy DIR here and set {WEIGHTS_ENV}=DIR (or {WEIGHTS_ENV}=the "
+            "weights file itself)")
+
+
+def _pretrained_timm(tag: str, cfg: VitConfig, kwargs: dict) -> VisionTransformer:
+    """timm builds the ViT and loads (resampling patch and position embeddings for other sizes) its weights from a
+    local file; vit.head=pretrained keeps the checkpoint's classifier (ImageNet's 1000 outputs), task = a new one."""
+    from timm.models import get_pretrained_cfg
+
+    tag = check_weights(tag, cfg.arch)
+    path = weights_file(tag, download=True)
+    if cfg.head == "pretrained":
+        kwargs = dict(kwargs, num_classes=get_pretrained_cfg(tag).num_classes)
+    try:
+        return create_model(tag, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise BenchError(
-            f"could not load timm weights '{name}' ({type(e).__name__}: {str(e).splitlines()[0][:120]}); offline, "
-            f"download them where the hub is reachable (`hf download timm/{name}`) and set "
-            "BENCH_TIMM_WEIGHTS=/path/to/model.safetensors"
+            f"could not load timm weights {tag} from {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            f"the file is not {tag}'s: replace it (`hf download timm/{tag}`) or fix {WEIGHTS_ENV}"
         ) from None
+
+
+def task_logits(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The task's K class logits of a model's outputs: with vit.head=pretrained the model keeps ImageNet's 1000
+    outputs, trained on labels 0..K-1 (the paper's code), and the class scores are the softmax/sigmoid over its
+    first K; with vit.head=task the outputs are the K. The training loss takes all outputs (cross-entropy over the
+    1000 logits, as the paper), so the model's forward returns them all."""
+    return logits[..., :n_classes]

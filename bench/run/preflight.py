@@ -1,5 +1,5 @@
-"""Before any training: everything the user can fix (tasks, sizes, data files, LLM sources) fails here,
-as one line, before the results directory is touched."""
+"""Before any training: everything the user can fix (tasks, sizes, data files, ViT weights, LLM sources) fails
+here, as one line, before the results directory is touched."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Iterable
 
 from bench.config import RunConfig
 from bench.data import data_file, ensure_file, task_spec
+from bench.errors import BenchError
 
 
 def _is_hub_id(source: str) -> bool:
@@ -22,18 +23,28 @@ def check_tasks(runs: Iterable[RunConfig]) -> None:
         task_spec(task, size)
 
 
-def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True) -> None:
-    """Fail before any training on what the user can fix: tasks, sizes, data files, LLM sources.
+def _vit_weights(runs: list[RunConfig]) -> list[str]:
+    """The full names of the timm weights the runs ask for, each checked against its vit.arch."""
+    from bench.models.backbones import check_weights, weights_tag
 
-    With `download=True` missing data files are fetched and hub configs read (network); with False
-    nothing touches the network: tasks and sizes are checked, local LLM sources read, hub ids skipped,
-    and a missing or corrupt data file is an error.
+    return sorted({check_weights(weights_tag(c.vit), c.vit.arch) for c in runs if weights_tag(c.vit)})
+
+
+def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True) -> None:
+    """Fail before any training on what the user can fix: tasks, sizes, data files, ViT weights, LLM sources.
+
+    With `download=True` missing data files and timm weights are fetched and hub configs read (network); with
+    False nothing touches the network: tasks and sizes are checked, local LLM sources read, hub ids skipped,
+    and a missing or corrupt data file, or missing timm weights, is an error.
     """
+    from bench.models.backbones import weights_file
     from bench.models.llm import block_key, check_block, llm_hidden_size
 
     runs = list(runs)
     for task, size in sorted({(c.data.task, c.data.size) for c in runs}):
         ensure_file(task_spec(task, size), data_root, download=download)
+    for tag in _vit_weights(runs):
+        weights_file(tag, download=download)
     for b in sorted({block_key(c.booster) for c in runs if c.booster.source}, key=str):
         if not download and _is_hub_id(b.source):
             continue
@@ -44,8 +55,13 @@ def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True)
 
 
 def check_offline(runs: Iterable[RunConfig], data_root: Path) -> list[str]:
-    """For --dry-run and list: validate without network or hashing; returns notes about what is missing."""
-    from bench.models.llm import llm_hidden_size
+    """For --dry-run and list: validate without network or hashing; returns notes about what is missing. Missing
+    timm weights are an error when the hub is off (HF_HUB_OFFLINE), else a note. Local LLM sources are read: their
+    layers (relative ones resolved against their depth) and final norms checked."""
+    from huggingface_hub import constants
+
+    from bench.models.backbones import local_weights, missing_weights
+    from bench.models.llm import block_key, check_block, llm_hidden_size
 
     runs = list(runs)
     notes = []
@@ -53,9 +69,17 @@ def check_offline(runs: Iterable[RunConfig], data_root: Path) -> list[str]:
         spec = task_spec(task, size)
         if not data_file(spec, data_root).exists():
             notes.append(f"{data_file(spec, data_root).name} is not in {data_root}/ yet (fetched when the grid runs)")
+    for tag in _vit_weights(runs):
+        if local_weights(tag) is None:
+            if constants.HF_HUB_OFFLINE:
+                raise BenchError(missing_weights(tag, "the hub is off (HF_HUB_OFFLINE)"))
+            notes.append(f"timm weights {tag} are fetched from the hub when the grid runs")
     for source, revision in sorted({(c.booster.source, c.booster.revision) for c in runs if c.booster.source}, key=str):
         if _is_hub_id(source):
             notes.append(f"hub model {source} is checked and fetched when the grid runs")
         else:
             llm_hidden_size(source, revision)
+    for b in sorted({block_key(c.booster) for c in runs if c.booster.variant == "rllm"}, key=str):
+        if not _is_hub_id(b.source):
+            check_block(b)
     return notes

@@ -1,15 +1,21 @@
-"""Safetensors checkpoints read tensor by tensor: which shard holds what, only the wanted tensors, hashes, sizes.
+"""Checkpoints read tensor by tensor: which shard holds what, only the wanted tensors, hashes, sizes.
 
 Reading from the index and the headers, then only the wanted tensors from only the shards that hold them,
 keeps the extra memory of loading one layer at about that layer's bytes, never the whole model's, so layer 31
-of LLaMA-7B loads on a laptop. Only safetensors are read (no pytorch_model.bin).
+of LLaMA-7B loads on a laptop. Safetensors (sharded or one file) are preferred; PyTorch `.bin` checkpoints (as
+huggyllama/llama-7b ships LLaMA-1) are memory-mapped with `torch.load(mmap=True, weights_only=True)`, so only
+the wanted tensors' pages are read, and each one's pages are given back once it is copied.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import importlib
 import json
+import mmap
+import pickle
 import re
 import struct
 from pathlib import Path
@@ -25,6 +31,9 @@ if TYPE_CHECKING:
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+BIN_FILE = "pytorch_model.bin"
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
+FORMATS = ((INDEX_FILE, SINGLE_FILE), (BIN_INDEX_FILE, BIN_FILE))  # (index, single file), safetensors first
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0")
 # A legacy (TF-era) checkpoint names LayerNorm parameters gamma/beta; transformers renames them on load too.
 LEGACY_RENAMES = ((".LayerNorm.weight", ".LayerNorm.gamma"), (".LayerNorm.bias", ".LayerNorm.beta"))  # new, old
@@ -40,26 +49,28 @@ def read_header(path: Path) -> dict:
 
 
 class Checkpoint:
-    """Which file holds which tensor, from the index (sharded) or the single file's header."""
+    """Which file holds which tensor: from the index (sharded), the single safetensors file's header, or the single
+    pytorch_model.bin's (mapped) keys; safetensors when a model has both."""
 
     def __init__(self, src: Source):
         self.src = src
-        index = src.path(INDEX_FILE)
-        if index is not None:
-            data = json.loads(index.read_text())
-            self.weight_map: dict[str, str] = dict(data["weight_map"])
-            self.total_size = (data.get("metadata") or {}).get("total_size")
+        for index_name, single_name in FORMATS:
+            index = src.path(index_name)
+            if index is not None:
+                data = json.loads(index.read_text())
+                self.weight_map: dict[str, str] = dict(data["weight_map"])
+                self.total_size = (data.get("metadata") or {}).get("total_size")
+                break
+            single = src.path(single_name)
+            if single is not None:
+                self.weight_map = dict.fromkeys((name for name, *_ in tensor_entries(single)), single_name)
+                self.total_size = None
+                break
         else:
-            single = src.path(SINGLE_FILE)
-            if single is None:
-                bins = src.root is not None and any(src.root.glob("pytorch_model*.bin"))
-                raise BenchError(
-                    f"booster.source={src.label} has no model.safetensors(.index.json)"
-                    + (" (only pytorch_model*.bin, which is not read)" if bins else "")
-                    + "; give a safetensors checkpoint (re-save with save_pretrained or download *.safetensors)"
-                )
-            self.weight_map = dict.fromkeys(read_header(single), SINGLE_FILE)
-            self.total_size = None
+            raise BenchError(
+                f"booster.source={src.label} has no model.safetensors(.index.json) or pytorch_model.bin(.index.json); "
+                "give a transformers checkpoint (save_pretrained, or download its *.safetensors or *.bin files)"
+            )
         self.files = sorted(set(self.weight_map.values()))
 
     def prefix(self, family: Family) -> str:
@@ -83,47 +94,71 @@ def sha256(path: Path, _cache: dict = {}) -> str:  # noqa: B006 - a deliberate p
     return _cache[key]
 
 
+def load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch checkpoint's tensors, memory-mapped: nothing is read until a tensor is, and no code runs."""
+    try:
+        sd = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except (RuntimeError, pickle.UnpicklingError, OSError, EOFError) as e:
+        raise BenchError(
+            f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+            "re-save the model with save_pretrained (safetensors) or re-download the file"
+        ) from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise BenchError(f"{path} is not a state dict of tensors; re-save the model with save_pretrained")
+    return sd
+
+
+def tensor_entries(path: Path):
+    """(name, is_float, numel, itemsize) of every tensor in a .safetensors file (its header) or a .bin (mapped)."""
+    if path.suffix == ".bin":
+        for name, t in load_bin(path).items():
+            yield name, t.is_floating_point(), t.numel(), t.element_size()
+        return
+    sizes = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+    for name, v in read_header(path).items():
+        yield name, v["dtype"] in FLOAT_DTYPES, _numel(v["shape"]), sizes.get(v["dtype"], 1)
+
+
 def count_params(src: Source, ckpt: Checkpoint | None, family: Family) -> int | None:
-    """Float tensors of the whole model (minus stored buffers), from safetensors headers only; None if unreachable."""
+    """Float tensors of the whole model (minus stored buffers), from file headers only; None if unreachable."""
     skip = re.compile(family.buffer_keys) if family.buffer_keys else None
 
-    def count(tensors) -> int:  # tensors: iterable of (name, dtype, shape)
-        n = 0
-        for name, dtype, shape in tensors:
-            if dtype in FLOAT_DTYPES and not (skip and skip.search(name)):
-                k = 1
-                for s in shape:
-                    k *= s
-                n += k
-        return n
+    def count(entries) -> int:  # entries: iterable of (name, is_float, numel, ...)
+        return sum(numel for name, is_float, numel, *_ in entries if is_float and not (skip and skip.search(name)))
 
-    files = ckpt.files if ckpt is not None else None
     if src.root is not None:
-        if files is None:
-            index = src.path(INDEX_FILE)
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index else [SINGLE_FILE]
+        try:
+            ckpt = ckpt or Checkpoint(src)
+        except BenchError:  # a config-only folder (init=random)
+            return None
         total = 0
-        for f in files:
+        for f in ckpt.files:
             p = src.path(f)
             if p is None:
                 return None
-            total += count((k, v["dtype"], v["shape"]) for k, v in read_header(p).items())
+            total += count(tensor_entries(p))
         return total
-    try:  # hub: header range-reads of every shard, without downloading them
+    try:  # hub: header range-reads of every safetensors shard, without downloading them
         from huggingface_hub import get_safetensors_metadata
 
         meta = get_safetensors_metadata(src.repo_id, revision=src.commit)
         return count(
-            (k, t.dtype, t.shape) for fm in meta.files_metadata.values() for k, t in fm.tensors.items()
+            (k, t.dtype in FLOAT_DTYPES, _numel(t.shape)) for fm in meta.files_metadata.values()
+            for k, t in fm.tensors.items()
         )
-    except Exception:  # noqa: BLE001 - offline with a partial cache: estimate from the index, else unknown
+    except Exception:  # noqa: BLE001 - offline, a partial cache or .bin only: estimate from the index, else unknown
         if ckpt is not None and ckpt.total_size:  # the dtype of the shards already here (no more downloads)
-            sizes = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-            dtypes = [v["dtype"] for f, p in src.fetched.items() if f.endswith(".safetensors")
-                      for v in read_header(p).values()]
-            itemsize = sizes.get(max(set(dtypes), key=dtypes.count) if dtypes else "", 0)
+            itemsizes = [e[3] for f, p in src.fetched.items() if f in ckpt.files for e in tensor_entries(p) if e[1]]
+            itemsize = max(set(itemsizes), key=itemsizes.count) if itemsizes else 0
             return int(ckpt.total_size) // itemsize if itemsize else None
         return None
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _safe_open(path: Path):
@@ -133,6 +168,53 @@ def _safe_open(path: Path):
         return safe_open(str(path), framework="pt", device="cpu", backend="pread")
     except TypeError:  # safetensors < 0.8
         return safe_open(str(path), framework="pt", device="cpu")
+
+
+def _madvise():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc.madvise, mmap.MADV_DONTNEED
+    except (OSError, AttributeError):  # no libc madvise (Windows): mapped pages stay until the shard is closed
+        return None
+
+
+_MADVISE = _madvise()
+
+
+def _give_back(mapped: torch.Tensor) -> None:
+    """Drop the resident pages of a memory-mapped tensor already copied. They are clean pages of a private file
+    mapping (re-read from the file if touched again), so a shard's mapping never holds more than about one tensor:
+    loading a layer costs its bytes plus its largest tensor's, not twice its bytes."""
+    if _MADVISE is None:
+        return
+    madvise, dontneed = _MADVISE
+    storage = mapped.untyped_storage()
+    page = mmap.PAGESIZE
+    start = -(-storage.data_ptr() // page) * page  # whole pages inside this tensor's bytes only
+    end = (storage.data_ptr() + storage.nbytes()) // page * page
+    if end > start:
+        madvise(start, end - start, dontneed)
+
+
+@contextlib.contextmanager
+def _shard_reader(path: Path):
+    """`read(name, dtype)`: one tensor of the shard as `dtype`, in memory of its own."""
+    if path.suffix != ".bin":
+        with _safe_open(path) as f:
+            yield lambda name, dtype: f.get_tensor(name).to(dtype)
+        return
+    mapped = load_bin(path)
+
+    def read(name: str, dtype: torch.dtype) -> torch.Tensor:
+        t = mapped[name].to(dtype, copy=True)  # a copy: the mapping goes away with the shard
+        _give_back(mapped[name])
+        return t
+
+    try:
+        yield read
+    finally:
+        mapped.clear()
 
 
 def _ckpt_key(local: str, prefix: str, family: Family, indices: list[int], weight_map: dict) -> str:
@@ -184,14 +266,13 @@ def read_block_tensors(src: Source, ckpt: Checkpoint, family: Family, indices: l
         if path is None:
             raise BenchError(f"missing weights: booster.source={src.label} lists {fname} in its index but lacks it")
         hashes.append(sha256(path))
-        with _safe_open(path) as f:
+        with _shard_reader(path) as read:
             for local in by_file[fname]:
-                t = f.get_tensor(wanted[local])
+                t = read(wanted[local], dtype)
                 if tuple(t.shape) != tuple(shapes[local]):
                     raise BenchError(
                         f"missing weights: {wanted[local]} in {src.label} has shape {tuple(t.shape)} but its "
                         f"config.json builds {tuple(shapes[local])}; the checkpoint and config disagree"
                     )
-                sd[local] = t.to(dtype)
-                del t
+                sd[local] = t
     return sd, ",".join(hashes)

@@ -52,8 +52,8 @@ def _hub_errors():
 def _download_hint(repo_id: str) -> str:
     return (
         f"download it where the hub is reachable (`hf download {repo_id} --include config.json "
-        f"'model*.safetensors*' --local-dir DIR`, or `huggingface-cli download ...` with an older "
-        f"huggingface_hub), copy DIR here and set booster.source=DIR"
+        f"'model*.safetensors*' --local-dir DIR`, or 'pytorch_model*.bin*' where the repo has no safetensors; "
+        f"`huggingface-cli download ...` with an older huggingface_hub), copy DIR here and set booster.source=DIR"
     )
 
 
@@ -61,8 +61,9 @@ class Source:
     """`minilm-l6`, a local directory, or a hub id pinned to one commit; `path(name)` gives a local file.
 
     A directory holds config.json + model.safetensors, or model-0000x-of-0000y.safetensors shards +
-    model.safetensors.index.json (what `save_pretrained` / `hf download` write). From a hub id only the files
-    asked for are downloaded (`hf_hub_download`, honouring `revision`); `label` pins the commit sha.
+    model.safetensors.index.json (what `save_pretrained` / `hf download` write), or the same as PyTorch files
+    (pytorch_model.bin, or pytorch_model-0000x-of-0000y.bin + pytorch_model.bin.index.json, as LLaMA-1's
+    huggyllama/llama-7b ships). From a hub id only the files asked for are downloaded (`hf_hub_download`, honouring `revision`); `label` pins the commit sha.
     """
 
     def __init__(self, source: str, revision: str | None):
@@ -88,7 +89,7 @@ class Source:
         if p.exists() or looks_like_path or not source:
             what = "is a file, not a directory" if p.exists() else "does not exist"
             raise BenchError(
-                f"booster.source={source} {what}; give a directory with config.json + *.safetensors, "
+                f"booster.source={source} {what}; give a directory with config.json + *.safetensors (or *.bin), "
                 "a hub id (org/name) or minilm-l6"
             )
         self.repo_id = source
