@@ -68,13 +68,14 @@ def mix_params(mixup: float, cutmix: float, switch: float, generator: torch.Gene
 
 
 def cutmix_box(lam: torch.Tensor, height: int, width: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """timm's rand_bbox: a box of side int(side * sqrt(1 - lam)) centred uniformly, clipped to the image."""
+    """timm's rand_bbox: a box of side int(side * sqrt(1 - lam)) around a uniform centre (side // 2 before it, the
+    rest from it), clipped to the image."""
     ratio = torch.sqrt(1 - lam)
     cut_h, cut_w = (height * ratio).floor(), (width * ratio).floor()
     centre = uniform((2,), generator, lam.device)
     cy, cx = (centre[0] * height).floor(), (centre[1] * width).floor()
-    top, bottom = (cy - (cut_h / 2).floor()).clamp(0, height), (cy + (cut_h / 2).floor()).clamp(0, height)
-    left, right = (cx - (cut_w / 2).floor()).clamp(0, width), (cx + (cut_w / 2).floor()).clamp(0, width)
+    top, bottom = (cy - (cut_h / 2).floor()).clamp(0, height), (cy + (cut_h / 2).ceil()).clamp(0, height)
+    left, right = (cx - (cut_w / 2).floor()).clamp(0, width), (cx + (cut_w / 2).ceil()).clamp(0, width)
     return top, left, bottom - top, right - left
 
 
