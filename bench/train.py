@@ -162,7 +162,8 @@ def build_engine(cfg: RunConfig, spec: TaskSpec, device: torch.device) -> tuple[
     optimizer = make_optimizer(model, cfg, device)
     pipeline = Pipeline(cfg, spec, *model_io(model, spec))
     # soft targets (mixup / cutmix) carry the label smoothing already, as with timm's Mixup + SoftTargetCrossEntropy
-    criterion = SoftTargetCrossEntropy() if pipeline.soft_targets else loss_fn(spec.task_type, cfg.train.label_smoothing)
+    smoothing = cfg.train.label_smoothing
+    criterion = SoftTargetCrossEntropy() if pipeline.soft_targets else loss_fn(spec.task_type, smoothing)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     return Engine(model, forward, optimizer, criterion, autocast, pipeline), llm_info
 
@@ -277,7 +278,8 @@ def fit(
     y_score = y_true = None
     if splits.test is not None:
         y_true = splits.test.labels.numpy()
-        y_score = scores_from_logits(spec.task_type, predict(forward, pipeline, splits.test.images.to(device), t.eval_batch_size, autocast))
+        test_logits = predict(forward, pipeline, splits.test.images.to(device), t.eval_batch_size, autocast)
+        y_score = scores_from_logits(spec.task_type, test_logits)
         metrics["test_acc"], metrics["test_auc"] = evaluate(spec.task_type, y_true, y_score)
     return RunResult(metrics, history, y_score, y_true)
 

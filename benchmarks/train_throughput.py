@@ -216,7 +216,7 @@ def step_pairs(cfg: RunConfig, splits, spec, device, data_root: Path, warm: int,
             j = i % per_epoch
             sync(device)
             t0 = time.perf_counter()
-            engine.step(x, y, perm[j * batch : (j + 1) * batch], learning_rate(t, i, per_epoch), t.aug, aug_gen)
+            engine.step(x, y, perm[j * batch : (j + 1) * batch], learning_rate(t, i, per_epoch), aug_gen)
             sync(device)
             return batch / (time.perf_counter() - t0)
 

@@ -17,8 +17,7 @@ from scipy import stats
 
 from bench.config import RunConfig, override, resolve
 from bench.data import load_splits, task_spec, write_fixture
-from bench.data.augment import Pipeline, prepare_batch
-from bench.data.augment import geometry, mixing
+from bench.data.augment import Pipeline, geometry, mixing, prepare_batch
 from bench.data.augment import randaugment as ra
 
 PAPER = {"vit.paper_mode": True, "data.mean": "0.485,0.456,0.406", "data.std": "0.229,0.224,0.225", "data.rgb": True,
@@ -165,7 +164,7 @@ def test_randaugment_op_is_timms_on_one_image(name):
     img, fill = _rgb_image(), (124, 116, 104)
     op = torch.tensor([ra.OP[name]] * 2)
     args = ra.op_arg(op, torch.tensor([9.0, 6.3]), torch.tensor([False, True]))
-    ours = ra.apply_layer(_tensor(img).expand(2, -1, -1, -1).clone(), op, args, torch.tensor(fill).float(), "bicubic")
+    ours = ra.apply_layer(_tensor(img).expand(2, -1, -1, -1).clone(), op, args, fill, "bicubic")
     for k, arg in enumerate(args.tolist()):
         level_args = () if name in ("AutoContrast", "Equalize", "Invert") else (int(arg) if name in (
             "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd") else arg,)
@@ -214,7 +213,8 @@ def test_random_erasing_boxes_follow_timm():
     ref = np.array(ref, dtype=float)
     ours = np.stack([t.numpy() for t in mixing.erase_boxes(n, side, side, 0.25, _gen(4), torch.device("cpu"))], 1)
     hit_ref, hit_ours = ref[:, 2] > 0, ours[:, 2] > 0
-    assert stats.chi2_contingency([[hit_ref.sum(), n - hit_ref.sum()], [hit_ours.sum(), n - hit_ours.sum()]]).pvalue > P_MIN
+    rates = [[hit_ref.sum(), n - hit_ref.sum()], [hit_ours.sum(), n - hit_ours.sum()]]
+    assert stats.chi2_contingency(rates).pvalue > P_MIN
     for k, what in enumerate(("top", "left", "height", "width")):
         assert stats.ks_2samp(ref[hit_ref, k], ours[hit_ours, k]).pvalue > P_MIN, what
 
@@ -245,7 +245,7 @@ def test_mixup_cutmix_draws_follow_timm():
                                    [ours[:, 1].sum(), n - ours[:, 1].sum()]]).pvalue > P_MIN
     for cut in (0, 1):
         assert stats.ks_2samp(ref[ref[:, 1] == cut, 0], ours[ours[:, 1] == cut, 0]).pvalue > P_MIN
-    ref_boxes = np.array([(*(b for b in cutmix_bbox_and_lam((8, 3, 224, 224), 0.6)[0]),) for _ in range(n)], dtype=float)
+    ref_boxes = np.array([cutmix_bbox_and_lam((8, 3, 224, 224), 0.6)[0] for _ in range(n)], dtype=float)
     lam = torch.tensor(0.6)
     our_boxes = np.array([[t.item() for t in mixing.cutmix_box(lam, 224, 224, g)] for _ in range(n)])
     ref_boxes[:, 1] -= ref_boxes[:, 0]  # timm: (top, bottom, left, right); ours: (top, left, h, w)

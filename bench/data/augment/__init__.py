@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from bench.data.augment.geometry import resize_centre_crop, resized_crop, rrc_params
 from bench.data.augment.core import check_images, flip_shift, normalise, per_sample, prepare_batch, uniform
+from bench.data.augment.geometry import resize_centre_crop, resized_crop, rrc_params
 from bench.data.augment.mixing import cutmix_box, erase, erase_boxes, mix, mix_params, soft_targets
 from bench.data.augment.randaugment import apply_layer, draw
 from bench.data.info import TaskSpec
@@ -51,7 +51,7 @@ class Pipeline:
                                           or t.interpolation != "bilinear")
         self.soft_targets = t.mixup > 0 or t.cutmix > 0
         means = d.mean * channels if len(d.mean) == 1 else d.mean
-        self.fill = torch.tensor([min(255, round(255 * m)) for m in means], dtype=torch.float32)  # timm's img_mean
+        self.fill = tuple(float(min(255, round(255 * m))) for m in means)  # timm's img_mean: RandAugment's fill
 
     def train(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,9 +106,8 @@ class Pipeline:
             x = self._hflip(x, generator)
         if t.randaug_ops:
             ops, args = draw(t.randaug_ops, n, t.randaug_magnitude, t.randaug_std, generator, device)
-            fill = self.fill.to(device)
             for op, arg in zip(ops, args):
-                x = apply_layer(x, op, arg, fill, t.interpolation)
+                x = apply_layer(x, op, arg, self.fill, t.interpolation)
         return x
 
     def _hflip(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

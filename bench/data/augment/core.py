@@ -6,6 +6,8 @@ Every stored run before the paper's pipeline trained with `prepare_batch`; the p
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -32,6 +34,12 @@ def per_sample(x: torch.Tensor, mask: torch.Tensor, fn, *params: torch.Tensor) -
     return x.index_copy_(0, index, fn(x[index], *(p[index] for p in params)))
 
 
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A small float32 tensor made once per device: later steps copy nothing from the host (which would sync)."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
 def check_images(images: torch.Tensor) -> None:
     if images.dtype != torch.uint8 or images.ndim not in (4, 5):
         raise TypeError(f"expected uint8 (N, C, H, W) or (N, C, D, H, W) images, got {images.dtype} {tuple(images.shape)}")
@@ -43,7 +51,7 @@ def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     if len(mean) == 1 and len(std) == 1:  # Python scalars: exactly the ops every stored run used
         return x.sub_(mean[0]).div_(std[0])
     view = (1, -1) + (1,) * (images.ndim - 2)
-    return x.sub_(torch.tensor(mean, device=x.device).view(view)).div_(torch.tensor(std, device=x.device).view(view))
+    return x.sub_(constant(mean, x.device).view(view)).div_(constant(std, x.device).view(view))
 
 
 def flip_shift(x: torch.Tensor, aug: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bench.data.augment.core import uniform
+from bench.data.augment.core import constant, uniform
 
 
 def _triangle(x: torch.Tensor) -> torch.Tensor:
@@ -110,16 +110,17 @@ def resize_centre_crop(x: torch.Tensor, resize_to: int, size: int, mode: str) ->
     return resize_windows(x, rows[:, offset:offset + size], cols[:, offset:offset + size])
 
 
-def affine(x: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, mode: str) -> torch.Tensor:
+def affine(x: torch.Tensor, matrix: torch.Tensor, fill: tuple[float, ...], mode: str) -> torch.Tensor:
     """PIL's Image.transform(AFFINE): output pixel centre (x + .5, y + .5) samples the input at `matrix` (N, 2, 3)
-    applied to it; sources outside the image take `fill` (C,), neighbours beyond the edge repeat it. The
-    interpolation is torch's grid_sample (bicubic a=-0.75 where PIL's is a=-0.5: up to a few grey levels at edges)."""
+    applied to it; sources outside the image take `fill` (one value per channel), neighbours beyond the edge repeat
+    it. The interpolation is torch's grid_sample (bicubic a=-0.75 where PIL's is a=-0.5: up to a few grey levels at
+    edges)."""
     n, _, height, width = x.shape
     ys, xs = torch.meshgrid(torch.arange(height, device=x.device, dtype=torch.float32) + 0.5,
                             torch.arange(width, device=x.device, dtype=torch.float32) + 0.5, indexing="ij")
     centres = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)
     source = (centres @ matrix.transpose(1, 2)).view(n, height, width, 2)
     inside = ((source[..., 0] >= 0) & (source[..., 0] < width) & (source[..., 1] >= 0) & (source[..., 1] < height))
-    grid = source / torch.tensor([width / 2, height / 2], device=x.device) - 1
+    grid = source / constant((width / 2, height / 2), x.device) - 1
     out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-    return to_pixels(torch.where(inside[:, None], out, fill.view(1, -1, 1, 1)))
+    return to_pixels(torch.where(inside[:, None], out, constant(fill, x.device).view(1, -1, 1, 1)))

@@ -61,7 +61,7 @@ def mix_params(mixup: float, cutmix: float, switch: float, generator: torch.Gene
     if mixup > 0 and cutmix > 0:
         use_cutmix = uniform((), generator, device) < switch
     else:
-        use_cutmix = torch.tensor(cutmix > 0, device=device)
+        use_cutmix = torch.full((), cutmix > 0, device=device)
     alpha = torch.where(use_cutmix, cutmix, mixup).to(generator.device).expand(2).contiguous()
     g = torch._standard_gamma(alpha, generator=generator).to(device)  # Beta(a, a) = G1 / (G1 + G2)
     return g[0] / g.sum(), use_cutmix

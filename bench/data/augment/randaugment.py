@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from bench.data.augment.geometry import affine
 from bench.data.augment.core import per_sample, uniform
+from bench.data.augment.geometry import affine
 
 OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
        "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
@@ -61,7 +61,8 @@ def op_arg(op: torch.Tensor, level: torch.Tensor, negate: torch.Tensor) -> torch
     return out
 
 
-def apply_layer(x: torch.Tensor, op: torch.Tensor, arg: torch.Tensor, fill: torch.Tensor, mode: str) -> torch.Tensor:
+def apply_layer(x: torch.Tensor, op: torch.Tensor, arg: torch.Tensor, fill: tuple[float, ...], mode: str
+                ) -> torch.Tensor:
     """One RandAugment layer: sample i gets OPS[op[i]] at arg[i] (op -1: unchanged). x: (N, C, H, W) uint8 values."""
     geometric = sum(op == OP[name] for name in GEOMETRIC).bool()
     warp = lambda xs, o, a: affine(xs, warp_matrix(o, a, xs.shape[-2], xs.shape[-1]), fill, mode)  # noqa: E731
