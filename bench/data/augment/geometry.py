@@ -115,12 +115,12 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, fill: tuple[float, ...], mode:
     applied to it; sources outside the image take `fill` (one value per channel), neighbours beyond the edge repeat
     it. The interpolation is torch's grid_sample (bicubic a=-0.75 where PIL's is a=-0.5: up to a few grey levels at
     edges)."""
-    n, _, height, width = x.shape
-    ys, xs = torch.meshgrid(torch.arange(height, device=x.device, dtype=torch.float32) + 0.5,
-                            torch.arange(width, device=x.device, dtype=torch.float32) + 0.5, indexing="ij")
-    centres = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)
-    source = (centres @ matrix.transpose(1, 2)).view(n, height, width, 2)
-    inside = ((source[..., 0] >= 0) & (source[..., 0] < width) & (source[..., 1] >= 0) & (source[..., 1] < height))
-    grid = source / constant((width / 2, height / 2), x.device) - 1
+    n, c, height, width = x.shape
+    to_unit = constant((2 / width, 0, -1, 0, 2 / height, -1), x.device).view(2, 3)  # pixel -> grid_sample coords
+    to_pixel = constant((width / 2, 0, width / 2, 0, height / 2, height / 2, 0, 0, 1), x.device).view(3, 3)
+    last_row = to_pixel[2:].expand(n, 1, 3)
+    theta = to_unit @ torch.cat([matrix, last_row], 1) @ to_pixel
+    grid = F.affine_grid(theta, [n, c, height, width], align_corners=False)
+    inside = ((grid >= -1) & (grid < 1)).all(-1, keepdim=True).view(n, 1, height, width)
     out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-    return to_pixels(torch.where(inside[:, None], out, constant(fill, x.device).view(1, -1, 1, 1)))
+    return to_pixels(torch.where(inside, out, constant(fill, x.device).view(1, -1, 1, 1)))
