@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from bench.data.augment.core import check_images, flip_shift, normalise, per_sample, prepare_batch, uniform
+from bench.data.augment.core import (check_images, constant, flip_shift, normalise, per_sample, prepare_batch,
+                                     uniform)
 from bench.data.augment.geometry import resize_centre_crop, resized_crop, rrc_params
 from bench.data.augment.mixing import cutmix_box, erase, erase_boxes, mix, mix_params, soft_targets
 from bench.data.augment.randaugment import apply_layer, draw
@@ -58,7 +59,7 @@ class Pipeline:
         t, device = self.t, images.device
         x = flip_shift(self._channels(images), t.aug, generator)
         if self.pixels:
-            x = self._normalise(self._augment_pixels(x.float(), generator))
+            x = self._normalise_pixels(self._augment_pixels(x.float(), generator))
         else:
             x = self._resize_normalised(self._normalise(x))
         if t.hflip > 0 and not self.pixels:
@@ -78,7 +79,7 @@ class Pipeline:
         side = int(self.size / self.t.eval_crop)  # DeiT: int(input_size / eval_crop_pct)
         if (side, self.size) != (x.shape[-1], x.shape[-1]):
             x = resize_centre_crop(x.float(), side, self.size, self.t.interpolation)
-        return self._normalise(x)
+        return self._normalise_pixels(x)
 
     def _channels(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
@@ -86,6 +87,15 @@ class Pipeline:
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return normalise(x, self.mean, self.std)
+
+    def _normalise_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """ToTensor + Normalize of float pixel values in one pass: x * (1 / (255 std)) - mean / std."""
+        channels = x.shape[1]
+        mean = self.mean * channels if len(self.mean) == 1 else self.mean
+        std = self.std * channels if len(self.std) == 1 else self.std
+        scale = constant(tuple(1 / (255 * s) for s in std), x.device).view(1, -1, 1, 1)
+        shift = constant(tuple(-m / s for m, s in zip(mean, std)), x.device).view(1, -1, 1, 1)
+        return torch.addcmul(shift, x, scale)
 
     def _resize_normalised(self, x: torch.Tensor) -> torch.Tensor:
         """The model's former upsampling (paper mode): torch's interpolation of the normalised image."""
@@ -100,10 +110,9 @@ class Pipeline:
             box = rrc_params(n, height, width, t.rrc_scale, t.rrc_ratio, generator, device)
         else:
             box = (x.new_zeros(n), x.new_zeros(n), x.new_full((n,), float(height)), x.new_full((n,), float(width)))
-        if t.rrc_scale or (height, width) != (self.size, self.size):
-            x = resized_crop(x, *box, self.size, t.interpolation)
-        if t.hflip > 0:
-            x = self._hflip(x, generator)
+        flip = uniform(n, generator, device) < t.hflip if t.hflip > 0 else None
+        if t.rrc_scale or (height, width) != (self.size, self.size) or flip is not None:
+            x = resized_crop(x, *box, self.size, t.interpolation, flip)
         if t.randaug_ops:
             ops, args = draw(t.randaug_ops, n, t.randaug_magnitude, t.randaug_std, generator, device)
             for op, arg in zip(ops, args):
@@ -112,4 +121,4 @@ class Pipeline:
 
     def _hflip(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         flipped = uniform(len(x), generator, x.device) < self.t.hflip
-        return per_sample(x, flipped, lambda xs: xs.flip(-1))
+        return per_sample(x, flipped, lambda xs: xs.flip(-1))  # (the pixel path flips inside its resize, for free)

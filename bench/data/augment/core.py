@@ -22,11 +22,14 @@ def randint(low: int, high: int, n: int, generator: torch.Generator | None, devi
     return torch.randint(low, high, (n,), generator=generator, device=on).to(device)
 
 
+MASKED = ("cuda",)  # device types where per_sample computes every sample and masks: selecting would sync
+
+
 def per_sample(x: torch.Tensor, mask: torch.Tensor, fn, *params: torch.Tensor) -> torch.Tensor:
     """x with fn(x[i], *params[i]) where mask[i] (written into x when not on CUDA). On CUDA fn runs on the whole batch
     and a `where` keeps the masked samples (selecting them would wait for the device); elsewhere only the masked
     samples are computed. fn must treat samples independently, which makes the two the same."""
-    if x.device.type == "cuda":
+    if x.device.type in MASKED:
         return torch.where(mask.view(-1, *([1] * (x.ndim - 1))), fn(x, *params), x)
     index = mask.nonzero()[:, 0]
     if not len(index):

@@ -93,10 +93,14 @@ def _centre_fallback(height: int, width: int, ratio: tuple[float, float]) -> tup
     return height, width
 
 
-def resized_crop(x: torch.Tensor, top, left, h, w, size: int, mode: str) -> torch.Tensor:
-    """Each sample's crop (top, left, h, w) resized to size x size (torchvision's resized_crop on PIL images)."""
+def resized_crop(x: torch.Tensor, top, left, h, w, size: int, mode: str, flip: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Each sample's crop (top, left, h, w) resized to size x size (torchvision's resized_crop on PIL images), then
+    mirrored where `flip`: reversing a sample's output columns of weights mirrors its output for free."""
     rows = resample_weights(x.shape[-2], size, top, h, mode)
     cols = resample_weights(x.shape[-1], size, left, w, mode)
+    if flip is not None:
+        cols = torch.where(flip.view(-1, 1, 1), cols.flip(1), cols)
     return resize_windows(x, rows, cols)
 
 

@@ -88,7 +88,8 @@ def mix(x: torch.Tensor, lam: torch.Tensor, use_cutmix: torch.Tensor, box: tuple
     top, left, h, w = (t.reshape(1) for t in box)
     outside = (~box_mask(top, left, h, w, height, width)).float()
     weight = torch.where(use_cutmix, outside, lam)  # (1, 1, H, W)
-    mixed = x * weight + x.flip(0) * (1.0 - weight)
+    reverse = torch.arange(len(x) - 1, -1, -1, device=x.device)  # x.flip(0), as a (much faster) block copy
+    mixed = torch.lerp(x.index_select(0, reverse), x, weight)  # one pass; equal to timm's to float rounding
     return mixed, torch.where(use_cutmix, 1 - (h * w)[0] / (height * width), lam)
 
 
