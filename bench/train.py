@@ -16,9 +16,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+from timm.loss import SoftTargetCrossEntropy
 
 from bench.config import RunConfig, TrainConfig, resolve
-from bench.data import Splits, TaskSpec, prepare_batch
+from bench.data import Splits, TaskSpec
+from bench.data.augment import Pipeline
 from bench.errors import BenchError
 from bench.metrics import evaluate, loss_fn, scores_from_logits
 from bench.models.build import RLLMViT, build_model
@@ -120,13 +122,15 @@ class Engine:
     model: RLLMViT
     forward: Callable  # the model, or its torch.compile wrapper (train.compile)
     optimizer: torch.optim.Optimizer
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # on the pipeline's targets
     autocast: object  # bf16 autocast on CUDA (fp32 master weights), a null context elsewhere
+    pipeline: Pipeline  # uint8 batches -> model inputs (and targets), on the device
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, lr: float, aug: float,
+    def step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, lr: float,
              generator: torch.Generator | None, chunk: int | None = None) -> torch.Tensor:
         """One optimizer step on the batch `x[idx]`, `y[idx]` (uint8 images and labels already on the device),
-        augmented on the device by `prepare_batch`, in micro-batches of `chunk` with gradient accumulation.
+        augmented on the device by the pipeline (outside autocast: its resampling stays fp32), in micro-batches of
+        `chunk` with gradient accumulation (mixup / cutmix then mix within each micro-batch).
 
         Returns the batch's mean loss as a detached device tensor: nothing here waits for the device (no
         `.item()`, no host copies), so the host queues the next step while the device runs this one.
@@ -139,8 +143,9 @@ class Engine:
         total = None
         for j in range(0, batch, chunk):
             sub = idx[j : j + chunk]
+            inputs, targets = self.pipeline.train(x[sub], y[sub], generator)
             with self.autocast:
-                loss = self.criterion(self.forward(prepare_batch(x[sub], True, aug, generator)), y[sub])
+                loss = self.criterion(self.forward(inputs), targets)
             (loss * (len(sub) / batch)).backward()
             part = loss.detach() * (len(sub) / batch)
             total = part if total is None else total + part
@@ -149,24 +154,37 @@ class Engine:
 
 
 def build_engine(cfg: RunConfig, spec: TaskSpec, device: torch.device) -> tuple[Engine, dict]:
-    """The model (on `device`, compiled if train.compile), its optimizer, loss and autocast for a resolved config;
-    also the LLM provenance `build_model` returns."""
+    """The model (on `device`, compiled if train.compile), its optimizer, loss, autocast and input pipeline for a
+    resolved config; also the LLM provenance `build_model` returns."""
     model, llm_info = build_model(cfg, spec)
     model.to(device)
     forward = torch.compile(model) if cfg.train.compile else model
     optimizer = make_optimizer(model, cfg, device)
-    criterion = loss_fn(spec.task_type, cfg.train.label_smoothing)
+    pipeline = Pipeline(cfg, spec, *model_io(model, spec))
+    # soft targets (mixup / cutmix) carry the label smoothing already, as with timm's Mixup + SoftTargetCrossEntropy
+    smoothing = cfg.train.label_smoothing
+    criterion = SoftTargetCrossEntropy() if pipeline.soft_targets else loss_fn(spec.task_type, smoothing)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    return Engine(model, forward, optimizer, criterion, autocast), llm_info
+    return Engine(model, forward, optimizer, criterion, autocast, pipeline), llm_info
+
+
+def model_io(model: RLLMViT, spec: TaskSpec) -> tuple[int, int]:
+    """(input side, number of outputs) of the built model: its patch embedding's image size (224 in paper mode; a
+    volume's side in 3D) and its head's width (1000 with vit.head=pretrained, where soft targets must span every
+    output), read from the model so the pipeline feeds whatever was built."""
+    backbone = model.backbone
+    size = spec.size if spec.is_3d else backbone.patch_embed.img_size[0]
+    return size, getattr(backbone, "num_classes", spec.n_classes)
 
 
 @torch.inference_mode()
-def predict(model, images: torch.Tensor, batch_size: int, autocast) -> torch.Tensor:
+def predict(model, pipeline: Pipeline, images: torch.Tensor, batch_size: int, autocast) -> torch.Tensor:
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
+        inputs = pipeline.eval(images[i : i + batch_size])
         with autocast:
-            out.append(model(prepare_batch(images[i : i + batch_size], False, 0.0, None)).float())
+            out.append(model(inputs).float())
     return torch.cat(out)
 
 
@@ -186,7 +204,7 @@ def fit(
     t = cfg.train
     seed_everything(cfg.seed)
     engine, llm_info = build_engine(cfg, spec, device)
-    model, forward, autocast = engine.model, engine.forward, engine.autocast
+    model, forward, autocast, pipeline = engine.model, engine.forward, engine.autocast, engine.pipeline
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -213,7 +231,7 @@ def fit(
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
             lr = learning_rate(t, step, steps_per_epoch)
-            loss_sum += engine.step(x_train, y_train, perm[i * batch : (i + 1) * batch], lr, t.aug, aug_gen, chunk)
+            loss_sum += engine.step(x_train, y_train, perm[i * batch : (i + 1) * batch], lr, aug_gen, chunk)
             step += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -223,12 +241,12 @@ def fit(
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"train loss is {train_loss} at epoch {epoch}")
 
-        val_score = scores_from_logits(spec.task_type, predict(forward, x_val, t.eval_batch_size, autocast))
+        val_score = scores_from_logits(spec.task_type, predict(forward, pipeline, x_val, t.eval_batch_size, autocast))
         val_acc, val_auc = evaluate(spec.task_type, y_val, val_score)
         record = dict(epoch=epoch, train_loss=train_loss, val_acc=val_acc, val_auc=val_auc, lr=lr, epoch_s=epoch_s)
         if audit is not None:  # the protocol audit: recorded for the report, never used for any choice below
             record["test_acc"], record["test_auc"] = evaluate(spec.task_type, audit[1], scores_from_logits(
-                spec.task_type, predict(forward, audit[0], t.eval_batch_size, autocast)))
+                spec.task_type, predict(forward, pipeline, audit[0], t.eval_batch_size, autocast)))
         history.append(record)
         key = (_finite(val_auc), _finite(val_acc))
         if best is None or key > best[0]:  # best val AUC, ties broken by val ACC, earliest wins
@@ -260,7 +278,8 @@ def fit(
     y_score = y_true = None
     if splits.test is not None:
         y_true = splits.test.labels.numpy()
-        y_score = scores_from_logits(spec.task_type, predict(forward, splits.test.images.to(device), t.eval_batch_size, autocast))
+        test_logits = predict(forward, pipeline, splits.test.images.to(device), t.eval_batch_size, autocast)
+        y_score = scores_from_logits(spec.task_type, test_logits)
         metrics["test_acc"], metrics["test_auc"] = evaluate(spec.task_type, y_true, y_score)
     return RunResult(metrics, history, y_score, y_true)
 

@@ -94,7 +94,7 @@ def analytic_flops(cfg: RunConfig, spec, llm: dict, tokens: int, patch: int) -> 
     return {k: v * mult[k] for k, v in fwd.items()}
 
 
-def counted_flops(engine, x, y, idx, aug, gen) -> int:
+def counted_flops(engine, x, y, idx, gen) -> int:
     """torch.utils.flop_counter over one real (eager) training step, per image. On CPU, attention runs through the
     math backend, whose matmuls the counter sees (it has no formula for the CPU flash kernel)."""
     from contextlib import nullcontext
@@ -105,11 +105,11 @@ def counted_flops(engine, x, y, idx, aug, gen) -> int:
     backend = sdpa_kernel(SDPBackend.MATH) if x.device.type == "cpu" else nullcontext()
     counter = FlopCounterMode(display=False)
     with counter, backend:
-        engine.step(x, y, idx, 0.0, aug, gen)
+        engine.step(x, y, idx, 0.0, gen)
     return counter.get_total_flops() / len(idx)
 
 
-def time_ours(engine, x, y, batch: int, steps: int, warmup: int, aug: float, lr: float, device) -> tuple[float, float]:
+def time_ours(engine, x, y, batch: int, steps: int, warmup: int, lr: float, device) -> tuple[float, float]:
     """(img/s, seconds) of `steps` Engine.step calls after `warmup` ones; one synchronisation, at the end."""
     n = len(x)
     g = torch.Generator().manual_seed(0)
@@ -117,11 +117,11 @@ def time_ours(engine, x, y, batch: int, steps: int, warmup: int, aug: float, lr:
     gen = torch.Generator(device=device).manual_seed(0)
     total = warmup + steps
     for i in range(warmup):
-        engine.step(x, y, idx[i], lr, aug, gen)
+        engine.step(x, y, idx[i], lr, gen)
     sync(device)
     t0 = time.perf_counter()
     for i in range(warmup, total):
-        engine.step(x, y, idx[i], lr, aug, gen)
+        engine.step(x, y, idx[i], lr, gen)
     sync(device)
     s = time.perf_counter() - t0
     return steps * batch / s, s
@@ -132,18 +132,18 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sync_check(engine, x, y, batch: int, aug: float, device) -> str:
+def sync_check(engine, x, y, batch: int, device) -> str:
     """Two steps under torch.cuda.set_sync_debug_mode('error'): any host synchronisation inside a step raises."""
     if device.type != "cuda":
         return "skipped (CPU)"
     idx = torch.randint(0, len(x), (2, batch), generator=torch.Generator().manual_seed(1)).to(device)
     gen = torch.Generator(device=device).manual_seed(1)
-    engine.step(x, y, idx[0], 1e-4, aug, gen)  # once outside, so lazy init (e.g. cuBLAS workspaces) is done
+    engine.step(x, y, idx[0], 1e-4, gen)  # once outside, so lazy init (e.g. cuBLAS workspaces) is done
     sync(device)
     torch.cuda.set_sync_debug_mode("error")
     try:
         for i in range(2):
-            engine.step(x, y, idx[i], 1e-4, aug, gen)
+            engine.step(x, y, idx[i], 1e-4, gen)
         result = "none (2 steps under set_sync_debug_mode('error'))"
     except RuntimeError as e:
         result = f"FOUND: {str(e).splitlines()[0][:200]}"
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
 
     x = splits.train.images.to(device)
     y = splits.train.labels.to(device)
-    aug, lr = cfg.train.aug, cfg.train.lr
+    lr = cfg.train.lr
     report: dict = {"date": dt.datetime.now().astimezone().isoformat(), "device": gpu, "host": machine(),
                     "batch": a.batch_size, "flops_per_image": per_image, "flops": flops, "peak_tflops": a.peak_tflops,
                     "ours": {}, "naive": {}}
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         label = "ours, torch.compile" if compiled else "ours, eager"
         if a.check_flops == "on" and not compiled:
             idx = torch.randint(0, len(x), (a.batch_size,), generator=torch.Generator().manual_seed(2)).to(device)
-            counted = counted_flops(engine, x, y, idx, aug, torch.Generator(device=device).manual_seed(2))
+            counted = counted_flops(engine, x, y, idx, torch.Generator(device=device).manual_seed(2))
             report["counted_flops_per_image"] = counted
             print(f"  flop check: torch.utils.flop_counter counts {counted / 1e9:.3f} GFLOP/image on one step, the "
                   f"formula {per_image / 1e9:.3f} ({(counted / per_image - 1) * 100:+.2f}%)")
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ips, secs = time_ours(engine, x, y, a.batch_size, a.steps, a.warmup, aug, lr, device)
+                ips, secs = time_ours(engine, x, y, a.batch_size, a.steps, a.warmup, lr, device)
         except Exception as e:  # noqa: BLE001 - e.g. torch.compile failing on this machine: report, go on
             print(f"  {label:22s} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
             report["ours"][label] = {"error": f"{type(e).__name__}: {e}"[:1000]}
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         mfu = per_image * ips / (a.peak_tflops * 1e12)
         mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-        sync_result = "not run" if a.no_sync_check or compiled else sync_check(engine, x, y, a.batch_size, aug, device)
+        sync_result = "not run" if a.no_sync_check or compiled else sync_check(engine, x, y, a.batch_size, device)
         print(f"  {label:22s} {ips:9.1f} img/s  {per_image * ips / 1e12:7.1f} TFLOP/s  MFU {mfu * 100:5.1f}%  "
               f"({a.steps} steps in {secs:.2f} s; with warm-up/compile {wall:.0f} s; peak mem {mem:.1f} GiB)"
               + ("" if compiled else f"; host syncs inside the step: {sync_result}"), flush=True)
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
         rope_dir = write_config_dir(Path(tmp.name) / "llama-rope", TINY_LLM)
         rc = override(cfg, {"booster.source": str(rope_dir), "booster.pos_emb": "rope", "train.batch_size": 8})
         engine, _ = build_engine(rc, spec, device)
-        rope = sync_check(engine, x, y, 8, aug, device)
+        rope = sync_check(engine, x, y, 8, device)
         report["sync_rope"] = rope
         print(f"  host syncs inside the step with booster.pos_emb=rope (tiny LLaMA layer): {rope}", flush=True)
         del engine

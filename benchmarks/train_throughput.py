@@ -1,7 +1,8 @@
 """Benchmark 1: training images/s of our step against a naive reference pipeline, on a real MedMNIST file.
 
     ours   bench.train.fit itself: the split resident on the device as uint8, batches indexed from it, flips and
-           shifts batched on the device (`prepare_batch`), `Engine.step` (bf16 autocast and fused AdamW on CUDA).
+           shifts batched on the device (the run's `Pipeline`: `prepare_batch` at the default config), `Engine.step`
+           (bf16 autocast and fused AdamW on CUDA).
     naive  medmnist's dataset class (PIL image per sample) -> per-sample torchvision transforms
            (RandomHorizontalFlip, RandomCrop with edge padding = the same shift as ours, ToTensor, Normalize(.5, .5))
            -> torch DataLoader(shuffle, drop_last, num_workers=W; persistent workers and pinned memory, the naive
@@ -216,7 +217,7 @@ def step_pairs(cfg: RunConfig, splits, spec, device, data_root: Path, warm: int,
             j = i % per_epoch
             sync(device)
             t0 = time.perf_counter()
-            engine.step(x, y, perm[j * batch : (j + 1) * batch], learning_rate(t, i, per_epoch), t.aug, aug_gen)
+            engine.step(x, y, perm[j * batch : (j + 1) * batch], learning_rate(t, i, per_epoch), aug_gen)
             sync(device)
             return batch / (time.perf_counter() - t0)
 
