@@ -279,7 +279,7 @@ def to_html(t: Table) -> str:
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _TEX_UNICODE = {"±": r"$\pm$", "—": "---", "–": "--", "Δ": r"$\Delta$", "·": r"$\cdot$", "−": "-",
-                "×": r"$\times$", "…": r"\ldots{}"}
+                "×": r"$\times$", "…": r"\ldots{}", "≥": r"$\geq$", "≤": r"$\leq$", "α": r"$\alpha$"}
 
 
 def tex_escape(text: str) -> str:
