@@ -54,19 +54,23 @@ class Scorer:
 
     def metrics(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ACC, AUC) per column of `weights` (N image counts x replicates); AUC averages the classes defined in
-        a replicate. Images run along axis 0 so the sorted gathers and cumulative sums move whole rows."""
-        total = weights.sum(0)
+        a replicate. Images run along axis 0 so the sorted gathers and cumulative sums move whole rows; counts
+        are whole numbers, so float32 is exact while every sum stays below 2^24 (N^2 < 2^24), float64 beyond."""
+        dtype = np.float32 if len(self.correct) ** 2 < 2 ** 24 else np.float64
+        weights = weights.astype(dtype, copy=False)
+        total = weights.sum(0, dtype=np.float64)
         acc = self.correct @ weights / total
         aucs = []
         for order, positive, starts in self.columns:
-            pos = weights[order] * positive
-            neg = weights[order] - pos
+            w = weights[order]
+            pos = w * positive.astype(dtype)
+            w -= pos  # the negatives' counts
             if starts is None:  # no tied scores: each positive beats the negatives sorted below it
-                num = (pos * np.cumsum(neg, axis=0)).sum(0)
+                num = np.einsum("ij,ij->j", pos, np.cumsum(w, axis=0), dtype=np.float64)
             else:  # tie groups: negatives strictly below count 1, tied ones 1/2
-                pos, neg = np.add.reduceat(pos, starts, axis=0), np.add.reduceat(neg, starts, axis=0)
-                num = (pos * (np.cumsum(neg, axis=0) - 0.5 * neg)).sum(0)
-            n_pos = pos.sum(0)
+                pos, w = np.add.reduceat(pos, starts, axis=0), np.add.reduceat(w, starts, axis=0)
+                num = np.einsum("ij,ij->j", pos, np.cumsum(w, axis=0) - 0.5 * w, dtype=np.float64)
+            n_pos = pos.sum(0, dtype=np.float64)
             n_neg = total - n_pos
             with np.errstate(invalid="ignore", divide="ignore"):
                 aucs.append(np.where((n_pos > 0) & (n_neg > 0), num / (n_pos * n_neg), np.nan))
@@ -95,7 +99,7 @@ def paired_bootstrap(baselines: list[Scorer], arms: dict[str, list[Scorer]], rng
             part = rows[lo:lo + rows_per_chunk]
             draws = rng.integers(n_img, size=(len(part), n_img)) + n_img * np.arange(len(part))[:, None]
             counts = np.bincount(draws.ravel(), minlength=len(part) * n_img).reshape(len(part), n_img)
-            weights = np.ascontiguousarray(counts.T, dtype=float)
+            weights = np.ascontiguousarray(counts.T, dtype=np.float32 if n_img ** 2 < 2 ** 24 else np.float64)
             base = baselines[s].metrics(weights)
             for arm, scorers in arms.items():
                 for m, v, b in zip(("acc", "auc"), scorers[s].metrics(weights), base):
