@@ -1,4 +1,4 @@
-"""Synthetic run rows for the report tests: real configs and run ids, made-up metrics."""
+"""Synthetic run rows, kept only for tests/test_tune.py's tuned-vs-default report check (the report tests use real stores)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bench.report.stats import METRICS, ROW, first_layer  # noqa: E402
+from bench.report.stats import METRICS, ROW, first_layer, layer_position  # noqa: E402
 from bench.report.tables import NAMES, label_order, row_name  # noqa: E402
 
 
@@ -119,7 +119,11 @@ def layer_curve(runs: pd.DataFrame | None, metric: str, out: Path) -> Plot | Ski
     title = f"Test {NAMES[metric]} vs LLM layer index"
     if runs is None:
         return Skipped(f"{title}: skipped, no LLM was run at more than one layer index.")
-    data = runs.assign(row=_rows(runs), layer=first_layer(runs["llm.layers"]))
+    layer = first_layer(runs["llm.layers"])
+    if layer.isna().any():  # named positions (first, middle, last): categorical, in depth order
+        runs = runs.iloc[np.argsort(layer_position(runs["llm.layers"]).to_numpy(), kind="stable")]
+        layer = runs["llm.layers"].astype(str)
+    data = runs.assign(row=_rows(runs), layer=layer)
     g = sns.relplot(data=data, x="layer", y=METRICS[metric], hue="llm", col="row", kind="line", marker="o",
                     col_wrap=min(3, data["row"].nunique()), errorbar="sd", height=3.2, aspect=1.3,
                     facet_kws={"sharey": False})

@@ -51,11 +51,13 @@ def pairs(ok: pd.DataFrame) -> pd.DataFrame:
     Variant runs whose baseline is missing or failed simply have no pair.
     """
     keys = pair_keys(ok.columns)
+    arm = ["arm"] if "arm" in ok.columns else []
     is_base = ok["booster.variant"] == "baseline"
     base = ok.loc[is_base, keys + ["run_id", *METRICS.values()]].drop_duplicates(keys)
-    var = ok.loc[~is_base, CELL + keys + ["run_id", *METRICS.values()]]
+    var = ok.loc[~is_base, list(dict.fromkeys(CELL + arm + keys)) + ["run_id", *METRICS.values()]]
     merged = var.merge(base, on=keys, how="inner", suffixes=("", "_base"))
-    return merged[CELL + ["seed", "run_id", "run_id_base"] + [c for m in METRICS.values() for c in (m, f"{m}_base")]]
+    return merged[CELL + arm + ["seed", "run_id", "run_id_base"]
+                  + [c for m in METRICS.values() for c in (m, f"{m}_base")]]
 
 
 def paired_test(variant: np.ndarray, baseline: np.ndarray) -> dict:
@@ -85,15 +87,20 @@ def deltas(paired: pd.DataFrame) -> pd.DataFrame:
 
 
 def bh_adjust(d: pd.DataFrame) -> pd.DataFrame:
-    """Benjamini–Hochberg over every available p-value in the table (all tasks × variants × metrics)."""
+    """Benjamini–Hochberg per metric: ACC's p-values are one family, AUC's another (all rows of the table)."""
+    return bh_adjust_family(d, "delta_{m}_p", "delta_{m}_p_bh")
+
+
+def bh_adjust_family(d: pd.DataFrame, p_col: str, out_col: str) -> pd.DataFrame:
+    """For each metric m, BH-adjust the available p-values of column p_col.format(m=m) into out_col."""
     d = d.copy()
-    p = np.concatenate([d[f"delta_{m}_p"].to_numpy(float) for m in METRICS])
-    adjusted = np.full_like(p, np.nan)
-    present = ~np.isnan(p)
-    if present.any():
-        adjusted[present] = stats.false_discovery_control(p[present], method="bh")
-    for i, m in enumerate(METRICS):
-        d[f"delta_{m}_p_bh"] = adjusted[i * len(d):(i + 1) * len(d)]
+    for m in METRICS:
+        p = d[p_col.format(m=m)].to_numpy(float)
+        adjusted = np.full_like(p, np.nan)
+        present = ~np.isnan(p)
+        if present.any():
+            adjusted[present] = stats.false_discovery_control(p[present], method="bh")
+        d[out_col.format(m=m)] = adjusted
     return d
 
 
@@ -119,13 +126,6 @@ def ablation_runs(ok: pd.DataFrame, axis: str) -> pd.DataFrame | None:
     return runs if runs[axis].astype(str).nunique() >= 2 else None
 
 
-def ablation(runs: pd.DataFrame, axis: str, metric: str) -> pd.DataFrame:
-    """n/mean/std of the test metric per task row (and LLM for the layer axis) and axis value."""
-    group = ROW + (["llm"] if axis == "llm.layers" else []) + [axis]
-    agg = runs.groupby(group, sort=True)[METRICS[metric]].agg(["count", "mean", "std"])
-    return agg.set_axis(["n", "mean", "std"], axis=1).reset_index().rename(columns={axis: "value"})
-
-
 def _hold(runs: pd.DataFrame, cols: list[str], axis: str) -> pd.DataFrame:
     """Keep one combination of `cols`: the one where `axis` takes the most values, then the most runs."""
     cols = [c for c in cols if c in runs.columns]
@@ -139,6 +139,15 @@ def _hold(runs: pd.DataFrame, cols: list[str], axis: str) -> pd.DataFrame:
 def first_layer(layers: pd.Series) -> pd.Series:
     """'30,31' -> 30: the x position of a layer block on a layer-index curve."""
     return pd.to_numeric(layers.astype(str).str.split(",").str[0], errors="coerce")
+
+
+NAMED_LAYERS = {"first": 0.0, "middle": 0.5, "last": 1.0}
+
+
+def layer_position(layers: pd.Series) -> pd.Series:
+    """Sort key of layer blocks: the first index, or first < middle < last for named positions."""
+    first = layers.astype(str).str.split(",").str[0]
+    return pd.to_numeric(first, errors="coerce").fillna(first.map(NAMED_LAYERS))
 
 
 def summary(grid: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,149 @@
+"""Paired effects per cell: every (task, size, setting, variant, LLM, layer, ...) against its own baseline.
+
+An arm is one variant configuration: the label plus the booster settings (LLM, layer, knobs) that vary
+among the runs of that label, so a label crossing LLMs and layers gives one arm per combination and
+nothing is averaged over LLMs or layers. Each arm's run of seed s is paired with the baseline run of the
+same data/vit/train settings and seed s. Per arm and metric: the paired-t interval over seeds, its p
+(Benjamini–Hochberg within the metric's family), the minimum detectable effect, and the paired bootstrap
+over seeds and test images (`bench.report.bootstrap`) from the stored predictions.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from bench.config import all_keys
+from bench.report import bootstrap
+from bench.report.stats import CELL, METRICS, ROW, bh_adjust_family, pairs
+
+ARM = CELL + ["arm"]
+ALPHA, POWER = 0.05, 0.8
+
+
+def add_arms(ok: pd.DataFrame) -> pd.DataFrame:
+    """`arm`: 'source=X, layer=last' from the booster fields that vary among a label's runs ('' if none)."""
+    keys = [k for k in all_keys() if k.startswith("booster.") and k != "booster.variant" and k in ok.columns]
+    if ok.empty:
+        return ok.assign(arm="")
+    shown = pd.DataFrame({k: ok[k].astype(object).where(ok[k].notna(), "").astype(str).map(_short) for k in keys})
+    varies = shown.groupby([ok[c] for c in CELL], sort=False, dropna=False).transform("nunique") > 1
+    arm = pd.Series("", index=ok.index)
+    for k in keys:
+        part = (f"{k.split('.', 1)[1]}=" + shown[k]).where(varies[k], "")
+        arm = arm.where((arm == "") | (part == ""), arm + ", ") + part
+    return ok.assign(arm=arm)
+
+
+def _short(value: str) -> str:
+    """A local folder as its name (tests' tiny LLMs live in long temp paths); hub ids stay whole."""
+    return Path(value).name if value.startswith("/") else value
+
+
+@functools.cache
+def mde_factor(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """δ/sd that a two-sided paired t-test with n pairs detects with `power` (noncentral t); NaN for n < 2."""
+    if n < 2:
+        return np.nan
+    df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+
+    def short(d):  # power at standardised effect d, minus the target
+        nc = d * np.sqrt(n)
+        lower = np.nan_to_num(stats.nct.cdf(-crit, df, nc))  # ~0 for large nc, where scipy can give NaN
+        return stats.nct.sf(crit, df, nc) + lower - power
+
+    high = 1.0
+    while short(high) < 0:  # power grows with the effect: double until it reaches the target
+        high *= 2
+    return optimize.brentq(short, 0.0, high, xtol=1e-12)
+
+
+def paired_summary(d: pd.DataFrame, keys: list[str], col: str) -> pd.DataFrame:
+    """n, mean, sd, paired-t 95% CI, p and MDE of the per-seed differences `col`, grouped by `keys`.
+
+    Vectorised closed forms of scipy.stats.ttest_rel; CI and p missing for n < 2 or identical differences.
+    """
+    g = d.groupby(keys, sort=True)[col]
+    out = pd.DataFrame({"n": g.count(), "mean": g.mean(), "sd": g.std(ddof=1)})
+    out.loc[out["n"] == 0, "mean"] = np.nan
+    spread = (g.max() - g.min()) > 1e-12
+    se = out["sd"] / np.sqrt(out["n"])
+    df = (out["n"] - 1).clip(lower=1)
+    half = stats.t.ppf(0.975, df) * se
+    usable = (out["n"] >= 2) & spread
+    out["ci_low"] = (out["mean"] - half).where(usable)
+    out["ci_high"] = (out["mean"] + half).where(usable)
+    out["p"] = pd.Series(2 * stats.t.sf(np.abs(out["mean"] / se), df), index=out.index).where(usable)
+    out["mde"] = (out["n"].map(mde_factor) * out["sd"]).where(out["n"] >= 2)
+    return out
+
+
+def cell_effects(ok: pd.DataFrame, results: Path | None = None, replicates: int = bootstrap.REPLICATES) -> pd.DataFrame:
+    """One row per arm (index ARM): for each metric m, m_n, m_mean, m_sd, m_ci_low, m_ci_high, m_p, m_p_bh,
+    m_mde, and with `results` the bootstrap interval m_boot_low, m_boot_high; `seeds`, the paired seeds."""
+    paired = pairs(ok)
+    parts = []
+    for m, col in METRICS.items():
+        both = paired.dropna(subset=[col, f"{col}_base"])
+        per_seed = both.groupby(ARM + ["seed"], sort=True)[[col, f"{col}_base"]].mean()
+        per_seed["d"] = per_seed[col] - per_seed[f"{col}_base"]
+        parts.append(paired_summary(per_seed.reset_index(), ARM, "d").add_prefix(f"{m}_"))
+    out = pd.concat(parts, axis=1)
+    for m in METRICS:
+        out[f"{m}_n"] = out[f"{m}_n"].fillna(0).astype(int)
+    out = bh_adjust_family(out, "{m}_p", "{m}_p_bh")
+    out["seeds"] = paired.groupby(ARM, sort=True)["seed"].agg(lambda s: tuple(sorted(set(int(x) for x in s))))
+    if results is not None:
+        out = out.join(_bootstrap(results, paired, out, replicates))
+    return out
+
+
+def _bootstrap(results: Path, paired: pd.DataFrame, effects: pd.DataFrame, replicates: int) -> pd.DataFrame:
+    """The seeds × images paired bootstrap for every arm with ≥ 2 paired seeds; reads only their predictions."""
+    from bench.data.info import info
+    from bench.store import read_predictions
+
+    cols = [f"{m}_boot_{k}" for m in METRICS for k in ("low", "high")]
+    todo = effects[effects["seeds"].map(len) >= 2]
+    found: dict = {}
+    scorers: dict[str, bootstrap.Scorer | None] = {}
+
+    def scorer(run_id: str, task_type: str):
+        if run_id not in scorers:
+            try:
+                p = read_predictions(results, run_id)
+                scorers[run_id] = bootstrap.Scorer.of(task_type, p["y_true"], p["y_score"])
+            except (OSError, KeyError, ValueError, IndexError):  # no usable predictions (or not of this task): no bootstrap
+                scorers[run_id] = None
+        return scorers[run_id]
+
+    by_run = paired.drop_duplicates(ARM + ["seed"]).set_index(ARM + ["seed"])
+    rows_of = pd.Series([k[:len(ROW)] for k in todo.index], index=todo.index)
+    for (row, seeds), grp in todo.groupby([rows_of, todo["seeds"]], sort=True):
+        task_type = info()[row[0]]["task"] if row[0] in info() else bootstrap.BINARY
+        first = grp.index[0]
+        base = [scorer(by_run.loc[(*first, s), "run_id_base"], task_type) for s in seeds]
+        arms = {key: [scorer(by_run.loc[(*key, s), "run_id"], task_type) for s in seeds] for key in grp.index}
+        arms = {k: v for k, v in arms.items() if all(x is not None for x in v)}
+        sizes = {len(x.correct) for v in [base, *arms.values()] for x in v if x is not None}
+        if not arms or any(x is None for x in base) or len(sizes) != 1:
+            continue
+        key = "|".join(map(str, (*row, seeds)))
+        for arm, reps in bootstrap.paired_bootstrap(base, arms, bootstrap.rng_for(key), replicates).items():
+            found[arm] = [v for m in METRICS for v in bootstrap.interval(reps[m])]
+    return pd.DataFrame.from_dict(found, orient="index", columns=cols).reindex(effects.index)
+
+
+def axis_deltas(runs: pd.DataFrame, ok: pd.DataFrame, axis: str, metric: str) -> pd.DataFrame:
+    """Paired Δ (run − its baseline) per task row (and LLM for the layer axis) and value of `axis`."""
+    col = METRICS[metric]
+    paired = pairs(ok[ok["run_id"].isin(runs["run_id"]) | (ok["booster.variant"] == "baseline")])
+    paired = paired.merge(runs[["run_id", axis] + (["llm"] if axis == "llm.layers" else [])], on="run_id")
+    paired["d"] = paired[col] - paired[f"{col}_base"]
+    group = ROW + (["llm"] if axis == "llm.layers" else []) + [axis]
+    per_seed = paired.dropna(subset=["d"]).groupby(group + ["seed"], sort=True)["d"].mean().reset_index()
+    return paired_summary(per_seed, group, "d").reset_index().rename(columns={axis: "value"})
