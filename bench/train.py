@@ -35,6 +35,7 @@ class RunResult:
     history: list[dict]  # one dict per epoch
     y_score: np.ndarray | None  # test probabilities at the selected epoch (N x C)
     y_true: np.ndarray | None  # test labels as in the npz (N x L)
+    model: RLLMViT | None = None  # with the selected epoch's weights (saved by the runner when save_weights)
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -262,7 +263,7 @@ def fit(
         y_true = splits.test.labels.numpy()
         y_score = scores_from_logits(spec.task_type, predict(forward, splits.test.images.to(device), t.eval_batch_size, autocast))
         metrics["test_acc"], metrics["test_auc"] = evaluate(spec.task_type, y_true, y_score)
-    return RunResult(metrics, history, y_score, y_true)
+    return RunResult(metrics, history, y_score, y_true, model)
 
 
 def _finite(x: float) -> float:

@@ -14,6 +14,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.report import plots
 from bench.report.collect import collect, expected_runs
+from bench.report.explain import explain_sections
 from bench.report.html import render_html, render_markdown
 from bench.report.published import NOT_SHIPPED, load_published
 from bench.report.stats import AXES, METRICS, ablation, ablation_runs, pairs, summary
@@ -87,6 +88,7 @@ def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.Dat
     studies = plots.optuna_plots(results, folder)
     if studies:
         sections.append(Section("Optuna studies", studies))
+    sections += explain_sections(folder)  # the heatmaps `bench explain` wrote into this folder
     return sections
 
 
