@@ -345,7 +345,8 @@ def cmd_explain(args) -> int:
     for png in explain(args.results, folder, tasks=args.task, images=args.images, method=args.method,
                        expected=expected, data_root=args.data_root, device=args.device):
         print(f"wrote {png}")
-    again = f"bench report --results {args.results} --out {args.out}" + (f" --grid {args.grid}" if args.grid else "")
+    again = " ".join(["bench report --results", str(args.results), "--out", str(args.out)]
+                     + (["--grid", args.grid] if args.grid else []) + [f"--set {kv}" for kv in args.sets])
     print(f"`{again}` shows them in {folder}/index.html (section Explanations)")
     return 0
 

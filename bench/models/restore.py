@@ -32,7 +32,9 @@ def frozen_tensors(model: RLLMViT) -> dict[str, torch.Tensor]:
 
 
 def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes, in name order: equal exactly when the tensors are."""
+    """sha256 over names, dtypes, shapes and bytes, in name order: equal exactly when the tensors are ("" for none)."""
+    if not tensors:
+        return ""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -47,7 +49,7 @@ def weights_bytes(model: RLLMViT, row: dict) -> bytes:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in frozen}
     meta = {
         "run_id": row["run_id"], "started_at": row["started_at"],  # which training of the run these weights are
-        "frozen_sha256": tensor_hash(frozen) if frozen else "",
+        "frozen_sha256": tensor_hash(frozen),
         "frozen_keys": json.dumps(sorted(frozen)),
         **{k: str(row.get(k) or "") for k in ("booster.source", "booster.revision", "llm.source", "llm.layers")},
     }

@@ -165,7 +165,8 @@ def _draw(images: np.ndarray, index: np.ndarray, classes: np.ndarray, cams: dict
         row[0].set_title(f"test #{index[i]}, class {classes[i]}", fontsize=9)
         for ax, name, title in ((row[1], "baseline", "baseline"), (row[2], "rllm", label)):
             ax.imshow(show_cam_on_image(rgb, cams[name][i], use_rgb=True), interpolation="nearest")
-            ax.set_title(f"{title}: p = {probs[name][i]:.2f}", fontsize=9)
+            flat = " (CAM 0 everywhere)" if not cams[name][i].any() else ""  # no positive evidence at this layer
+            ax.set_title(f"{title}: p = {probs[name][i]:.2f}{flat}", fontsize=9)
         for ax in row:
             ax.set_axis_off()
     fig.tight_layout()
