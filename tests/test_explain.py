@@ -14,6 +14,7 @@ import safetensors
 import torch
 
 from bench import cli, store
+from bench.errors import BenchError
 from bench.models import build
 from bench.models.restore import load_run_model
 from bench.store import layout
@@ -94,14 +95,14 @@ def test_a_changed_frozen_layer_is_refused(trained):
     try:
         save_file(tensors, checkpoint, metadata={"format": "pt"})
         build._cached_block.cache_clear()  # a process keeps loaded layers; a new one would read the new file
-        with pytest.raises(store.writer.BenchError, match="hash differently"):
+        with pytest.raises(BenchError, match="hash differently"):
             load_run_model(row, layout.weights_path(results, row["run_id"]))
     finally:
         checkpoint.write_bytes(original)
         build._cached_block.cache_clear()
 
 
-def test_explain_writes_heatmaps_equal_to_grad_cam_and_the_report_shows_them(trained, tmp_path, capsys):
+def test_explain_writes_heatmaps_equal_to_grad_cam_and_the_report_shows_them(trained, tmp_path):
     grid, root, results, _ = trained
     out = tmp_path / "reports"
     assert cli.main(["explain", "--grid", str(grid), "--results", str(results), "--out", str(out),

@@ -69,7 +69,8 @@ def load_run_model(row: dict, path: Path, device: torch.device | str = "cpu") ->
     if not Path(path).is_file():
         raise BenchError(f"run {rid} ({row['label']}, {row['task']}) has no saved weights ({path}): rerun it with "
                          "`bench run ... --set save_weights=true --force`")
-    cfg = resolve(from_flat(row))
+    # A null is a field the row predates or one that is None by default (or reset by resolve): its default.
+    cfg = resolve(from_flat({k: v for k, v in row.items() if v is not None}))
     if run_id(cfg) != rid:
         raise BenchError(f"the stored config of run {rid} resolves to run id {run_id(cfg)}: it was written by "
                          "another version of bench; rerun it with --set save_weights=true --force")

@@ -45,7 +45,7 @@ def explain(results: Path, folder: Path, *, tasks: list[str] | tuple = (), image
         raise BenchError(f"--images {images}: give the number of test images to show, at least 1")
     if method not in METHODS:
         raise BenchError(f"--method {method} is not one of {', '.join(METHODS)}")
-    chosen = _choose(Path(results), collect(Path(results), expected), list(tasks))
+    chosen = _choose(Path(results), collect(Path(results), expected), list(dict.fromkeys(tasks)))
 
     from bench.data import resolve_root
     from bench.train import pick_device
