@@ -4,7 +4,6 @@ checked against grad-cam called directly here."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
