@@ -68,7 +68,7 @@ def test_reloaded_model_gives_the_stored_predictions_and_the_frozen_layer_is_not
         path = layout.weights_path(results, row["run_id"])
         model, spec = load_run_model(row, path)
         with safetensors.safe_open(str(path), framework="pt") as f:
-            saved = set(f.keys())  # noqa: SIM118
+            saved = set(f.keys())
         everything = set(model.state_dict())
         llm_keys = {k for k in everything if ".llm." in k}
         assert saved == everything - llm_keys
@@ -146,7 +146,7 @@ def test_explain_writes_heatmaps_equal_to_grad_cam_and_the_report_shows_them(tra
     (["--task", "pneumoniamnist"], "no ok R-LLM run of pneumoniamnist"),
 ])
 def test_bad_explain_input_is_one_line(trained, tmp_path, capsys, args, message):
-    grid, root, results, _ = trained
+    _, root, results, _ = trained
     out = tmp_path / "reports"
     assert cli.main(["explain", "--results", str(results), "--out", str(out), "--data-root", str(root), *args]) == 2
     err = capsys.readouterr().err
