@@ -78,7 +78,7 @@ def load_run_model(row: dict, path: Path, device: torch.device | str = "cpu") ->
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (OSError, safetensors.SafetensorError) as e:
         raise BenchError(f"cannot read {path} ({one_line(e)}): rerun run {rid} with --set save_weights=true --force"
                          ) from None
