@@ -73,13 +73,15 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> tuple[f
 def loss_fn(task_type: str, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Training loss on int64 labels (N, L): cross-entropy on `labels[:, 0]` for single-label tasks
     (ordinal too, as in MedMNIST), BCE-with-logits per label for multi-label. For multi-label,
-    `label_smoothing` moves each binary target toward 0.5: y * (1 - s) + s / 2."""
+    `label_smoothing` moves each binary target toward 0.5: y * (1 - s) + s / 2. A model with more outputs than
+    classes (vit.head=pretrained keeps 1000) is trained on all of them by cross-entropy, as the paper's code; per
+    label BCE takes its first L outputs (the task's labels; the rest get no gradient)."""
     _check(task_type)
     if task_type == MULTI_LABEL:
 
         def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             target = labels.to(logits.dtype) * (1 - label_smoothing) + label_smoothing / 2
-            return F.binary_cross_entropy_with_logits(logits, target)
+            return F.binary_cross_entropy_with_logits(logits[:, : labels.shape[1]], target)
 
         return bce
 

@@ -23,6 +23,7 @@ from bench.data import Splits, TaskSpec
 from bench.data.augment import Pipeline
 from bench.errors import BenchError
 from bench.metrics import evaluate, loss_fn, scores_from_logits
+from bench.models.backbones import task_logits
 from bench.models.build import RLLMViT, build_model
 from bench.upstream import fused_adamw_devices
 
@@ -37,6 +38,7 @@ class RunResult:
     history: list[dict]  # one dict per epoch
     y_score: np.ndarray | None  # test probabilities at the selected epoch (N x C)
     y_true: np.ndarray | None  # test labels as in the npz (N x L)
+    model: RLLMViT | None = None  # with the selected epoch's weights (saved by the runner when save_weights)
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -178,13 +180,15 @@ def model_io(model: RLLMViT, spec: TaskSpec) -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def predict(model, pipeline: Pipeline, images: torch.Tensor, batch_size: int, autocast) -> torch.Tensor:
+def predict(model, pipeline: Pipeline, images: torch.Tensor, batch_size: int, autocast, n_classes: int
+            ) -> torch.Tensor:
+    """The task's `n_classes` logits of each image (the first K of a pretrained 1000-way head: `task_logits`)."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         inputs = pipeline.eval(images[i : i + batch_size])
         with autocast:
-            out.append(model(inputs).float())
+            out.append(task_logits(model(inputs).float(), n_classes))
     return torch.cat(out)
 
 
@@ -241,12 +245,13 @@ def fit(
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"train loss is {train_loss} at epoch {epoch}")
 
-        val_score = scores_from_logits(spec.task_type, predict(forward, pipeline, x_val, t.eval_batch_size, autocast))
+        val_logits = predict(forward, pipeline, x_val, t.eval_batch_size, autocast, spec.n_classes)
+        val_score = scores_from_logits(spec.task_type, val_logits)
         val_acc, val_auc = evaluate(spec.task_type, y_val, val_score)
         record = dict(epoch=epoch, train_loss=train_loss, val_acc=val_acc, val_auc=val_auc, lr=lr, epoch_s=epoch_s)
         if audit is not None:  # the protocol audit: recorded for the report, never used for any choice below
             record["test_acc"], record["test_auc"] = evaluate(spec.task_type, audit[1], scores_from_logits(
-                spec.task_type, predict(forward, pipeline, audit[0], t.eval_batch_size, autocast)))
+                spec.task_type, predict(forward, pipeline, audit[0], t.eval_batch_size, autocast, spec.n_classes)))
         history.append(record)
         key = (_finite(val_auc), _finite(val_acc))
         if best is None or key > best[0]:  # best val AUC, ties broken by val ACC, earliest wins
@@ -278,10 +283,11 @@ def fit(
     y_score = y_true = None
     if splits.test is not None:
         y_true = splits.test.labels.numpy()
-        test_logits = predict(forward, pipeline, splits.test.images.to(device), t.eval_batch_size, autocast)
+        x_test = splits.test.images.to(device)
+        test_logits = predict(forward, pipeline, x_test, t.eval_batch_size, autocast, spec.n_classes)
         y_score = scores_from_logits(spec.task_type, test_logits)
         metrics["test_acc"], metrics["test_auc"] = evaluate(spec.task_type, y_true, y_score)
-    return RunResult(metrics, history, y_score, y_true)
+    return RunResult(metrics, history, y_score, y_true, model)
 
 
 def _finite(x: float) -> float:

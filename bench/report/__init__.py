@@ -15,6 +15,7 @@ from bench.errors import BenchError
 from bench.report import bootstrap, plots
 from bench.report.collect import collect, expected_runs
 from bench.report.effects import add_arms, axis_deltas, cell_effects
+from bench.report.explain import explain_sections
 from bench.report.html import render_html, render_markdown
 from bench.report.published import NOT_SHIPPED, load_published, paper_model, paper_variant
 from bench.report.stats import AXES, METRICS, ROW, ablation_runs, pairs, summary
@@ -105,6 +106,7 @@ def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.Dat
     studies = plots.optuna_plots(results, folder)
     if studies:
         sections.append(Section("Optuna studies", studies))
+    sections += explain_sections(folder)  # the heatmaps `bench explain` wrote into this folder
     return sections
 
 

@@ -1,5 +1,6 @@
 """One run in whichever process a backend chose: train it, never raise for a failed run, return its
-row, history, predictions and log for the dispatcher to store. Writes nothing but the live log.
+row, history, predictions, log (and weights, with save_weights) for the dispatcher to store. Writes
+nothing but the live log.
 
 A failing run (exception, NaN/inf loss, out of memory after one retry at half the batch with
 gradient accumulation) comes back as a `failed` row with its reason. A worker process keeps its
@@ -140,10 +141,10 @@ _RUNS_IN_PROCESS = [0]
 
 
 def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> dict:
-    """Train one run and return {row, history, y_score, y_true, log}; never raises for a failed run."""
+    """Train one run and return {row, history, y_score, y_true, weights, log}; never raises for a failed run."""
     import torch
 
-    from bench.models import build
+    from bench.models import build, restore
     from bench.train import pick_device
 
     cfg = resolve(task.cfg)
@@ -158,7 +159,7 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
         "attempt": task.attempt, "started_at": now(), "started_unix": time.time(), **provenance(), "worker_pid": os.getpid(),
         "worker_run_index": _RUNS_IN_PROCESS[0], "torch_threads": torch.get_num_threads(), "oom_retry": False,
     }
-    out: dict[str, Any] = {"row": row, "history": None, "y_score": None, "y_true": None}
+    out: dict[str, Any] = {"row": row, "history": None, "y_score": None, "y_true": None, "weights": None}
     log(f"run {rid} ({cfg.label}, {cfg.data.task}@{cfg.data.size}, seed {cfg.seed}), attempt {task.attempt}, "
         f"pid {os.getpid()} on {socket.gethostname()}")
     log("config " + json.dumps(flatten(cfg), sort_keys=True, default=str))
@@ -191,6 +192,8 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
             row.update(result.metrics)
             row["oom_retry"] = flags["oom_retry"]
             out.update(history=result.history, y_score=result.y_score, y_true=result.y_true)
+            if cfg.save_weights:  # bytes, so a worker that cannot see the results directory sends them too
+                out["weights"] = restore.weights_bytes(result.model, row)
             log("done " + " ".join(f"{k}={row.get(k)}" for k in ("best_epoch", "val_auc", "val_acc", "test_auc", "test_acc",
                                                                  "train_s", "micro_batch", "oom_retry")))
         except KeyboardInterrupt:

@@ -4,6 +4,8 @@
     history/<run_id>.parquet      one row per epoch
     predictions/<run_id>.npz      y_score (N x C) and y_true (N x L) of the test split
     logs/<run_id>.log             the run's log; <run_id>.running.log while it trains
+    weights/<run_id>.safetensors  the trained weights, without the frozen LLM layer (runs with save_weights only;
+                                  bench.models.restore reads them)
     index/runs.parquet            every row of runs/ in one file, index/history.parquet every history
                                   (bench.store.index: a cache kept in step by the dispatcher)
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RUNS, HISTORY, PREDICTIONS, LOGS, INDEX = "runs", "history", "predictions", "logs", "index"
+RUNS, HISTORY, PREDICTIONS, LOGS, INDEX, WEIGHTS = "runs", "history", "predictions", "logs", "index", "weights"
 RUNNING_SUFFIX = ".running.log"
 LOCK_FILE = ".bench.lock"
 
@@ -32,6 +34,10 @@ def history_path(results: Path, run_id: str) -> Path:
 
 def predictions_path(results: Path, run_id: str) -> Path:
     return Path(results) / PREDICTIONS / f"{run_id}.npz"
+
+
+def weights_path(results: Path, run_id: str) -> Path:
+    return Path(results) / WEIGHTS / f"{run_id}.safetensors"
 
 
 def log_path(results: Path, run_id: str) -> Path:

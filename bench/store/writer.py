@@ -2,9 +2,9 @@
 
 Every file appears whole or not at all (temp file + os.replace), so a killed process leaves at most
 hidden temp files and live logs, which `clean_stale` removes; the run row is written last, so a row
-with status ok means its history, predictions and log exist. The process holding the lock also keeps
-the compacted tables (bench.store.index) in step: when it takes the lock, every `index.compact_every()`
-runs it commits, and when it lets the lock go.
+with status ok means its history, predictions and log (and weights, when saved) exist. The process
+holding the lock also keeps the compacted tables (bench.store.index) in step: when it takes the lock,
+every `index.compact_every()` runs it commits, and when it lets the lock go.
 """
 
 from __future__ import annotations
@@ -48,6 +48,16 @@ def write_predictions(results: Path, run_id: str, y_score: np.ndarray, y_true: n
     write_atomic(layout.predictions_path(results, run_id), buf.getvalue())
 
 
+def write_weights(results: Path, run_id: str, data: bytes | None) -> None:
+    """The run's saved weights (a safetensors file's bytes, made by bench.models.restore), or none: a weights file
+    left by an earlier training of this run is removed, as it no longer matches the row."""
+    path = layout.weights_path(results, run_id)
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic(path, data)
+
+
 def write_run(results: Path, row: Mapping[str, Any]) -> None:
     """Write the run's row (columns of `bench.store.schema`); its presence with status ok commits the run."""
     schema.check_row(row)
@@ -56,7 +66,7 @@ def write_run(results: Path, row: Mapping[str, Any]) -> None:
 
 
 def commit(results: Path, outcome: Mapping[str, Any], previous: str | None) -> str:
-    """Write one run's outcome (row, history, predictions, log). Returns what happened: ok | failed | kept.
+    """Write one run's outcome (row, history, predictions, weights, log). Returns what happened: ok | failed | kept.
 
     A forced rerun that fails never replaces an ok row: the ok result stays and the failure's log is
     kept beside it."""
@@ -66,6 +76,7 @@ def commit(results: Path, outcome: Mapping[str, Any], previous: str | None) -> s
     if row["status"] == "ok":
         write_history(results, rid, outcome["history"])
         write_predictions(results, rid, outcome["y_score"], outcome["y_true"])
+        write_weights(results, rid, outcome.get("weights"))
         write_atomic(layout.log_path(results, rid), log_text)
         write_run(results, row)
         result = "ok"
@@ -73,7 +84,8 @@ def commit(results: Path, outcome: Mapping[str, Any], previous: str | None) -> s
         write_atomic(layout.failed_log_path(results, rid), log_text)
         result = "kept"
     else:
-        for stale in (layout.history_path(results, rid), layout.predictions_path(results, rid)):
+        for stale in (layout.history_path(results, rid), layout.predictions_path(results, rid),
+                      layout.weights_path(results, rid)):
             stale.unlink(missing_ok=True)  # left by an attempt killed before its row: not this row's
         write_atomic(layout.log_path(results, rid), log_text)
         write_run(results, row)
@@ -99,7 +111,7 @@ def _refresh(results: Path) -> None:
 def clean_stale(results: Path) -> int:
     """Remove what a killed process left: hidden temp files (never read) and live logs of unfinished runs."""
     n = 0
-    for sub in (layout.RUNS, layout.HISTORY, layout.PREDICTIONS, layout.LOGS, layout.INDEX):
+    for sub in (layout.RUNS, layout.HISTORY, layout.PREDICTIONS, layout.LOGS, layout.INDEX, layout.WEIGHTS):
         folder = Path(results) / sub
         if not folder.is_dir():
             continue
