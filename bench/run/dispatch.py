@@ -319,8 +319,9 @@ def _stop_unwritable(err: StoreUnwritable, task: Task, out: dict, tasks: list[Ta
             except (StoreUnwritable, OSError):
                 break
     left = len(tasks) - len(summary.rows)
-    per_run = max(err.needed, 1)
-    need = f"; about {mb(per_run * left)} for the {left} runs left" if err.kind == "full" and left > 1 else ""
+    index_bytes = sum(f.stat().st_size for f in (results / layout.INDEX).glob("*.parquet")) if err.kind == "full" else 0
+    need = (f"; about {mb(err.needed * left + index_bytes)} for the {left} runs left and a rewrite of the index"
+            if err.kind == "full" and left > 1 else "")
     kept = (f"{len(summary.rows)} runs stored, {left} not" + (f" ({stored_failed} in flight stored as failed)"
                                                                 if stored_failed else ""))
     return StoreUnwritable(err.results, err.kind, err.detail, err.needed,
