@@ -326,14 +326,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _traceback_file(args, argv: list[str]) -> str:
-    """Write the current exception's traceback where the user can find it: <results>/logs/, else the temp dir."""
+    """Write the current exception's traceback where the user can find it: <results>/logs/ for `bench run` (the
+    store's writer), else the temp dir (readers never write into a store)."""
     import datetime as dt
     import tempfile
     import traceback
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     text = f"bench {' '.join(argv)}\n{traceback.format_exc()}"
-    folders = [Path(args.results) / "logs"] if getattr(args, "results", None) else []
+    folders = [Path(args.results) / "logs"] if args.command == "run" else []
     for folder in [*folders, Path(tempfile.gettempdir())]:
         path = folder / f"bench-{args.command}-{stamp}-{os.getpid()}.traceback.log"
         try:
