@@ -134,7 +134,7 @@ def rerun_completes(env, results, expected, capsys, *extra, grid="ci") -> None:
 
 
 def _mount(*args: str) -> bool:
-    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+    return subprocess.run(["mount", *args], check=False, capture_output=True).returncode == 0
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def mounts():
         done.append(args[-1])
         return True
 
-    mount.undo = lambda: subprocess.run(["umount", "-l", done.pop()], capture_output=True)
+    mount.undo = lambda: subprocess.run(["umount", "-l", done.pop()], check=False, capture_output=True)
     yield mount
     while done:
         mount.undo()
@@ -200,7 +200,7 @@ def _disk_full_by_file_size_limit(env, grid, results, expected, capsys):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, 8_000))  # smaller than a run's row
 
-    proc = subprocess.run([BENCH, *run_args(env, results, grid=grid)], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([BENCH, *run_args(env, results, grid=grid)], check=False, capture_output=True, text=True, timeout=300,
                           preexec_fn=limit, env=dict(os.environ, OMP_NUM_THREADS="1"))
     line = one_line_error(proc.stderr, proc.returncode, 3)
     assert f"results folder {results} is full (File too large writing " in line and "free at least" in line
@@ -322,8 +322,7 @@ def test_sigterm_stops_a_grid_cleanly_while_list_report_work_and_a_second_run_is
     line = one_line_error(capsys.readouterr().err, 2, 2)
     assert f"{results} is in use by another `bench run` (pid {proc.pid}" in line
 
-    live = lambda: any((results / store.LOGS).glob(f"*{store.RUNNING_SUFFIX}"))  # noqa: E731
-    _wait_for(live, proc)
+    _wait_for(lambda: any((results / store.LOGS).glob(f"*{store.RUNNING_SUFFIX}")), proc)
     os.killpg(proc.pid, signal.SIGTERM)
     t0 = time.monotonic()
     out, _ = proc.communicate(timeout=60)
@@ -331,7 +330,7 @@ def test_sigterm_stops_a_grid_cleanly_while_list_report_work_and_a_second_run_is
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "Traceback" not in out and "UserWarning" not in out and "A worker stopped" not in out, out
     assert "rerun the same command to resume" in out
-    assert f"bench: stopped by SIGTERM; finished runs are kept; resume with the same command: bench run --grid ci" in out
+    assert "bench: stopped by SIGTERM; finished runs are kept; resume with the same command: bench run --grid ci" in out
     rows = assert_whole(results, expected)
     assert (rows["status"] == "ok").all() and len(rows) < len(expected)  # nothing failed or ok that did not finish
     for rid in rows["run_id"]:
@@ -366,7 +365,7 @@ def test_a_lost_dask_worker_has_its_run_retried_on_another_at_most_worker_retrie
             results = tmp_path / f"results-{retries}"
             killed = []
 
-            def kill_when_training():
+            def kill_when_training(results=results, killed=killed):
                 while not killed:
                     pid = _pid_training(results) if (results / store.LOGS).is_dir() else None
                     if pid:
@@ -429,7 +428,7 @@ def postgres(tmp_path):
         yield f"postgresql://bench@127.0.0.1:{port}/postgres", stop, lambda: subprocess.run(start, check=True,
                                                                                              capture_output=True)
     finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        subprocess.run([*ctl, "-m", "immediate", "stop"], check=False, capture_output=True, timeout=60)
         shutil.rmtree(data, ignore_errors=True)
 
 

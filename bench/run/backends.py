@@ -34,6 +34,7 @@ from bench.errors import BenchError, one_line
 from bench.run.worker import Task, execute, lost
 from bench.store import layout
 
+
 def serial(tasks: list[Task], epoch_bar: Callable[[Task], Callable | None]) -> Iterator[tuple[Task, dict]]:
     for t in tasks:
         yield t, execute(t, progress=epoch_bar(t))

@@ -108,7 +108,7 @@ def wait_for_storage(storage, study_name: str, shown: str, first: BaseException,
         try:
             storage.get_study_id_from_name(study_name)
             return
-        except Exception as e:  # noqa: BLE001 — anything but a lost connection is not ours to wait out
+        except Exception as e:  # anything but a lost connection is not ours to wait out
             if not connection_lost(e):
                 raise
             last = e
