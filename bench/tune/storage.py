@@ -82,28 +82,32 @@ def open_storage(storage: str):
 RECONNECT_S = 300.0  # how long a study waits for its database to come back before giving up
 
 
-def connection_lost(err: BaseException) -> bool:
-    """Whether `err` (or what caused it: optuna wraps sqlalchemy's errors) is a dropped or refused database
-    connection, as opposed to a mistake or a bug."""
+def connection_error(err: BaseException) -> BaseException | None:
+    """The dropped or refused database connection behind `err` (optuna wraps sqlalchemy's errors in its own,
+    whose message blames the data), or None when `err` is a mistake or a bug, not a lost connection."""
     try:
         from sqlalchemy import exc
     except ImportError:
-        return False
+        return None
     seen: set[int] = set()
     e: BaseException | None = err
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError)) or (
                 isinstance(e, exc.DBAPIError) and e.connection_invalidated):
-            return True
+            return e
         e = e.__cause__ or e.__context__
-    return False
+    return None
+
+
+def connection_lost(err: BaseException) -> bool:
+    return connection_error(err) is not None
 
 
 def wait_for_storage(storage, study_name: str, shown: str, first: BaseException, timeout: float = RECONNECT_S) -> None:
     """Block until the study's database answers again (pool_pre_ping reconnects); BenchError after `timeout`."""
     deadline = time.monotonic() + timeout
-    delay, last = 0.5, first
+    delay, last = 0.5, connection_error(first) or first
     while time.monotonic() < deadline:
         try:
             storage.get_study_id_from_name(study_name)
@@ -111,7 +115,7 @@ def wait_for_storage(storage, study_name: str, shown: str, first: BaseException,
         except Exception as e:  # anything but a lost connection is not ours to wait out
             if not connection_lost(e):
                 raise
-            last = e
+            last = connection_error(e) or e
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
     raise BenchError(f"lost the connection to the study's storage {shown} for {timeout:.0f}s ({one_line(last)}); "

@@ -72,8 +72,8 @@ from bench.grid import Grid, load_grid
 from bench.train import fit, pick_device
 from bench.tune.params import TUNED, tuned_path, write_tuned
 from bench.tune.space import Param, load_space
-from bench.tune.storage import (RECONNECT_S, connection_lost, default_storage, describe_storage, open_storage,
-                                wait_for_storage)
+from bench.tune.storage import (RECONNECT_S, connection_error, connection_lost, default_storage, describe_storage,
+                                open_storage, wait_for_storage)
 from bench.upstream import optuna_storage, optuna_trial_id
 
 DEFAULT_GRID = "smoke"
@@ -490,8 +490,9 @@ def _reconnect(study, setup: TuneSetup, trial, err: BaseException, say: Callable
     """The study's database connection dropped: wait until it answers again, then fail the trial that was in
     flight as interrupted (it does not count towards --trials, so the study runs another in its place)."""
     shown = describe_storage(setup.storage)
-    say(f"lost the connection to the study's storage {shown} ({one_line(err)}); waiting up to {RECONNECT_S:.0f}s "
-        "for it to come back")
+    err = connection_error(err) or err
+    say(f"lost the connection to the study's storage {shown} ({one_line(err, 200)}); waiting up to "
+        f"{RECONNECT_S:.0f}s for it to come back")
     storage = optuna_storage(study)
     wait_for_storage(storage, setup.study, shown, err)
     if trial is None:
