@@ -335,7 +335,11 @@ def _traceback_file(args, argv: list[str]) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     text = f"bench {' '.join(argv)}\n{traceback.format_exc()}"
     folders = [Path(args.results) / "logs"] if args.command == "run" else []
-    for folder in [*folders, Path(tempfile.gettempdir())]:
+    try:
+        folders.append(Path(tempfile.gettempdir()))
+    except OSError:  # not one writable temp folder (a full disk): the traceback cannot be kept
+        pass
+    for folder in folders:
         path = folder / f"bench-{args.command}-{stamp}-{os.getpid()}.traceback.log"
         try:
             folder.mkdir(parents=True, exist_ok=True)

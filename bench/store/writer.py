@@ -45,12 +45,13 @@ class StoreUnwritable(BenchError):
         self.results, self.kind, self.detail, self.needed = Path(results), kind, detail, needed
         what = {"full": "is full", "read-only": "is read-only", "permission": "cannot be written (no permission)",
                 "removed": "was removed (or replaced) while bench run was writing it"}.get(kind, "cannot be written")
-        super().__init__(f"results folder {self.results} {what} ({detail})" + (f": {then}" if then else ""))
+        then = then or f"{self.fix}, then rerun the same command"
+        super().__init__(f"results folder {self.results} {what} ({detail}): {then}")
 
     @property
     def fix(self) -> str:
         """What the user does about it, before rerunning the same command."""
-        return {"full": f"free at least {mb(self.needed)} there",
+        return {"full": f"free at least {mb(self.needed)} there" if self.needed else "free some space there",
                 "read-only": "make it writable again (or pass another --results)",
                 "permission": "give this user write permission on it (or pass another --results)",
                 "removed": "the runs stored there went with it; the rerun recreates the folder"}.get(

@@ -72,8 +72,15 @@ from bench.grid import Grid, load_grid
 from bench.train import fit, pick_device
 from bench.tune.params import TUNED, tuned_path, write_tuned
 from bench.tune.space import Param, load_space
-from bench.tune.storage import (RECONNECT_S, connection_error, connection_lost, default_storage, describe_storage,
-                                open_storage, wait_for_storage)
+from bench.tune.storage import (
+    RECONNECT_S,
+    connection_error,
+    connection_lost,
+    default_storage,
+    describe_storage,
+    open_storage,
+    wait_for_storage,
+)
 from bench.upstream import optuna_storage, optuna_trial_id
 
 DEFAULT_GRID = "smoke"
