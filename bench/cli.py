@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
     p.add_argument("--force", action="store_true", help="rerun runs already stored ok (a failed rerun keeps the ok row)")
     p.add_argument("--skip-failed", action="store_true", help="do not retry runs stored as failed")
+    p.add_argument("--worker-retries", type=int, default=1, metavar="N",
+                   help="start a run again at most N times when its worker process dies or its Dask worker is lost "
+                        "(default 1); past that it is stored failed")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would run and what it costs, and exit (no training, no network)")
     p.add_argument("--params", metavar="tuned|DIR",
@@ -182,12 +185,14 @@ def cmd_run(args) -> int:
     from bench.config import parse_sets
     from bench.data import resolve_root
     from bench.grid import load_grid
+    from bench.run import dispatch
     from bench.tune.params import with_params as tune_params
 
     grid = load_grid(args.grid, parse_sets(args.sets))
     grid = tune_params(grid, args.params, args.results)  # --params tuned: each run gets its tuned values
     options = run.RunOptions(device=args.device, force=args.force, retry_failed=not args.skip_failed, jobs=args.jobs,
-                             runs_per_gpu=args.runs_per_gpu, backend=args.backend, scheduler=args.scheduler).check()
+                             runs_per_gpu=args.runs_per_gpu, backend=args.backend, scheduler=args.scheduler,
+                             worker_retries=args.worker_retries).check()
     run.check_tasks(grid.runs)
     ids = grid.run_ids()
     status = store.statuses(args.results, ids)
@@ -208,15 +213,15 @@ def cmd_run(args) -> int:
             print(cost_line)
         return 0
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
+    # SIGTERM (a scheduler's pre-emption, `timeout`) stops like Ctrl-C, after the run being written is whole
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None  # SIGTERM stops like Ctrl-C
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, dispatch.interrupt) for s in stops} if main_thread else {}
     try:
         summary = run.run_all(grid.runs, args.data_root, args.results, options)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     for r in summary.failed:
         kept = " (the earlier ok result is kept)" if r["run_id"] in summary.kept else ""
         print(f"failed {r['run_id']} ({r['label']} {r['task']}@{r['size']} seed={r['seed']}): {r['error']}{kept}; "
@@ -325,7 +330,7 @@ def cmd_report(args) -> int:
     expected, name = None, "all"
     if args.grid:
         grid = load_grid(args.grid, parse_sets(args.sets))
-        expected, name = expected_runs(grid.runs), grid.name
+        expected, name = expected_runs(grid), grid.name
     out = make_report(args.results, args.out, name=name, metric=args.metric, expected=expected)
     print(f"report written to {out}/index.html")
     return 0
@@ -340,7 +345,7 @@ def cmd_explain(args) -> int:
     expected, name = None, "all"
     if args.grid:
         grid = load_grid(args.grid, parse_sets(args.sets))
-        expected, name = expected_runs(grid.runs), grid.name
+        expected, name = expected_runs(grid), grid.name
     folder = args.out / name
     for png in explain(args.results, folder, tasks=args.task, images=args.images, method=args.method,
                        expected=expected, data_root=args.data_root, device=args.device):
@@ -351,19 +356,82 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+QUIET_WARNINGS = (  # library warnings that say nothing the user can act on
+    "A worker stopped while some jobs were given to the executor",  # loky, when joblib replaces or stops a worker
+)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning that reaches the user is one line of ours (the run's log has a worker's in full)."""
+    text = " ".join(str(message).split())
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    print(f"bench: warning: {kind}{text}"[:600], file=sys.stderr)
+
+
+def _traceback_file(args, argv: list[str]) -> str:
+    """Write the current exception's traceback where the user can find it: <results>/logs/ for `bench run` (the
+    store's writer), else the temp dir (readers never write into a store)."""
+    import datetime as dt
+    import tempfile
+    import traceback
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = f"bench {' '.join(argv)}\n{traceback.format_exc()}"
+    folders = [Path(args.results) / "logs"] if args.command == "run" else []
     try:
-        return args.func(args)
-    except BenchError as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted; finished runs are kept", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `bench list ... | head`: the reader left, nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        folders.append(Path(tempfile.gettempdir()))
+    except OSError:  # not one writable temp folder (a full disk): the traceback cannot be kept
+        pass
+    for folder in folders:
+        path = folder / f"bench-{args.command}-{stamp}-{os.getpid()}.traceback.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    return "nowhere (no writable folder)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import shlex
+    import signal
+    import warnings
+
+    from bench.errors import one_line
+    from bench.store.writer import StoreUnwritable
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    with warnings.catch_warnings():
+        for text in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=text)
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except StoreUnwritable as e:  # the results folder refused a write mid-grid: stopped, nothing corrupt
+            print(f"bench: error: {e}", file=sys.stderr)
+            return 3
+        except BenchError as e:
+            print(f"bench: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as e:
+            from bench.run.dispatch import Interrupted
+
+            if isinstance(e, Interrupted) and e.signum != signal.SIGINT:
+                print(f"bench: stopped by {e}; finished runs are kept; resume with the same command: "
+                      f"bench {shlex.join(argv)}", file=sys.stderr)
+                return 128 + e.signum
+            print("bench: interrupted; finished runs are kept", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # `bench list ... | head`: the reader left, nothing is wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except Exception as e:  # noqa: BLE001 - a fault we did not foresee: one line here, the traceback in a file
+            print(f"bench: error: {one_line(e)} (unexpected; the traceback is in {_traceback_file(args, argv)})",
+                  file=sys.stderr)
+            return 1
+
 
 
 if __name__ == "__main__":

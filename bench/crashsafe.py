@@ -3,6 +3,7 @@ a file, only the old one or the new one) and telling whether another process is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -20,7 +21,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder went read-only or away: the first error is the one to tell
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -5,14 +5,17 @@ Each backend yields (task, outcome) pairs as runs finish; none of them writes th
     serial     in the dispatcher itself (with an epoch progress bar)
     pool       joblib's loky processes. On GPUs each worker owns one device through
                CUDA_VISIBLE_DEVICES (round-robin slots); on CPU the cores are split between workers.
-               A worker exits when the dispatcher is gone; the runs of a worker that died are
-               re-dispatched, at most MAX_WORKER_DEATHS times each.
+               A worker exits when the dispatcher is gone and leaves SIGTERM to the dispatcher (which
+               stops it cleanly); the runs of a worker that died are started again, at most
+               `worker_retries` times each (`bench run --worker-retries N`).
     dask       an existing dask.distributed cluster; a worker started with `--resources GPU=1` gets
-               one run at a time
+               one run at a time. The scheduler moves the run of a lost worker to another one; a run
+               counts its starts (a Dask Variable) and is stored failed past `worker_retries` restarts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -30,8 +33,6 @@ from bench.crashsafe import pid_alive
 from bench.errors import BenchError, one_line
 from bench.run.worker import Task, execute, lost
 from bench.store import layout
-
-MAX_WORKER_DEATHS = 2  # a run whose worker process dies this often is stored failed
 
 
 def serial(tasks: list[Task], epoch_bar: Callable[[Task], Callable | None]) -> Iterator[tuple[Task, dict]]:
@@ -87,7 +88,8 @@ def _pool_execute(task: Task, setup: PoolSetup) -> dict:
         state["slot_dir"] = setup.slot_dir
         state["slot"] = _claim_slot(setup.slot_dir, setup.n_slots)
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dispatcher's to handle
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM to the process group (a scheduler's
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # pre-emption) are the dispatcher's; it stops us (SIGKILL)
         if setup.dispatcher_pid and not state.get("watching"):
             state["watching"] = True
             threading.Thread(target=_watch_dispatcher, args=(setup.dispatcher_pid, os.getppid()), daemon=True).start()
@@ -101,8 +103,9 @@ def _pool_execute(task: Task, setup: PoolSetup) -> dict:
     return execute(task)
 
 
-def pool(tasks: list[Task], jobs: int, setup: PoolSetup, results: Path) -> Iterator[tuple[Task, dict]]:
-    """joblib (loky processes); re-dispatches the runs of a worker that died, at most MAX_WORKER_DEATHS times."""
+def pool(tasks: list[Task], jobs: int, setup: PoolSetup, results: Path,
+         worker_retries: int = 1) -> Iterator[tuple[Task, dict]]:
+    """joblib (loky processes); re-dispatches the runs of a worker that died, at most `worker_retries` times."""
     from joblib import Parallel, delayed, parallel_config
 
     deaths: dict[str, int] = {}
@@ -121,7 +124,7 @@ def pool(tasks: list[Task], jobs: int, setup: PoolSetup, results: Path) -> Itera
             for rid in started:
                 deaths[rid] = deaths.get(rid, 0) + 1
                 layout.running_log_path(results, rid).unlink(missing_ok=True)
-                if deaths[rid] >= MAX_WORKER_DEATHS:
+                if deaths[rid] > worker_retries:
                     t = left.pop(rid)
                     yield t, lost(t, f"the worker process running it died {deaths[rid]} times ({one_line(e)}); "
                                      "often the OS killing it for memory")
@@ -162,17 +165,27 @@ def connect(scheduler: str):
                          "or fix --scheduler") from None
 
 
-def _dask_execute(task: Task) -> dict:
-    """Inside a Dask worker: split its cores between its threads (each may run one run), then run."""
+def _dask_execute(task: Task, starts_key: str, worker_retries: int) -> dict:
+    """Inside a Dask worker: count this start of the run (a restart means its last worker was lost), split
+    the worker's cores between its threads (each may run one run), then run."""
     import torch
-    from distributed import get_worker
+    from distributed import Variable, get_worker
 
+    starts = Variable(starts_key)
+    try:
+        n = int(starts.get(timeout=0)) + 1
+    except TimeoutError:
+        n = 1
+    starts.set(n)
+    if n > worker_retries + 1:
+        return lost(task, f"its Dask worker was lost {n - 1} times (--worker-retries {worker_retries}); often the "
+                          "worker killed for memory, or its machine gone")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, get_worker().state.nthreads)))
     return execute(task)
 
 
-def dask(tasks: list[Task], client) -> Iterator[tuple[Task, dict]]:
-    from distributed import as_completed
+def dask(tasks: list[Task], client, worker_retries: int = 1) -> Iterator[tuple[Task, dict]]:
+    from distributed import Variable, as_completed
 
     workers = client.scheduler_info().get("workers", {})
     gpu = any("GPU" in (w.get("resources") or {}) for w in workers.values())
@@ -183,7 +196,8 @@ def dask(tasks: list[Task], client) -> Iterator[tuple[Task, dict]]:
     futures = []
     for t in tasks:
         key = f"bench-run-{run_id(t.cfg)}-{token}"
-        fut = client.submit(_dask_execute, t, key=key, pure=False, resources={"GPU": 1} if gpu else None)
+        fut = client.submit(_dask_execute, t, f"{key}-starts", worker_retries, key=key, pure=False,
+                            resources={"GPU": 1} if gpu else None)
         by_key[fut.key] = t
         futures.append(fut)
     try:
@@ -194,6 +208,8 @@ def dask(tasks: list[Task], client) -> Iterator[tuple[Task, dict]]:
             except Exception as e:  # noqa: BLE001 - KilledWorker, a lost worker, unpicklable result...
                 out = lost(t, f"the Dask task failed ({one_line(e)})")
             fut.release()
+            with contextlib.suppress(Exception):  # the start counter lives on the scheduler: drop it
+                Variable(f"{fut.key}-starts", client=client).delete()
             yield t, out
     finally:
         client.cancel([f for f in futures if not f.done()])

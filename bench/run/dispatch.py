@@ -9,6 +9,11 @@ Resume rule: a run stored `ok` is skipped; a run stored `failed` is retried on e
 its `attempt` number. A SIGKILL at any moment leaves only whole files plus temp files and live logs,
 which the next `bench run` removes before it starts. Consecutive runs sharing a dataset and LLM layer
 are ordered together so a worker's in-memory caches get reused.
+
+Faults: a store write the folder refuses (full, read-only, removed) stops the grid at once, with the runs
+in flight stored failed where the folder still takes it, and raises StoreUnwritable naming the folder and
+the space or permission needed. SIGTERM or Ctrl-C (`interrupt`) wait for the run being written to be
+whole, then stop the workers; nothing is marked ok that is not, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -31,8 +37,10 @@ from bench.data import resolve_root
 from bench.errors import BenchError
 from bench.run import backends
 from bench.run.preflight import preflight
-from bench.run.worker import Task, execute
+from bench.run.worker import Task, execute, lost
+from bench.run.worker import now as worker_now
 from bench.store import layout
+from bench.store.writer import StoreUnwritable, mb, unwritable
 
 BACKENDS = ("local", "dask")
 
@@ -49,6 +57,7 @@ class RunOptions:
     backend: str = "local"  # local | dask
     scheduler: str | None = None  # the Dask scheduler address
     bars: bool | None = None  # progress bars: None = when the terminal is interactive
+    worker_retries: int = 1  # times a run whose worker process died (or Dask worker was lost) is started again
 
     def check(self) -> RunOptions:
         """The options as the dispatcher uses them (runs_per_gpu turned into jobs); mistakes -> one line."""
@@ -68,6 +77,9 @@ class RunOptions:
             raise BenchError("--scheduler is for --backend dask; add --backend dask")
         if jobs < 1:
             raise BenchError(f"--jobs must be >= 1, got {jobs}")
+        if self.worker_retries < 0:
+            raise BenchError(f"--worker-retries must be >= 0 (0: a run whose worker dies is stored failed at once), "
+                             f"got {self.worker_retries}")
         if self.backend == "dask" and jobs != 1:
             raise BenchError("--jobs is for the local backend; a Dask cluster runs as many runs as its workers allow")
         return dataclasses.replace(self, jobs=jobs)
@@ -84,6 +96,37 @@ class Summary:
     @property
     def failed(self) -> list[dict]:
         return [r for r in self.rows if r["status"] != "ok"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop asked for by a signal (SIGTERM from a scheduler or `timeout`, SIGINT from Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_SHIELD = {"on": False, "pending": None}  # a signal that arrived while a run's files were being written
+
+
+def interrupt(signum: int, frame=None) -> None:
+    """Signal handler for `bench run`: stop like Ctrl-C, but never in the middle of writing a run."""
+    if _SHIELD["on"]:
+        _SHIELD["pending"] = signum
+        return
+    raise Interrupted(signum)
+
+
+def _commit_whole(results: Path, out: dict, previous: str | None) -> str:
+    """store.commit with interrupt() held off until the run is written: a run that finished is stored."""
+    _SHIELD["on"], _SHIELD["pending"] = True, None
+    try:
+        return store.commit(results, out, previous)
+    finally:
+        _SHIELD["on"] = False
+        if _SHIELD["pending"] is not None:
+            signum, _SHIELD["pending"] = _SHIELD["pending"], None
+            raise Interrupted(signum)
 
 
 def wanted(status: str | None, force: bool = False, retry_failed: bool = True) -> bool:
@@ -143,6 +186,10 @@ def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, 
     try:
         with store.results_lock(results):
             removed = store.clean_stale(results)
+            try:
+                (results / layout.LOGS).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise unwritable(results, e, results / layout.LOGS) from e
             if removed:
                 echo(f"removed {removed} temp/live-log files left by an interrupted run")
             before = store.statuses(results, ids.values())
@@ -150,7 +197,6 @@ def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, 
             summary = Summary(total=len(runs), skipped=len(runs) - len(todo), rows=[], kept=[])
             if not todo:
                 return summary
-            (results / layout.LOGS).mkdir(parents=True, exist_ok=True)
             attempts = _attempts(results, [ids[id(c)] for c in todo if before[ids[id(c)]] is not None])
             tasks = [Task(cfg=c, data_root=str(root), live_log=str(layout.running_log_path(results, ids[id(c)])),
                           device=opts.device, attempt=attempts.get(ids[id(c)], 0) + 1) for c in _order(todo)]
@@ -197,13 +243,17 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
             setup = backends.PoolSetup(slot_dir=slot_dir, n_slots=jobs, threads=threads, gpus=gpus,
                                        dispatcher_pid=os.getpid())
             echo(f"{jobs} worker processes, " + (f"GPUs {','.join(gpus)} round-robin" if gpus else f"{threads} torch threads each"))
-            stream = backends.pool(tasks, jobs, setup, results)
+            stream = backends.pool(tasks, jobs, setup, results, opts.worker_retries)
         else:
-            stream = backends.dask(tasks, client)
+            stream = backends.dask(tasks, client, opts.worker_retries)
         for task, out in stream:
             row = out["row"]
             committing = row
-            what = store.commit(results, out, before.get(row["run_id"]))
+            try:
+                what = _commit_whole(results, out, before.get(row["run_id"]))
+            except StoreUnwritable as e:
+                bar.close()
+                raise _stop_unwritable(e, task, out, tasks, summary, stream, results, before) from None
             committing = None
             summary.rows.append(row)
             if what == "kept":
@@ -245,6 +295,39 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
     return summary
 
 
+def _stop_unwritable(err: StoreUnwritable, task: Task, out: dict, tasks: list[Task], summary: Summary, stream,
+                     results: Path, before: dict) -> StoreUnwritable:
+    """Stop the grid on a store write the folder refused: stop the workers, store the runs in flight as
+    failed where the folder still takes it (a small row may fit where predictions did not), and return the
+    error with what was kept and what to do."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # joblib's note that it cancelled the running tasks
+        stream.close()
+    done = {r["run_id"] for r in summary.rows}
+    in_flight = [task] + [t for t in tasks if run_id(t.cfg) not in done and t is not task
+                          and layout.running_log_path(results, run_id(t.cfg)).exists()]
+    why = f"stopped: {err}"
+    stored_failed = 0
+    if err.kind != "removed":
+        for t in in_flight:
+            failed = dict(lost(t, why), log=(out["log"] if t is task else "") + f"{worker_now()} {why}\n")
+            if t is task:
+                failed["row"] = {**out["row"], "status": "failed", "error": why[:500]}
+            try:
+                store.commit(results, failed, before.get(run_id(t.cfg)))
+                stored_failed += 1
+            except (StoreUnwritable, OSError):
+                break
+    left = len(tasks) - len(summary.rows)
+    index_bytes = sum(f.stat().st_size for f in (results / layout.INDEX).glob("*.parquet")) if err.kind == "full" else 0
+    need = (f"; about {mb(err.needed * left + index_bytes)} for the {left} runs left and a rewrite of the index"
+            if err.kind == "full" and left > 1 else "")
+    kept = (f"{len(summary.rows)} runs stored, {left} not" + (f" ({stored_failed} in flight stored as failed)"
+                                                                if stored_failed else ""))
+    return StoreUnwritable(err.results, err.kind, err.detail, err.needed,
+                           then=f"stopped with {kept}; {err.fix}{need}, then rerun the same command to resume")
+
+
 def run_one(cfg: RunConfig, data_root: Path, results: Path, device: str | None = None) -> dict:
     """Train one config in this process and store it (failed runs too); returns its row."""
     results = Path(results)
@@ -255,5 +338,5 @@ def run_one(cfg: RunConfig, data_root: Path, results: Path, device: str | None =
         attempt = _attempts(results, [rid]).get(rid, 0) + 1 if previous else 1
         out = execute(Task(cfg=cfg, data_root=str(resolve_root(data_root)),
                            live_log=str(layout.running_log_path(results, rid)), device=device, attempt=attempt))
-        store.commit(results, out, previous)
+        _commit_whole(results, out, previous)
     return out["row"]

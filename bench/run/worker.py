@@ -4,7 +4,8 @@ nothing but the live log.
 
 A failing run (exception, NaN/inf loss, out of memory after one retry at half the batch with
 gradient accumulation) comes back as a `failed` row with its reason. A worker process keeps its
-datasets and loaded LLM layers in memory across its runs (`_splits` here, `bench.models.build`'s cache).
+datasets (as long as their file is unchanged on disk) and loaded LLM layers in memory across its runs
+(`_splits` here, `bench.models.build`'s cache).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import RunConfig, flatten, resolve, run_id
-from bench.data import Splits, TaskSpec, load_splits, task_spec
+from bench.data import Splits, TaskSpec, data_file, load_splits, task_spec
 from bench.errors import one_line
 
 
@@ -57,10 +58,22 @@ def provenance() -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def _splits(task: str, size: int, root: Path) -> tuple[TaskSpec, Splits]:
-    """A worker keeps its datasets in memory across runs."""
+def _cached_splits(task: str, size: int, root: Path, stamp: tuple[int, int] | None) -> tuple[TaskSpec, Splits]:
     spec = task_spec(task, size)
     return spec, load_splits(spec, root, download=False)
+
+
+def _splits(task: str, size: int, root: Path) -> tuple[TaskSpec, Splits]:
+    """A worker keeps its datasets in memory across runs, keyed by the file's (mtime, size): a file deleted
+    or changed on disk since is read again, so its runs fail with the missing-file or MD5 message."""
+    try:
+        st = data_file(task_spec(task, size), root).stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+    except FileNotFoundError:
+        stamp = None
+    if stamp is None:
+        _cached_splits.cache_clear()  # do not keep the arrays of a file that is gone
+    return _cached_splits(task, size, root, stamp)
 
 
 def now() -> str:
@@ -178,11 +191,11 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
                 row["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
             log(f"device {dev}" + (f" (CUDA_VISIBLE_DEVICES={row['cuda_visible_devices']})" if dev.type == "cuda" else "")
                 + f", torch threads {torch.get_num_threads()}")
-            hits = _splits.cache_info().hits
+            hits = _cached_splits.cache_info().hits
             t_data = time.perf_counter()
             spec, splits = _splits(cfg.data.task, cfg.data.size, Path(task.data_root))
             row.update({"data.md5": splits.md5, "data.fixture": splits.fixture,
-                        "data_cached": _splits.cache_info().hits > hits, "data_s": time.perf_counter() - t_data})
+                        "data_cached": _cached_splits.cache_info().hits > hits, "data_s": time.perf_counter() - t_data})
             llm_hits = build._cached_block.cache_info().hits
             t_fit = time.perf_counter()
             result = _fit_with_oom_retry(cfg, splits, spec, dev, log, on_epoch, flags)

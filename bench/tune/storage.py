@@ -2,12 +2,15 @@
 
 `--storage` is an RDB URL (sqlite:///f.db, postgresql://user@host/db, ...) or a journal file path; by
 default `<results>/optuna/<study>.log`, a journal file several processes on one machine share safely.
-Messages and exported files show URLs without their password (`describe_storage`).
+Messages and exported files show URLs without their password (`describe_storage`). A connection that
+drops mid-study (a database restart, a network cut) is waited out (`connection_lost`, `wait_for_storage`):
+connections are checked before use (pool_pre_ping), so the study goes on once the database answers.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +77,46 @@ def open_storage(storage: str):
     except Exception as e:  # noqa: BLE001 — sqlalchemy/driver errors: refused, auth, unknown db, ...
         raise BenchError(f"cannot connect to storage {shown}: {one_line(e)}") from None
 
+
+
+RECONNECT_S = 300.0  # how long a study waits for its database to come back before giving up
+
+
+def connection_error(err: BaseException) -> BaseException | None:
+    """The dropped or refused database connection behind `err` (optuna wraps sqlalchemy's errors in its own,
+    whose message blames the data), or None when `err` is a mistake or a bug, not a lost connection."""
+    try:
+        from sqlalchemy import exc
+    except ImportError:
+        return None
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError)) or (
+                isinstance(e, exc.DBAPIError) and e.connection_invalidated):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def connection_lost(err: BaseException) -> bool:
+    return connection_error(err) is not None
+
+
+def wait_for_storage(storage, study_name: str, shown: str, first: BaseException, timeout: float = RECONNECT_S) -> None:
+    """Block until the study's database answers again (pool_pre_ping reconnects); BenchError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    delay, last = 0.5, connection_error(first) or first
+    while time.monotonic() < deadline:
+        try:
+            storage.get_study_id_from_name(study_name)
+            return
+        except Exception as e:  # anything but a lost connection is not ours to wait out
+            if not connection_lost(e):
+                raise
+            last = connection_error(e) or e
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+    raise BenchError(f"lost the connection to the study's storage {shown} for {timeout:.0f}s ({one_line(last)}); "
+                     "rerun the same command when it is back: the study goes on where it stopped") from None

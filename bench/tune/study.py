@@ -72,7 +72,15 @@ from bench.grid import Grid, load_grid
 from bench.train import fit, pick_device
 from bench.tune.params import TUNED, tuned_path, write_tuned
 from bench.tune.space import Param, load_space
-from bench.tune.storage import default_storage, describe_storage, open_storage
+from bench.tune.storage import (
+    RECONNECT_S,
+    connection_error,
+    connection_lost,
+    default_storage,
+    describe_storage,
+    open_storage,
+    wait_for_storage,
+)
 from bench.upstream import optuna_storage, optuna_trial_id
 
 DEFAULT_GRID = "smoke"
@@ -485,6 +493,29 @@ def _objective(setup: TuneSetup, trial, splits, spec, device) -> float:
     return sum(bests) / k
 
 
+def _reconnect(study, setup: TuneSetup, trial, err: BaseException, say: Callable[[str], None]) -> None:
+    """The study's database connection dropped: wait until it answers again, then fail the trial that was in
+    flight as interrupted (it does not count towards --trials, so the study runs another in its place)."""
+    shown = describe_storage(setup.storage)
+    err = connection_error(err) or err
+    say(f"lost the connection to the study's storage {shown} ({one_line(err, 200)}); waiting up to "
+        f"{RECONNECT_S:.0f}s for it to come back")
+    storage = optuna_storage(study)
+    wait_for_storage(storage, setup.study, shown, err)
+    if trial is None:
+        say("storage back; the study goes on")
+        return
+    trial_id = optuna_trial_id(trial)
+    _RUNNING_HERE.discard(trial_id)
+    try:
+        storage.set_trial_user_attr(trial_id, "interrupted", f"storage connection lost: {one_line(err)}"[:500])
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        say(f"storage back; trial {trial.number}, in flight when it dropped, failed as interrupted (not counted); "
+            "the study goes on")
+    except (UpdateFinishedTrialError, KeyError):  # its result was stored before the drop
+        say(f"storage back; trial {trial.number} was stored before the drop; the study goes on")
+
+
 def work(setup: TuneSetup, tag: str = "", log: Callable[[str], None] | None = None, deadline: float | None = None,
          export_best: bool = True, stop: Callable[[], bool] | None = None) -> None:
     """Ask, train, tell until the study has `n_trials` counted trials, `deadline` (time.monotonic) passes or
@@ -498,55 +529,63 @@ def work(setup: TuneSetup, tag: str = "", log: Callable[[str], None] | None = No
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = _study(setup)
         while True:
-            fail_stale(study, lambda m: say(prefix + m))
-            if deadline is not None and time.monotonic() >= deadline:
-                say(f"{prefix}timeout: no new trials")
-                break
-            if (stop and stop()) or tally(study)["counted"] >= setup.n_trials:
-                break
-            if splits is None:  # only a study with trials left to run loads its data
-                splits = load_splits(spec, setup.data_root, download=False, splits=("train", "val"))  # never test
-            trial = study.ask()
-            trial_id = optuna_trial_id(trial)
-            _RUNNING_HERE.add(trial_id)
-            trial.set_user_attr("worker", _worker_id())
-            trial.set_user_attr("heartbeat", time.time())
-            beat = _Heartbeat(optuna_storage(study), trial_id, HEARTBEAT_S)
-            state, note = TrialState.COMPLETE, ""
+            trial = None
             try:
-                value = _objective(setup, trial, splits, spec, device)
-            except optuna.TrialPruned:
-                beat.stop()
-                state = TrialState.PRUNED
-                frozen = study.tell(trial, state=state)
-                step, running = max(frozen.intermediate_values.items(), default=(-1, math.nan))
-                seed, epoch = divmod(step, setup.base.train.epochs)
-                where = f"epoch {epoch}" + (f" of seed {setup.seeds[seed]} (step {step})" if len(setup.seeds) > 1 else "")
-                note = f"pruned after {where}, running {setup.objective} {running:.4f}"
-            except BaseException as e:
-                beat.stop()
-                user_error = isinstance(e, BenchError)
-                interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
-                # a stopped trial, or one the user's setup broke, does not count towards --trials
-                trial.set_user_attr("interrupted" if interrupted or user_error else "error",
-                                    f"{type(e).__name__}: {e}".splitlines()[0][:500])
-                study.tell(trial, state=TrialState.FAIL)
-                if interrupted or user_error:
+                fail_stale(study, lambda m: say(prefix + m))
+                if deadline is not None and time.monotonic() >= deadline:
+                    say(f"{prefix}timeout: no new trials")
+                    break
+                if (stop and stop()) or tally(study)["counted"] >= setup.n_trials:
+                    break
+                if splits is None:  # only a study with trials left to run loads its data
+                    splits = load_splits(spec, setup.data_root, download=False, splits=("train", "val"))  # never test
+                trial = study.ask()
+                trial_id = optuna_trial_id(trial)
+                _RUNNING_HERE.add(trial_id)
+                trial.set_user_attr("worker", _worker_id())
+                trial.set_user_attr("heartbeat", time.time())
+                beat = _Heartbeat(optuna_storage(study), trial_id, HEARTBEAT_S)
+                state, note = TrialState.COMPLETE, ""
+                try:
+                    value = _objective(setup, trial, splits, spec, device)
+                except optuna.TrialPruned:
+                    beat.stop()
+                    state = TrialState.PRUNED
+                    frozen = study.tell(trial, state=state)
+                    step, running = max(frozen.intermediate_values.items(), default=(-1, math.nan))
+                    seed, epoch = divmod(step, setup.base.train.epochs)
+                    where = f"epoch {epoch}" + (f" of seed {setup.seeds[seed]} (step {step})" if len(setup.seeds) > 1 else "")
+                    note = f"pruned after {where}, running {setup.objective} {running:.4f}"
+                except BaseException as e:
+                    beat.stop()
+                    if connection_lost(e):  # the trial is not at fault: no verdict on it (see _reconnect)
+                        raise
+                    user_error = isinstance(e, BenchError)
+                    interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
+                    # a stopped trial, or one the user's setup broke, does not count towards --trials
+                    trial.set_user_attr("interrupted" if interrupted or user_error else "error",
+                                        f"{type(e).__name__}: {e}".splitlines()[0][:500])
+                    study.tell(trial, state=TrialState.FAIL)
+                    if interrupted or user_error:
+                        raise
+                    state, note = TrialState.FAIL, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                else:
+                    beat.stop()
+                    study.tell(trial, value)
+                    note = f"{setup.objective} {value:.4f}"
+                finally:
+                    _RUNNING_HERE.discard(trial_id)
+                n = tally(study)
+                best = best_in_budget(study, setup.n_trials)
+                best_txt = f"best {setup.objective} {best.value:.4f} (trial {best.number})" if best else "no complete trial yet"
+                say(f"{prefix}trial {trial.number} {note} [{_short(trial.params)}] | "
+                    f"{n['done']}/{setup.n_trials} done, {best_txt}")
+                if export_best and state == TrialState.COMPLETE and best is not None and best.number == trial.number:
+                    export(study, setup)
+            except BaseException as e:  # a dropped database connection: wait for it, then go on
+                if not connection_lost(e):
                     raise
-                state, note = TrialState.FAIL, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            else:
-                beat.stop()
-                study.tell(trial, value)
-                note = f"{setup.objective} {value:.4f}"
-            finally:
-                _RUNNING_HERE.discard(trial_id)
-            n = tally(study)
-            best = best_in_budget(study, setup.n_trials)
-            best_txt = f"best {setup.objective} {best.value:.4f} (trial {best.number})" if best else "no complete trial yet"
-            say(f"{prefix}trial {trial.number} {note} [{_short(trial.params)}] | "
-                f"{n['done']}/{setup.n_trials} done, {best_txt}")
-            if export_best and state == TrialState.COMPLETE and best is not None and best.number == trial.number:
-                export(study, setup)
+                _reconnect(study, setup, trial, e, lambda m: say(prefix + m))
 
 
 # ------------------------------------------------------------------------------------------- export
