@@ -506,10 +506,7 @@ def sharded_llm(env, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("layout", [
     "sharded",
-    pytest.param("single-file", marks=pytest.mark.xfail(strict=True, reason=(
-        "bench/models/llm/source.py asks the hub for model.safetensors.index.json even when the cache records it "
-        "absent (.no_exist), so with the hub unreachable a cached single-file model fails; fix: consult "
-        "huggingface_hub.try_to_load_from_cache before hf_hub_download"))),
+    "single-file",  # the cache records model.safetensors.index.json absent (.no_exist): no hub call for it
 ])
 def test_hub_unreachable_fails_uncached_llms_with_the_hint_and_cached_ones_go_on(env, sharded_llm, tmp_path, capsys,
                                                                                   monkeypatch, one_thread, layout):

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
 
 from bench.errors import BenchError
 from bench.models.llm.checkpoint import SINGLE_FILE
@@ -115,6 +115,13 @@ class Source:
     def _fetch(self, name: str, revision: str | None) -> Path | None:
         e, unreachable = _hub_errors()
         rid = self.repo_id
+        if revision and re.fullmatch(r"[0-9a-f]{40}", revision):  # a commit's files never change: the cache is final
+            cached = try_to_load_from_cache(rid, name, revision=revision)
+            if cached is _CACHED_NO_EXIST:  # the cache knows the commit has no such file (no hub call, also offline)
+                return None
+            if isinstance(cached, str):
+                self.fetched[name] = Path(cached)
+                return self.fetched[name]
         try:
             self.fetched[name] = Path(hf_hub_download(rid, name, revision=revision))
             return self.fetched[name]
