@@ -706,6 +706,32 @@ def test_a_killed_process_leaves_a_trial_that_the_next_start_fails(env, tmp_path
     assert "trial 0 was left running" in capsys.readouterr().out
 
 
+def test_a_trial_running_here_stays_running_when_another_studys_trial_with_its_id_ends(tmp_path):
+    """Two Dask threads of one process run trial 0 of study a and trial 0 of study b (each journal numbers its
+    trials from 0). b's ending must not make a's look left behind by a gone process: a's trial stays running
+    (seen for real in the Dask test as 'trial 1 was left running (process ... is gone)')."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    studies = {n: optuna.create_study(study_name=n, storage=JournalStorage(JournalFileBackend(str(tmp_path / n))))
+               for n in ("a", "b")}
+    trials = {n: s.ask() for n, s in studies.items()}
+    assert tune_study.optuna_trial_id(trials["a"]) == tune_study.optuna_trial_id(trials["b"])
+    keys = {n: (n, tune_study.optuna_trial_id(t)) for n, t in trials.items()}
+    try:
+        for n, t in trials.items():  # what `work` does around each trial
+            tune_study._RUNNING_HERE.add(keys[n])
+            t.set_user_attr("worker", tune_study._worker_id())
+        studies["b"].tell(trials["b"], 0.5)
+        tune_study._RUNNING_HERE.discard(keys["b"])
+        assert tune_study.fail_stale(studies["a"], log=lambda m: None) == []
+        assert studies["a"].trials[0].state == TrialState.RUNNING
+        tune_study._RUNNING_HERE.discard(keys["a"])  # a's process no longer runs it: now it is left behind
+        assert tune_study.fail_stale(studies["a"], log=lambda m: None) == [0]
+    finally:
+        tune_study._RUNNING_HERE.difference_update(keys.values())
+
+
 @pytest.mark.slow
 def test_jobs_spread_over_the_studies_first(env, tmp_path):
     """--jobs 2 on two studies: each worker starts on its own study (then they share what is left)."""

@@ -363,7 +363,9 @@ def _study(setup: TuneSetup):
 
 # --------------------------------------------------------------------------------------- the workers
 
-_RUNNING_HERE: set[int] = set()  # storage ids of the trials this process is running (Dask runs several at once)
+# (study name, storage trial id) of the trials this process is running (Dask runs several at once); the name
+# matters: each study's journal file numbers its trials from 0
+_RUNNING_HERE: set[tuple[str, int]] = set()
 
 
 def _worker_id() -> str:
@@ -378,7 +380,8 @@ def fail_stale(study, log: Callable[[str], None] = print) -> list[int]:
         whost, _, wpid = worker.rpartition(":")
         beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
         mine = wpid.isdigit() and int(wpid) == os.getpid()
-        if whost == host and wpid.isdigit() and ((mine and optuna_trial_id(t) not in _RUNNING_HERE)
+        here = (study.study_name, optuna_trial_id(t)) in _RUNNING_HERE
+        if whost == host and wpid.isdigit() and ((mine and not here)
                                                  or (not mine and not pid_alive(int(wpid)))):
             why = f"process {worker} is gone"
         elif now - float(beat) > STALE_S:
@@ -506,7 +509,7 @@ def _reconnect(study, setup: TuneSetup, trial, err: BaseException, say: Callable
         say("storage back; the study goes on")
         return
     trial_id = optuna_trial_id(trial)
-    _RUNNING_HERE.discard(trial_id)
+    _RUNNING_HERE.discard((study.study_name, trial_id))
     try:
         storage.set_trial_user_attr(trial_id, "interrupted", f"storage connection lost: {one_line(err)}"[:500])
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
@@ -541,7 +544,7 @@ def work(setup: TuneSetup, tag: str = "", log: Callable[[str], None] | None = No
                     splits = load_splits(spec, setup.data_root, download=False, splits=("train", "val"))  # never test
                 trial = study.ask()
                 trial_id = optuna_trial_id(trial)
-                _RUNNING_HERE.add(trial_id)
+                _RUNNING_HERE.add((study.study_name, trial_id))
                 trial.set_user_attr("worker", _worker_id())
                 trial.set_user_attr("heartbeat", time.time())
                 beat = _Heartbeat(optuna_storage(study), trial_id, HEARTBEAT_S)
@@ -574,7 +577,7 @@ def work(setup: TuneSetup, tag: str = "", log: Callable[[str], None] | None = No
                     study.tell(trial, value)
                     note = f"{setup.objective} {value:.4f}"
                 finally:
-                    _RUNNING_HERE.discard(trial_id)
+                    _RUNNING_HERE.discard((study.study_name, trial_id))
                 n = tally(study)
                 best = best_in_budget(study, setup.n_trials)
                 best_txt = f"best {setup.objective} {best.value:.4f} (trial {best.number})" if best else "no complete trial yet"
