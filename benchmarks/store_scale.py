@@ -15,6 +15,7 @@ Measured (targets of the issue "store at full-grid scale", on a 2-core machine):
   read_history         every run's history                                  <= 10 s
   bench list           `bench list --grid full`, Python start included      <= 3 s, and no torch import
   expand               `load_grid("full")`                                   <= 1 s
+  bench report         `bench report --grid full`, every table and plot      <= 60 s
 "cold" = a fresh Python process (imports included where it says so; the OS page cache is warm, this script
 cannot drop it), "warm" = the same call again in that process. Each figure is the median of --repeats
 fresh processes; the machine load (os.getloadavg) is printed beside it. --slow-paths also times reads with
@@ -162,6 +163,20 @@ def bench_list(store_dir: Path, grid: str, repeats: int) -> tuple[float, bool]:
     return statistics.median(times), torch
 
 
+def bench_report(store_dir: Path, grid: str, repeats: int) -> float:
+    """`bench report --grid G` end to end as a user types it (every table and plot, HTML included)."""
+    bench = str(Path(sys.executable).with_name("bench"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            subprocess.run([bench, "report", "--grid", grid, "--results", str(store_dir), "--out", out],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def line(name: str, r: dict, target: str = "") -> None:
     print(f"{name:<34} cold {r['cold']:6.2f} s  warm {r['warm']:6.2f} s  import {r['import']:5.2f} s  "
           f"rows {r['n']:>7}  torch imported: {r['torch']}  {target}  ({load()})", flush=True)
@@ -192,6 +207,9 @@ def main() -> int:
     seconds, torch = bench_list(args.store, args.grid, r)
     print(f"{'bench list --grid ' + args.grid:<34} {seconds:6.2f} s end to end (Python start included), torch "
           f"imported: {torch}  target <= 3 s, no torch  ({load()})", flush=True)
+    seconds = bench_report(args.store, args.grid, r)
+    print(f"{'bench report --grid ' + args.grid:<34} {seconds:6.2f} s end to end (Python start included)  "
+          f"target <= 60 s  ({load()})", flush=True)
     if args.slow_paths:
         slow_paths(args, ids_file)
     return 0

@@ -355,3 +355,27 @@ def test_minilm_layers_on_real_breastmnist(shared_data, tmp_path):
     assert len(v) == 4 and set(v["verdict"]) <= {"consistent", "contradicted", "inconclusive"}
     md = (folder / "summary.md").read_text()
     assert "layer=0" in md and "layer=-1" in md and "bootstrap 95%" in md and "Reproduction verdicts" in md
+
+
+def test_bootstrap_spread_over_processes_gives_the_same_intervals(real_store, tmp_path, monkeypatch):
+    """A big store's bootstrap rows run in worker processes; each row's draws depend only on its key, so the
+    intervals equal the one-process report's (here: every row its own job)."""
+    import bench.report.effects as effects
+
+    results, folder, _ = real_store
+    monkeypatch.setattr(effects, "BOOTSTRAP_ROWS_PER_JOB", 1)
+    again = make_report(results, tmp_path, name="rep")
+    one, spread = pd.read_csv(folder / "effects.csv"), pd.read_csv(again / "effects.csv")
+    boot = [c for c in one.columns if "_boot_" in c]
+    assert one[boot].notna().any().all()
+    pd.testing.assert_frame_equal(one[boot], spread[boot])
+
+
+def test_a_setting_names_a_row_only_where_it_splits_runs_of_one_task():
+    """vit.arch differs between two tasks only: no part of a row's name; train.lr differs within a task: named."""
+    from bench.report.collect import _setting
+
+    grid = pd.DataFrame({"task": ["breastmnist", "breastmnist", "adrenalmnist3d", "adrenalmnist3d"], "size": 28,
+                         "vit.arch": ["small", "small", "vit3d-m", "vit3d-m"], "train.lr": [1e-3, 1e-4, 1e-5, 1e-5]})
+    assert list(_setting(grid)) == ["train.lr=0.001", "train.lr=0.0001", "train.lr=1e-05", "train.lr=1e-05"]
+    assert list(_setting(grid.assign(**{"train.lr": 1e-3}))) == [""] * 4

@@ -102,15 +102,18 @@ def _normalise(grid: pd.DataFrame) -> pd.DataFrame:
 
 
 def _setting(grid: pd.DataFrame) -> pd.Series:
-    """'vit.arch=small, train.epochs=100' for the data/vit/train fields that vary across the grid.
+    """'vit.arch=small, train.epochs=100' for the data/vit/train fields that vary within a task and size.
 
-    Task and size are table rows already; any other varying setting becomes part of the row so runs
-    trained differently are never averaged together. Empty when nothing else varies.
+    Task and size are table rows already; any other setting that differs between runs of one task and size
+    becomes part of the row, so runs trained differently are never averaged together. A field that differs
+    only between tasks (`full`'s 2D recipe vs its 3D one) separates nothing and stays out of the row's name.
+    Empty when nothing else varies.
     """
     keys = [k for k in all_keys() if k.startswith(SETTING_PREFIXES) and k in grid.columns
             and k not in ("data.task", "data.size") and grid[k].astype(str).nunique(dropna=False) > 1]
     shown = {k: grid[k].map(_text) for k in keys}
-    keys = [k for k in keys if shown[k].nunique() > 1]
+    task_size = [grid["task"], grid["size"]]
+    keys = [k for k in keys if shown[k].groupby(task_size).nunique().max() > 1]
     if not keys:
         return pd.Series("", index=grid.index)
     text = pd.Series("", index=grid.index)

@@ -29,6 +29,7 @@ def style():
     """Seaborn's theme for the report's plots only; rcParams (which optuna also changes) are restored."""
     with plt.rc_context():
         sns.set_theme(style="whitegrid", context="notebook")
+        plt.rcParams["svg.fonttype"] = "none"  # SVG text stays text: editable in a paper, and fast to write
         yield
 
 
@@ -115,33 +116,69 @@ def heatmap(summary: pd.DataFrame, metric: str, labels: list[str], out: Path) ->
     return Plot(title, f"heatmap_{metric}", "Mean over ok seeds; — = no ok run.")
 
 
+def _mean_sd(data: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
+    """Mean and sample sd of `y` per group, in first-seen order: the points and whiskers of a curve
+    (aggregated once here, not by seaborn per facet: a full grid has thousands of runs)."""
+    return data.groupby(by, sort=False)[y].agg(["mean", "std"]).reset_index()
+
+
+def _palette(n: int) -> list:
+    """Distinct colours for n lines: seaborn's 'deep' has 10, beyond that evenly spaced hues."""
+    return sns.color_palette("deep" if n <= 10 else "husl", n)
+
+
+def _line(ax, points: pd.DataFrame, x: str, color, label: str) -> None:
+    ax.errorbar(points[x], points["mean"], yerr=points["std"].fillna(0), color=color, marker="o", ms=4,
+                capsize=2, lw=1.2, label=label)
+
+
 def layer_curve(runs: pd.DataFrame | None, metric: str, out: Path) -> Plot | Skipped:
     title = f"Test {NAMES[metric]} vs LLM layer index"
     if runs is None:
         return Skipped(f"{title}: skipped, no LLM was run at more than one layer index.")
     layer = first_layer(runs["llm.layers"])
-    if layer.isna().any():  # named positions (first, middle, last): categorical, in depth order
-        runs = runs.iloc[np.argsort(layer_position(runs["llm.layers"]).to_numpy(), kind="stable")]
-        layer = runs["llm.layers"].astype(str)
-    data = runs.assign(row=_rows(runs), layer=layer)
-    g = sns.relplot(data=data, x="layer", y=METRICS[metric], hue="llm", col="row", kind="line", marker="o",
-                    col_wrap=min(3, data["row"].nunique()), errorbar="sd", height=3.2, aspect=1.3,
-                    facet_kws={"sharey": False})
-    g.set_axis_labels("first layer of the LLM block", f"test {NAMES[metric]}")
-    g.set_titles("{col_name}")
-    g.figure.suptitle(title, y=1.03)
-    _save(g.figure, out, f"layer_{metric}")
+    named = layer.isna().any()  # named positions (first, middle, last): categorical, in depth order
+    position = layer_position(runs["llm.layers"]) if named else layer
+    data = runs.assign(row=_rows(runs), layer=runs["llm.layers"].astype(str) if named else layer, position=position)
+    points = _mean_sd(data.sort_values("position", kind="stable"), ["row", "llm", "position", "layer"],
+                      METRICS[metric])
+    rows, llms = list(dict.fromkeys(data["row"])), list(dict.fromkeys(data["llm"]))
+    colors = dict(zip(llms, _palette(len(llms))))
+    ncol = min(3, len(rows))
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    ticks = points.drop_duplicates("position").sort_values("position")
+    for ax, row in zip(axes.flat, rows):
+        for llm, line in points[points["row"] == row].groupby("llm", sort=False):
+            _line(ax, line, "position", colors[llm], str(llm))
+        if named:
+            ax.set_xticks(ticks["position"], ticks["layer"])
+        ax.set_title(row, fontsize=9)
+        ax.set_xlabel("first layer of the LLM block")
+        ax.set_ylabel(f"test {NAMES[metric]}")
+    for ax in axes.flat[len(rows):]:
+        ax.set_visible(False)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, title="llm", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, out, f"layer_{metric}")
     return Plot(title, f"layer_{metric}", "Mean ± sd over seeds; other LLM knobs at the R-LLM defaults.")
 
 
 def llm_size_curve(runs: pd.DataFrame | None, metric: str, out: Path) -> Plot | Skipped:
     title = f"Test {NAMES[metric]} vs LLM size"
-    if runs is None or runs.dropna(subset=["llm.params"])["llm"].nunique() < 2:
+    known = None if runs is None else runs[runs["llm.params"].fillna(0) > 0]  # 0 or none: an unknown size
+    if known is None or known["llm"].nunique() < 2:
         return Skipped(f"{title}: skipped, fewer than two LLMs with a known parameter count.")
-    data = runs.dropna(subset=["llm.params"]).assign(row=_rows(runs))
+    data = known.assign(row=_rows(known)).sort_values("llm.params", kind="stable")
+    points = _mean_sd(data, ["row", "llm.params"], METRICS[metric])
+    rows = list(dict.fromkeys(known.assign(row=_rows(known))["row"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=data, x="llm.params", y=METRICS[metric], hue="row", marker="o", errorbar="sd", ax=ax)
+    for row, color in zip(rows, _palette(len(rows))):
+        _line(ax, points[points["row"] == row], "llm.params", color, row)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the LLMs' names mark the sizes
     for name, params in data.groupby("llm")["llm.params"].first().items():
         ax.annotate(str(name).split("/")[-1], (params, 1), xycoords=("data", "axes fraction"),
                     rotation=90, va="top", ha="right", fontsize=8, color="grey")

@@ -111,17 +111,22 @@ def paper_table(ours: pd.DataFrame, published: pd.DataFrame, dims: str) -> Table
 
     `ours`: ok runs with paper_variant/paper_model (bench.report.published), `dims` '2D' or '3D'.
     """
+    keys = ROW + ["label", "arm", "paper_variant"]
+    per_seed = ours.groupby(keys + ["seed"], sort=True)[["test_acc", "test_auc"]].mean()
+    stats = per_seed.groupby(level=keys, sort=True).agg(["mean", "std", "count"])
+    stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
+    first = ours.groupby(keys, sort=True)[["vit.arch", "paper_model"]].first()  # first non-null of each
+    cells = stats.join(first).reset_index()
     rows = []
-    for task, grp in ours.groupby("task", sort=True):
-        for key, cell in grp.groupby(ROW + ["label", "arm", "paper_variant"], sort=True):
-            seeds = cell.groupby("seed")[["test_acc", "test_auc"]].mean()
-            model = cell["paper_model"].dropna()
-            rows.append({"task": task, "model": f"ours: vit.arch={cell['vit.arch'].iloc[0]}"
-                         + (f" (= {model.iloc[0]})" if len(model) else ""),
-                         "variant": key[5] + (f" · {key[3]}" if key[3] != key[5] else "") + (f" · {key[4]}" if key[4] else ""),
-                         "ACC": fmt_stat(seeds["test_acc"].mean(), seeds["test_acc"].std(), seeds["test_acc"].count()),
-                         "AUC": fmt_stat(seeds["test_auc"].mean(), seeds["test_auc"].std(), seeds["test_auc"].count()),
-                         "source": f"this grid, size {key[1]}" + (f", {key[2]}" if key[2] else "")})
+    for task in sorted(set(cells["task"])):
+        for key in cells[cells["task"] == task].to_dict("records"):
+            model, label, arm, variant = key["paper_model"], key["label"], key["arm"], key["paper_variant"]
+            rows.append({"task": task, "model": f"ours: vit.arch={key['vit.arch']}"
+                         + (f" (= {model})" if pd.notna(model) else ""),
+                         "variant": variant + (f" · {label}" if label != variant else "") + (f" · {arm}" if arm else ""),
+                         **{name: fmt_stat(key[f"{m}_mean"], key[f"{m}_std"], key[f"{m}_count"])
+                            for name, m in (("ACC", "test_acc"), ("AUC", "test_auc"))},
+                         "source": f"this grid, size {key['size']}" + (f", {key['setting']}" if key["setting"] else "")})
         pub = published[published["task"] == task]
         for (table, model, variant), g in pub.groupby(["table", "model", "variant"], sort=False):
             vals = dict(zip(g["metric"], g["value"]))

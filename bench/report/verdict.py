@@ -75,32 +75,38 @@ def verdicts(results: Path, ok: pd.DataFrame, effects: pd.DataFrame, published: 
     cols = ["run_id", "test_acc", "test_auc", "audit_acc", "audit_auc"]
     merged = var[list(dict.fromkeys(ARM + keys + ["paper_variant", "paper_model", "vit.arch"] + cols))].merge(
         base[keys + cols], on=keys, suffixes=("", "_base"))
-    rows = []
+    info = merged.groupby(ARM)[["paper_variant", "paper_model", "vit.arch"]].first().reset_index()
+    parts = []
     for m in METRICS:
         merged[f"d_{m}"] = merged[f"audit_{m}"] - merged[f"audit_{m}_base"]
         audit = paired_summary(merged.dropna(subset=[f"d_{m}"]), ARM, f"d_{m}") if merged[f"d_{m}"].notna().any() \
             else pd.DataFrame(columns=["n", "mean", "ci_low", "ci_high", "mde"])
         levels = merged.groupby(ARM)[[f"audit_{m}", f"audit_{m}_base", f"test_{m}", f"test_{m}_base"]].mean()
-        info = merged.groupby(ARM)[["paper_variant", "paper_model", "vit.arch"]].first()
-        for arm, r in info.iterrows():
-            mine = c[(c["task"] == arm[0]) & (c["variant"] == r["paper_variant"]) & (c["metric"] == m)]
-            same = mine[mine["model"] == r["paper_model"]]
-            for claim in (same if len(same) else mine).to_dict("records"):
-                a = audit.loc[arm] if arm in audit.index else None
-                honest = effects.loc[arm] if arm in effects.index else None
-                lv = levels.loc[arm]
-                rows.append({
-                    **dict(zip(ARM, arm)), "metric": m, "tables": claim["tables"], "paper_model": claim["model"],
-                    "backbone": "the paper's" if len(same) else f"other (vit.arch={r['vit.arch']})",
-                    "variant": claim["variant"], "paper_base": claim["paper_base"], "paper_value": claim["paper_value"],
-                    "paper_delta": claim["paper_delta"],
-                    "audit_value": lv[f"audit_{m}"], "audit_base": lv[f"audit_{m}_base"],
-                    "honest_value": lv[f"test_{m}"], "honest_base": lv[f"test_{m}_base"],
-                    **{f"audit_{k}": (a[k] if a is not None else np.nan) for k in ("n", "mean", "ci_low", "ci_high", "mde")},
-                    **{f"honest_{k}": (honest[f"{m}_{k}"] if honest is not None else np.nan)
-                       for k in ("n", "mean", "ci_low", "ci_high", "mde")},
-                })
-    out = pd.DataFrame(rows)
+        # each arm against its task's claims for its variant: those on its own backbone if the paper has any, else all
+        mine = info.reset_index(names="arm_order").merge(
+            c[c["metric"] == m].reset_index(names="claim_order"), left_on=["task", "paper_variant"],
+            right_on=["task", "variant"], suffixes=("", "_claim"))
+        own = mine["model"] == mine["paper_model"]
+        has_own = own.groupby([mine[k] for k in ARM]).transform("any")
+        mine = mine[own | ~has_own].sort_values(["arm_order", "claim_order"])
+        at = pd.MultiIndex.from_frame(mine[ARM])
+        honest = effects.reindex(at) if len(effects) else pd.DataFrame(index=at)
+        audit = audit.reindex(at)
+        lv = levels.reindex(at)
+        parts.append(pd.DataFrame({
+            **{k: mine[k].to_numpy() for k in ARM}, "metric": m, "tables": mine["tables"].to_numpy(),
+            "paper_model": mine["model"].to_numpy(),
+            "backbone": np.where(has_own[mine.index], "the paper's", "other (vit.arch=" + mine["vit.arch"].astype(str)
+                                 + ")"),
+            "variant": mine["variant"].to_numpy(), "paper_base": mine["paper_base"].to_numpy(),
+            "paper_value": mine["paper_value"].to_numpy(), "paper_delta": mine["paper_delta"].to_numpy(),
+            "audit_value": lv[f"audit_{m}"].to_numpy(), "audit_base": lv[f"audit_{m}_base"].to_numpy(),
+            "honest_value": lv[f"test_{m}"].to_numpy(), "honest_base": lv[f"test_{m}_base"].to_numpy(),
+            **{f"audit_{k}": audit[k].to_numpy(dtype=float) for k in ("n", "mean", "ci_low", "ci_high", "mde")},
+            **{f"honest_{k}": (honest[f"{m}_{k}"].to_numpy(dtype=float) if f"{m}_{k}" in honest else np.nan)
+               for k in ("n", "mean", "ci_low", "ci_high", "mde")},
+        }))
+    out = pd.concat(parts, ignore_index=True)
     out["verdict"] = [classify(r.paper_delta, r.audit_ci_low, r.audit_ci_high, r.audit_n)
                       for r in out.itertuples(index=False)]
     return out
