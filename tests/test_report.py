@@ -379,3 +379,17 @@ def test_a_setting_names_a_row_only_where_it_splits_runs_of_one_task():
                          "vit.arch": ["small", "small", "vit3d-m", "vit3d-m"], "train.lr": [1e-3, 1e-4, 1e-5, 1e-5]})
     assert list(_setting(grid)) == ["train.lr=0.001", "train.lr=0.0001", "train.lr=1e-05", "train.lr=1e-05"]
     assert list(_setting(grid.assign(**{"train.lr": 1e-3}))) == [""] * 4
+
+
+def test_replicates_zero_skips_the_bootstrap_and_too_few_is_one_line(real_store, tmp_path, capsys):
+    from bench import cli
+
+    results, folder, _ = real_store
+    assert cli.main(["report", "--results", str(results), "--out", str(tmp_path), "--replicates", "0"]) == 0
+    eff = pd.read_csv(tmp_path / "all" / "effects.csv")
+    assert not [c for c in eff.columns if "_boot_" in c] and eff["auc_mean"].notna().any()
+    assert "Bootstrap: off" in (tmp_path / "all" / "summary.md").read_text()
+    capsys.readouterr()
+    assert cli.main(["report", "--results", str(results), "--out", str(tmp_path / "x"), "--replicates", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: --replicates 5") and len(err.strip().splitlines()) == 1

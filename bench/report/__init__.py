@@ -37,22 +37,32 @@ PAIRING = (
     "families): (1) the Summary's Δ table, every variant label × task row; (2) the per-arm table, every arm × "
     "task row. Ablation tables show unadjusted intervals."
 )
-BOOTSTRAP = (f"Bootstrap: {bootstrap.REPLICATES} replicates per arm with ≥ 2 paired seeds; each replicate resamples the "
-             "seeds, then the test images within each drawn seed (the same images for the variant run and its "
-             "baseline), and takes the mean over drawn seeds of the paired metric difference; the interval is the "
-             f"2.5–97.5 percentile. Random stream: numpy default_rng([{bootstrap.SEED}, crc32('task|size|setting|seeds')]), "
-             "shared by the arms of a row. MDE: the smallest |Δ| a two-sided paired t-test (α = 0.05) detects with "
-             "power 0.8 given n pairs and the observed sd of the paired differences (noncentral t).")
+MDE = ("MDE: the smallest |Δ| a two-sided paired t-test (α = 0.05) detects with power 0.8 given n pairs and the "
+       "observed sd of the paired differences (noncentral t).")
+
+
+def bootstrap_text(replicates: int) -> str:
+    if not replicates:
+        return f"Bootstrap: off (bench report --replicates 0): no bootstrap intervals. {MDE}"
+    return (f"Bootstrap: {replicates} replicates per arm with ≥ 2 paired seeds; each replicate resamples the "
+            "seeds, then the test images within each drawn seed (the same images for the variant run and its "
+            "baseline), and takes the mean over drawn seeds of the paired metric difference; the interval is the "
+            f"2.5–97.5 percentile. Random stream: numpy default_rng([{bootstrap.SEED}, "
+            f"crc32('task|size|setting|seeds')]), shared by the arms of a row. {MDE}")
 STATS = ("Cells are mean ± sample std (ddof = 1) of the test metric over seeds (n = seeds), from ok runs only; "
          "when a variant label spans several runs per seed (e.g. several LLMs or layers), each seed's value is "
          "first their mean, so seeds are the replicates. — marks a missing cell (no ok run), never a zero.")
 
 
 def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc",
-                expected: pd.DataFrame | None = None) -> Path:
-    """Write the report for the runs of `expected` (None: every stored run) and return its folder."""
+                expected: pd.DataFrame | None = None, replicates: int = bootstrap.REPLICATES) -> Path:
+    """Write the report for the runs of `expected` (None: every stored run) and return its folder; `replicates`
+    of the seeds × images bootstrap per arm (0: none; its time grows with test-set size × arms)."""
     if metric not in METRICS:
         raise BenchError(f"metric '{metric}' is not one of {', '.join(METRICS)}")
+    if replicates != 0 and replicates < 100:
+        raise BenchError(f"--replicates {replicates}: give 0 (no bootstrap) or at least 100 (default "
+                         f"{bootstrap.REPLICATES}); fewer cannot place a 95% interval's 2.5 and 97.5 percentiles")
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise BenchError(f"report name '{name}' must be a plain folder name, e.g. 'smoke'")
     grid = collect(Path(results), expected)
@@ -62,7 +72,7 @@ def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc"
     table = summary(grid)
     ok = add_arms(grid[grid["status"] == "ok"])
     with plots.style():
-        sections = _sections(Path(results), grid, ok, table, metric, folder)
+        sections = _sections(Path(results), grid, ok, table, metric, folder, replicates)
     title = f"R-LLM bench report: {name}"
     intro = [_counts(grid, expected is not None),
              f"Store: {Path(results).resolve()}. Best, Δ plots and curves use test {NAMES[metric]}. "
@@ -70,7 +80,7 @@ def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc"
     (folder / "summary.md").write_text(render_markdown(title, intro, sections), encoding="utf-8")
     (folder / "index.html").write_text(render_html(title, intro, sections), encoding="utf-8")
     tables = [b for s in sections for b in s.blocks if isinstance(b, Table)]
-    tex = [f"% {title}: {intro[0]}", f"% {PAIRING}", f"% {BOOTSTRAP}", "% needs \\usepackage{booktabs}", *(to_latex(t) for t in tables)]
+    tex = [f"% {title}: {intro[0]}", f"% {PAIRING}", f"% {bootstrap_text(replicates)}", "% needs \\usepackage{booktabs}", *(to_latex(t) for t in tables)]
     (folder / "summary.tex").write_text("\n\n".join(tex) + "\n", encoding="utf-8")
     summary_csv(table).to_csv(folder / "summary.csv", index=False, na_rep="NaN")
     return folder
@@ -84,11 +94,11 @@ def _write_numbers(folder: Path, effects: pd.DataFrame, v: pd.DataFrame) -> None
 
 
 def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, metric: str,
-              folder: Path) -> list[Section]:
+              folder: Path, replicates: int) -> list[Section]:
     labels = label_order(grid["label"])
     published = load_published()
     other = next(m for m in METRICS if m != metric)
-    effects = cell_effects(ok, results)
+    effects = cell_effects(ok, results if replicates else None, replicates)
     v = verdicts(results, ok, effects, published)
     _write_numbers(folder, effects, v)
     sections = [
@@ -97,7 +107,7 @@ def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.Dat
         Section("Summary", [metric_matrix(table, metric, labels), metric_matrix(table, other, labels),
                             delta_table(table, labels), plots.delta_bars(table, metric, labels, folder),
                             plots.heatmap(table, metric, labels, folder)]),
-        Section("Paired effects per arm", [PAIRING, BOOTSTRAP, effects_table(effects, labels)]),
+        Section("Paired effects per arm", [PAIRING, bootstrap_text(replicates), effects_table(effects, labels)]),
         _published_section(ok, published),
         _ablation_section(ok, table, metric, folder),
         Section("Training curves", [plots.val_curves(_curve_history(results, ok), ok, metric, folder)]),
