@@ -29,7 +29,7 @@ class Scorer:
     """One run's test predictions, prepared so any weight matrix scores it in O(rows x images)."""
 
     correct: np.ndarray  # (N,) per-image accuracy (the mean over labels for multi-label)
-    columns: list  # per AUC column: (order, positive in that order (N, 1), starts of tie groups or None)
+    columns: list  # per AUC column: (negatives by score, positives, per positive the negatives below, at or below)
 
     @classmethod
     def of(cls, task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> Scorer:
@@ -46,30 +46,30 @@ class Scorer:
             correct = (score.argmax(1) == y_true[:, 0]).astype(float)
         columns = []
         for k in range(score.shape[1]):
-            order = np.argsort(score[:, k], kind="stable")
-            s = score[order, k]
-            starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-            columns.append((order, positive[order, k, None].astype(float), starts if len(starts) < len(s) else None))
+            negatives, positives = np.flatnonzero(~positive[:, k]), np.flatnonzero(positive[:, k])
+            negatives = negatives[np.argsort(score[negatives, k], kind="stable")]
+            ranked = score[negatives, k]
+            columns.append((negatives, positives, np.searchsorted(ranked, score[positives, k], side="left"),
+                            np.searchsorted(ranked, score[positives, k], side="right")))
         return cls(correct, columns)
 
     def metrics(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ACC, AUC) per column of `weights` (N image counts x replicates); AUC averages the classes defined in
-        a replicate. Images run along axis 0 so the sorted gathers and cumulative sums move whole rows; counts
-        are whole numbers, so float32 is exact while every sum stays below 2^24 (N^2 < 2^24), float64 beyond."""
+        a replicate. AUC is the weighted Mann–Whitney statistic: each positive earns the negatives scored below
+        it, tied ones 1/2, read off one cumulative sum of the negatives' counts in score order. Images run along
+        axis 0 so the gathers and cumulative sums move whole rows; counts are whole numbers, so float32 is exact
+        while every sum stays below 2^24 (N^2 < 2^24), float64 beyond, and the result does not depend on the
+        order of the sums."""
         dtype = np.float32 if len(self.correct) ** 2 < 2 ** 24 else np.float64
         weights = weights.astype(dtype, copy=False)
         total = weights.sum(0, dtype=np.float64)
         acc = self.correct @ weights / total
         aucs = []
-        for order, positive, starts in self.columns:
-            w = weights[order]
-            pos = w * positive.astype(dtype)
-            w -= pos  # the negatives' counts
-            if starts is None:  # no tied scores: each positive beats the negatives sorted below it
-                num = np.einsum("ij,ij->j", pos, np.cumsum(w, axis=0), dtype=np.float64)
-            else:  # tie groups: negatives strictly below count 1, tied ones 1/2
-                pos, w = np.add.reduceat(pos, starts, axis=0), np.add.reduceat(w, starts, axis=0)
-                num = np.einsum("ij,ij->j", pos, np.cumsum(w, axis=0) - 0.5 * w, dtype=np.float64)
+        for negatives, positives, below, at_or_below in self.columns:
+            counted = np.zeros((len(negatives) + 1, weights.shape[1]), dtype)  # row i: the i lowest negatives
+            np.cumsum(weights[negatives], axis=0, out=counted[1:])
+            pos = weights[positives]
+            num = np.einsum("ij,ij->j", pos, 0.5 * (counted[below] + counted[at_or_below]), dtype=np.float64)
             n_pos = pos.sum(0, dtype=np.float64)
             n_neg = total - n_pos
             with np.errstate(invalid="ignore", divide="ignore"):
