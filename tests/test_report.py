@@ -393,3 +393,15 @@ def test_replicates_zero_skips_the_bootstrap_and_too_few_is_one_line(real_store,
     assert cli.main(["report", "--results", str(results), "--out", str(tmp_path / "x"), "--replicates", "5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bench: error: --replicates 5") and len(err.strip().splitlines()) == 1
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line(real_store, tmp_path, capsys):
+    from bench import cli
+
+    results, _, _ = real_store
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli.main(["report", "--results", str(results), "--out", str(blocker), "--replicates", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: cannot write the report into") and "--out" in err
+    assert len(err.strip().splitlines()) == 1 and blocker.read_text() == "not a folder"

@@ -67,7 +67,13 @@ def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc"
         raise BenchError(f"report name '{name}' must be a plain folder name, e.g. 'smoke'")
     grid = collect(Path(results), expected)
     folder = Path(out) / name
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".write-check").touch()
+        (folder / ".write-check").unlink()
+    except OSError as e:
+        raise BenchError(f"cannot write the report into {folder} ({e.strerror or type(e).__name__}): pass --out a "
+                         "folder you can write to") from None
 
     table = summary(grid)
     ok = add_arms(grid[grid["status"] == "ok"])
