@@ -7,6 +7,7 @@ instead of silently changing a number somewhere else.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -45,3 +46,14 @@ def optuna_storage(study: Any) -> Any:
 def optuna_trial_id(trial: Any) -> int:
     """The storage-wide id of a Trial or FrozenTrial (the public `number` is per study)."""
     return trial._trial_id
+
+
+def keep_loky_worker() -> None:
+    """Stop loky from replacing this worker process when its memory grows: loky restarts a worker whose RSS
+    rose 300 MB above its size after the first task (a leak guard, `_MAX_MEMORY_LEAK_SIZE`), but a bench
+    worker grows on purpose, keeping each task's data and LLM layers for its next runs. Call inside the worker."""
+    from joblib.externals.loky import process_executor
+
+    if not hasattr(process_executor, "_MAX_MEMORY_LEAK_SIZE"):
+        raise RuntimeError("joblib's loky no longer has _MAX_MEMORY_LEAK_SIZE: see bench/upstream.py")
+    process_executor._MAX_MEMORY_LEAK_SIZE = sys.maxsize

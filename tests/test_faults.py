@@ -544,18 +544,23 @@ def test_hub_unreachable_fails_uncached_llms_with_the_hint_and_cached_ones_go_on
 # -------------------------------------------------------------------------------------- the CLI itself
 
 
-def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_file(tmp_path, capsys):
-    """Whatever escapes every handler (here `bench report --out` under a regular file: NotADirectoryError from
-    deep in the report) is one line naming the file that holds the traceback, never written into the store."""
+def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_file(tmp_path, capsys, monkeypatch):
+    """Whatever escapes every handler (here an error injected deep in the report's statistics) is one line
+    naming the file that holds the traceback, never written into the store."""
     from report_helpers import config
     from report_helpers import store as store_run
 
+    import bench.report
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("injected deep in the report")
+
     results = tmp_path / "results"
     store_run(results, config(), acc=0.8, auc=0.9)
-    (tmp_path / "a-file").write_text("")
-    rc = cli.main(["report", "--results", str(results), "--out", str(tmp_path / "a-file" / "report")])
+    monkeypatch.setattr(bench.report, "cell_effects", broken)
+    rc = cli.main(["report", "--results", str(results), "--out", str(tmp_path / "report")])
     line = one_line_error(capsys.readouterr().err, rc, 1)
-    assert "NotADirectoryError" in line and "(unexpected; the traceback is in " in line
+    assert "ZeroDivisionError" in line and "(unexpected; the traceback is in " in line
     path = Path(line.split("the traceback is in ")[1].rstrip(")"))
     assert "Traceback (most recent call last)" in path.read_text() and not (results / "logs").exists()
     path.unlink()

@@ -75,3 +75,32 @@ def test_optuna_storage_and_trial_id_reach_the_trial_row():
     assert frozen.user_attrs["heartbeat"] == 12.5 and upstream.optuna_trial_id(frozen) == tid
     storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
     assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL
+
+
+_HOARD = []
+
+
+def _task(step: str) -> int:
+    """A loky worker's task: 'keep' calls keep_loky_worker, 'grow' keeps 400 MB (as a worker's data and LLM
+    caches do) for longer than loky's once-a-second memory check; every step returns the worker's pid."""
+    import os
+    import time
+
+    import numpy as np
+
+    if step == "keep":
+        upstream.keep_loky_worker()
+    if step == "grow":
+        _HOARD.append(np.ones(400 * 2**20 // 8))
+        time.sleep(1.5)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_loky_replaces_a_grown_worker_unless_told_to_keep_it(keep):
+    """The leak guard is real (without the call the grown worker is replaced) and keep_loky_worker turns it off."""
+    from joblib.externals.loky.process_executor import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        pids = [pool.submit(_task, step).result() for step in ("keep" if keep else "first", "grow", "after")]
+    assert (pids[0] == pids[1] == pids[2]) is keep and pids[0] == pids[1]

@@ -131,7 +131,9 @@ def _hold(runs: pd.DataFrame, cols: list[str], axis: str) -> pd.DataFrame:
     cols = [c for c in cols if c in runs.columns]
     if runs.empty or not cols:
         return runs
-    key = runs[cols].astype(str).apply("|".join, axis=1)
+    key = runs[cols[0]].astype(str)
+    for c in cols[1:]:
+        key = key + "|" + runs[c].astype(str)
     spread = runs.groupby(key)[axis].agg(lambda s: (s.astype(str).nunique(), len(s)))
     return runs[key == spread.sort_values(ascending=False, kind="stable").index[0]]
 

@@ -287,9 +287,11 @@ _TEX_UNICODE = {"±": r"$\pm$", "—": "---", "–": "--", "Δ": r"$\Delta$", "�
                 "×": r"$\times$", "…": r"\ldots{}", "≥": r"$\geq$", "≤": r"$\leq$", "α": r"$\alpha$"}
 
 
+_TEX = str.maketrans({**_TEX_SPECIAL, **_TEX_UNICODE})  # one pass, as no special's replacement holds a Unicode key
+
+
 def tex_escape(text: str) -> str:
-    out = "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
-    return "".join(_TEX_UNICODE.get(ch, ch) for ch in out)
+    return str(text).translate(_TEX)
 
 
 def to_latex(t: Table) -> str:

@@ -33,6 +33,7 @@ from bench.crashsafe import pid_alive
 from bench.errors import BenchError, one_line
 from bench.run.worker import Task, execute, lost
 from bench.store import layout
+from bench.upstream import keep_loky_worker
 
 
 def serial(tasks: list[Task], epoch_bar: Callable[[Task], Callable | None]) -> Iterator[tuple[Task, dict]]:
@@ -85,6 +86,7 @@ def _pool_execute(task: Task, setup: PoolSetup) -> dict:
 
     state = _POOL_STATE
     if state.get("slot_dir") != setup.slot_dir:
+        keep_loky_worker()  # its caches are what a worker is for
         state["slot_dir"] = setup.slot_dir
         state["slot"] = _claim_slot(setup.slot_dir, setup.n_slots)
         if threading.current_thread() is threading.main_thread():
