@@ -67,3 +67,14 @@ def tiny_llm(tmp_path_factory):
         return made[family]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tests that train in this process: one torch thread, as a fair share of a busy CI box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -34,14 +34,9 @@ def data_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def _one_thread_here(one_thread):
+    """Every test of this module trains in this process."""
 
 
 def grid_file(tmp_path: Path, text: str = TINY) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from postgres_helpers import postgres_cluster
 
 import bench.store
 from bench import cli, store
@@ -47,16 +47,6 @@ def env(tmp_path_factory, tiny_llm):
     for task in TASKS:
         write_fixture(base / "medmnist", task, 28, n=(32, 16, 16))
     return base / "medmnist", tiny_llm("llama")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_args(env, results, *extra, grid="ci") -> list[str]:
@@ -390,46 +380,11 @@ def test_a_lost_dask_worker_has_its_run_retried_on_another_at_most_worker_retrie
 # ------------------------------------------------------------------------------------- PostgreSQL
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def postgres(tmp_path):
+def postgres():
     """(URL, stop(), start()) of a throwaway PostgreSQL cluster of this test."""
-    pytest.importorskip("psycopg2", reason="psycopg2 (pip install psycopg2-binary) is needed for PostgreSQL URLs")
-    import glob
-    import tempfile
-
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    initdb = bins[-1] if bins else shutil.which("initdb")
-    if not initdb:
-        pytest.skip("PostgreSQL server binaries not found (Debian: apt-get install postgresql; .ci/run installs it)")
-    bindir = Path(initdb).parent
-    data = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    as_user = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(data, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-t", "60"]
-    start = [*ctl, "-o", f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={data} -c fsync=off",
-             "start"]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data / "db"), "-U", "bench", "--auth=trust",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
-    subprocess.run(start, check=True, capture_output=True, timeout=120)
-
-    def stop() -> None:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], check=True, capture_output=True, timeout=60)
-
-    try:
-        yield f"postgresql://bench@127.0.0.1:{port}/postgres", stop, lambda: subprocess.run(start, check=True,
-                                                                                             capture_output=True)
-    finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], check=False, capture_output=True, timeout=60)
-        shutil.rmtree(data, ignore_errors=True)
+    with postgres_cluster() as cluster:
+        yield cluster.url, cluster.stop, cluster.start
 
 
 @pytest.mark.slow

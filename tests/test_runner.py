@@ -24,7 +24,7 @@ from bench import cli, store
 from bench.run import backends
 from bench.config import run_id
 from bench.data import write_fixture
-from bench.grid import expand, load_grid
+from bench.grid import load_grid
 
 CI_TASKS = ("breastmnist", "adrenalmnist3d")
 BENCH = str(Path(sys.executable).with_name("bench"))
@@ -49,17 +49,6 @@ def ci_grid(env, *sets):
     from bench.config import parse_sets
 
     return load_grid("ci", parse_sets([f"booster.source={env[1]}", *sets]))
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tests train in this process: one torch thread, as a fair share of a busy CI box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

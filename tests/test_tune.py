@@ -8,7 +8,6 @@ train the real tiny ViT on fixture data.
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -17,13 +16,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from postgres_helpers import free_port, postgres_cluster
 
 from bench import cli, store
 from bench.config import override, run_id
@@ -163,14 +162,8 @@ def test_unknown_task_or_variant_is_one_line(env, capsys, args, expect):
     assert not env.results.exists()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_storage_that_cannot_connect_is_one_line(env, capsys, fake_fit):
-    url = f"postgresql://bench:s3cret@127.0.0.1:{_closed_port()}/optuna"
+    url = f"postgresql://bench:s3cret@127.0.0.1:{free_port()}/optuna"
     err = one_line_error(capsys, env.tune("--storage", url))
     assert "cannot connect to storage postgresql://bench:***@127.0.0.1" in err
     assert "s3cret" not in err
@@ -779,35 +772,8 @@ def test_dask_cluster_runs_the_studies(env, capsys, fake_fit, monkeypatch):
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp dir; yields its URL."""
-    pytest.importorskip("psycopg2", reason="psycopg2 (pip install psycopg2-binary) is needed for PostgreSQL URLs")
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    initdb = bins[-1] if bins else shutil.which("initdb")
-    if not initdb:
-        pytest.skip("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
-    bindir = Path(initdb).parent
-    as_user: list[str] = []
-    data = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(data, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _closed_port()
-
-    def pg(*cmd):
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
-
-    try:
-        pg(str(bindir / "initdb"), "-D", str(data / "db"), "-U", "bench", "--auth=trust", "-E", "UTF8", "--no-sync")
-        pg(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-t", "60", "-o",
-           f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={data} -c fsync=off", "start")
-    except subprocess.CalledProcessError as e:
-        shutil.rmtree(data, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {e.stderr.decode(errors='replace')[-500:]}")
-    try:
-        yield f"postgresql://bench@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(data, ignore_errors=True)
+    with postgres_cluster() as cluster:
+        yield cluster.url
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from bench.report.stats import CELL, METRICS, ROW, bh_adjust_family, pairs
 
 ARM = CELL + ["arm"]
 ALPHA, POWER = 0.05, 0.8
+BOOTSTRAP_ROWS_PER_JOB = 8  # fewer bootstrap rows per worker process than this: not worth starting the processes
 
 
 def add_arms(ok: pd.DataFrame) -> pd.DataFrame:
@@ -128,9 +129,6 @@ def _bootstrap(results: Path, paired: pd.DataFrame, effects: pd.DataFrame, repli
     for part in Parallel(n_jobs=n_jobs)(jobs):
         found.update(part)
     return pd.DataFrame.from_dict(found, orient="index", columns=cols).reindex(effects.index)
-
-
-BOOTSTRAP_ROWS_PER_JOB = 8  # fewer rows per worker process than this: not worth starting the processes
 
 
 def _row_bootstrap(results: Path, task_type: str, base_ids: list[str], arm_ids: dict, key: str,
