@@ -20,21 +20,20 @@ from typing import Any, Mapping
 
 from bench.data.info import task_spec
 from bench.errors import BenchError
+from bench.models.registry import BACKBONES, VARIANTS, archs
 
 
 def knob(default, *, choices: tuple = (), gt: float | None = None, ge: float | None = None,
          lt: float | None = None, le: float | None = None, added: bool = False):
     """A config field with its allowed values, declared beside it: the one place a knob's rule lives.
 
-    `choices` for strings; `gt`/`ge`/`lt`/`le` bounds for numbers (which must also be finite; for tuples,
+    `choices` for strings (a registry's dict: its names, read when checked, so a new entry is a new choice); `gt`/`ge`/`lt`/`le` bounds for numbers (which must also be finite; for tuples,
     each item). `added=True` marks a field added after the first release: at its default it is left out
     of the run id, so runs stored before it existed keep their ids (its default is what they did)."""
     rule = {k: v for k, v in dict(choices=choices, gt=gt, ge=ge, lt=lt, le=le).items() if v not in (None, ())}
     return field(default=default, metadata={"rule": rule, "added": added})
 
 
-ARCHS_2D3D = ("tiny", "small", "base")  # timm's ViT widths, for 2D and (with 3D patches) 3D
-ARCHS_3D = ("vit3d-s", "vit3d-m", "vit3d-l", "vivit-s", "vivit-m", "vivit-l")  # Lai et al.'s 3D backbones
 RELATIVE_LAYERS = ("first", "middle", "last")
 
 
@@ -49,7 +48,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class VitConfig:
-    arch: str = knob("tiny", choices=ARCHS_2D3D + ARCHS_3D)
+    arch: str = knob("tiny", choices=BACKBONES)  # bench/models/registry.py
     depth: int = knob(0, ge=0)  # transformer blocks; 0 = the arch's own (12; vit3d 8; vivit 4+4, 8+8, 16+16)
     patch: int = knob(0, ge=0)  # 0 = chosen from the image size (28->4, 64->8, 128/224->16)
     paper_mode: bool = False  # the model sees 2D images at 224 with patch 16, as the paper's ViT-S
@@ -64,7 +63,7 @@ class VitConfig:
 class BoosterConfig:
     """FE -> FL -> FD after the last ViT block. `None` knobs take the variant's default."""
 
-    variant: str = knob("baseline", choices=("baseline", "adapters", "mlp", "rllm"))  # adapters: FD(FE z) + z and
+    variant: str = knob("baseline", choices=VARIANTS)  # bench/models/registry.py; adapters: FD(FE z) + z and
     # mlp: FD(FE z), both without an LLM layer (capacity controls)
     source: str | None = "minilm-l6"  # hub id, local directory, or minilm-l6 (packaged offline copy)
     revision: str | None = None  # hub revision; None = main
@@ -134,8 +133,6 @@ RLLM_DEFAULTS = dict(
     residual="in", llm_norm="unit", freeze="frozen", init="pretrained", pos_emb="none", mask="bidirectional"
 )
 LLM_KNOBS = ("residual", "llm_norm", "freeze", "lr_mult", "init", "pos_emb", "mask")
-WHICH_LLM = ("source", "revision", "layer", "num_layers", "dtype")
-NO_LLM_LAYER = ("baseline", "adapters", "mlp")
 
 
 @functools.cache
@@ -143,32 +140,39 @@ def field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _fields(cls=RunConfig, prefix: str = ""):
-    """(dotted key, dataclass field, type) of every leaf field."""
+def fields(cls=RunConfig, prefix: str = ""):
+    """(dotted key, dataclass field, type) of every leaf field: the one walk over the config's fields (store
+    columns, grid typing, the tune space and the rules below read it)."""
     for f in dataclasses.fields(cls):
         tp = field_types(cls)[f.name]
         if dataclasses.is_dataclass(tp):
-            yield from _fields(tp, f"{prefix}{f.name}.")
+            yield from fields(tp, f"{prefix}{f.name}.")
         else:
             yield prefix + f.name, f, tp
 
 
 @functools.cache
+def leaf_types() -> dict[str, Any]:
+    """{dotted key: field type} of every settable field, e.g. {"train.lr": float, "booster.layer": int | str}."""
+    return {key: tp for key, _, tp in fields()}
+
+
+@functools.cache
 def all_keys() -> list[str]:
     """Every dotted key a user can set, e.g. `train.lr`."""
-    return [key for key, _, _ in _fields()]
+    return list(leaf_types())
 
 
 @functools.cache
 def rules() -> dict[str, dict]:
     """{dotted key: its declared rule} for every field declared with a rule."""
-    return {key: f.metadata["rule"] for key, f, _ in _fields() if f.metadata.get("rule")}
+    return {key: f.metadata["rule"] for key, f, _ in fields() if f.metadata.get("rule")}
 
 
 @functools.cache
 def added_defaults() -> dict[str, Any]:
     """{dotted key: default} of the fields added after the first release (left out of run ids at that default)."""
-    return {key: f.default for key, f, _ in _fields() if f.metadata.get("added")}
+    return {key: f.default for key, f, _ in fields() if f.metadata.get("added")}
 
 
 def _unknown_key(key: str) -> BenchError:
@@ -325,11 +329,6 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def arch_depth(arch: str) -> int:
-    """The number of blocks an arch has (per transformer for ViViT's spatial and temporal ones)."""
-    return {"vit3d-s": 8, "vit3d-m": 8, "vit3d-l": 8, "vivit-s": 4, "vivit-m": 8, "vivit-l": 16}.get(arch, 12)
-
-
 def resolve(cfg: RunConfig) -> RunConfig:
     """The one place a config is validated: every field against its rule, knobs that mean nothing for the
     variant or the task refused, the variant's and the arch's defaults filled in.
@@ -339,14 +338,15 @@ def resolve(cfg: RunConfig) -> RunConfig:
     check_fields(cfg)
     spec = task_spec(cfg.data.task, cfg.data.size)  # the task exists at that size (medmnist.INFO)
     b = cfg.booster
+    variant = VARIANTS[b.variant]
     set_knobs = [k for k in LLM_KNOBS if getattr(b, k) is not None]
-    if b.variant in NO_LLM_LAYER:
+    if not variant.has_layer:
         if set_knobs:
             raise BenchError(
                 f"booster.{set_knobs[0]} has no meaning for variant={b.variant} (no LLM layer); "
-                "remove it or use booster.variant=rllm"
+                f"remove it or use booster.variant={next(n for n, v in VARIANTS.items() if v.has_layer)}"
             )
-        if b.variant == "baseline":
+        if variant.llm == "none":
             b = dataclasses.replace(b, source=None, revision=None, layer=0, num_layers=0, dtype="fp32", bias=True,
                                     adapter_init="default")
         else:  # adapters and mlp take only the LLM's width: one run per LLM, whatever layer the grid sweeps
@@ -360,10 +360,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
             raise BenchError("booster.lr_mult only applies to a fine-tuned layer; set booster.freeze=finetune or drop it")
         if b.init == "random" and b.llm_norm == "pretrained":
             raise BenchError("booster.llm_norm=pretrained loads trained weights into a random-init block; use unit or none")
-    if b.variant != "baseline":
+    if variant.llm != "none":
         if not b.source:
             raise BenchError(f"variant={b.variant} needs booster.source (a hub id, a local directory or minilm-l6)")
-        if b.variant == "rllm" and b.num_layers < 1:
+        if variant.has_layer and b.num_layers < 1:
             raise BenchError(f"booster.num_layers must be >= 1, got {b.num_layers}")
     vit = _resolve_vit(cfg.vit, spec)
     _check_data(cfg.data, spec)
@@ -372,18 +372,26 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
 
 def _resolve_vit(v: VitConfig, spec) -> VitConfig:
-    if v.arch in ARCHS_3D and not spec.is_3d:
-        raise BenchError(f"vit.arch={v.arch} is a 3D backbone; for a 2D task use one of {', '.join(ARCHS_2D3D)}")
+    entry, dims = BACKBONES[v.arch], 3 if spec.is_3d else 2
+    if dims not in entry.dims:
+        raise BenchError(f"vit.arch={v.arch} is a {entry.dims[0]}D backbone; for a {dims}D task use one of "
+                         f"{', '.join(archs(dims))}")
+    if spec.size not in entry.sizes:
+        raise BenchError(f"vit.arch={v.arch} takes data.size {', '.join(map(str, entry.sizes))}, not {spec.size}; "
+                         "set data.size to one of them or choose another vit.arch")
     if spec.is_3d:
         for name in ("pretrained", "paper_mode", "weights"):
             if getattr(v, name):
                 raise BenchError(f"vit.{name} applies to 2D tasks only (there are no 3D ImageNet weights or 224-px "
                                  f"images); drop vit.{name}")
+    if v.pretrained and not entry.weights:
+        raise BenchError(f"vit.pretrained: vit.arch={v.arch} has no ImageNet weights; use one of "
+                         f"{', '.join(n for n, b in BACKBONES.items() if b.weights)} or drop vit.pretrained")
     if v.pretrained and v.weights:
         raise BenchError("vit.pretrained and vit.weights both pick ImageNet weights; keep only vit.weights")
     if v.head == "pretrained" and not (v.pretrained or v.weights):
         raise BenchError("vit.head=pretrained keeps the checkpoint's ImageNet classifier: set vit.weights too")
-    depth = v.depth or arch_depth(v.arch)
+    depth = v.depth or entry.depth
     if (v.pretrained or v.weights) and depth != 12:
         raise BenchError("ImageNet weights are for timm's 12-block ViTs; set vit.depth=0 (or 12)")
     return dataclasses.replace(v, depth=depth)
@@ -453,12 +461,38 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
 def run_id(cfg: RunConfig) -> str:
     """A stable hash of the resolved config (not its label, params file or save_weights): equal configs share
     one run. Fields added after the first release are left out at their default, so older ids stay valid."""
-    d = to_dict(resolve(cfg))
+    resolved = resolve(cfg)
+    return id_from_parts(id_parts(resolved), resolved.seed)
+
+
+def id_parts(resolved: RunConfig) -> dict[str, str]:
+    """What the run id hashes of a resolved config, the seed aside: its dict less the fields left out of run ids,
+    as the JSON text of each top-level value by its JSON key. A grid encodes them once for all its seeds."""
+    d = _as_dict(resolved)
     for key in NOT_IN_RUN_ID:
         d.pop(key)
     for key, default in added_defaults().items():
         section, name = key.split(".")
         if d[section][name] == default:
             del d[section][name]
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    d.pop("seed")
+    return {json.dumps(k): json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in d.items()}
+
+
+def id_from_parts(parts: dict[str, str], seed: int) -> str:
+    """The run id: sha1 of the JSON of the config's dict with sorted keys and no spaces, assembled from the parts
+    (a JSON object is its members' texts joined), the first 16 hex digits."""
+    members = {**parts, '"seed"': str(seed)}
+    blob = "{" + ",".join(f"{k}:{members[k]}" for k in sorted(members)) + "}"
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _as_dict(obj) -> dict:
+    """`to_dict` without its deep copy (fields hold scalars and tuples): 20x faster."""
+    sections = _sections(type(obj))
+    return {k: _as_dict(v) if k in sections else v for k, v in vars(obj).items()}
+
+
+@functools.cache
+def _sections(cls) -> frozenset[str]:
+    return frozenset(name for name, tp in field_types(cls).items() if dataclasses.is_dataclass(tp))

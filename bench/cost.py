@@ -14,10 +14,9 @@ attention products 3x (both operands are activations). A run is
 augmentation repeats images within an epoch, it does not lengthen it), a forward pass over val every
 epoch, and one over test (every epoch with train.audit_test).
 
-Shapes: the timm ViTs of bench.models (tiny/small/base: 192/384/768 wide, mlp ratio 4, CLS token;
-paper mode = 224 px, patch 16), Lai et al.'s 3D backbones (vit3d-s/m/l; vivit-s/m/l: a spatial transformer
-per frame group, then a temporal one, the booster on the temporal tokens), and the LLM's config.json
-(`llm_shape`).
+Shapes: each backbone's registry entry (bench/models/registry.py: width, attention and MLP widths, a CLS
+token; a factorised one, ViViT, is a spatial transformer per frame group, then a temporal one, the booster on
+the temporal tokens; paper mode = 224 px, patch 16), and the LLM's config.json (`llm_shape`).
 """
 
 from __future__ import annotations
@@ -29,11 +28,8 @@ from pathlib import Path
 
 from bench.config import RunConfig
 from bench.data.info import task_spec
+from bench.models.registry import BACKBONES, PAPER_PATCH, PAPER_SIZE, VARIANTS, auto_patch
 
-VIT_WIDTHS = {"tiny": 192, "small": 384, "base": 768}  # timm: mlp 4x, heads of 64
-LAI_WIDTHS = {"s": 512, "m": 1024, "l": 2048}  # Lai et al.'s vit3d-*/vivit-*: 8 heads of 64, mlp = width
-LAI_INNER = 8 * 64  # their attention's inner width, whatever the model width
-PAPER_SIZE, PAPER_PATCH = 224, 16
 IMAGENET_CLASSES = 1000  # vit.head=pretrained keeps timm's ImageNet classifier
 MINILM = "minilm-l6"
 
@@ -176,30 +172,26 @@ class Backbone:
 def backbone(cfg: RunConfig) -> Backbone:
     spec = task_spec(cfg.data.task, cfg.data.size)
     v = cfg.vit
+    entry = BACKBONES[v.arch]
     channels = 3 if cfg.data.rgb or spec.n_channels == 3 else 1
     size = PAPER_SIZE if v.paper_mode else spec.size
-    patch = PAPER_PATCH if v.paper_mode else (v.patch or {28: 4, 64: 8, 128: 16, 224: 16}[size])
+    patch = PAPER_PATCH if v.paper_mode else (v.patch or auto_patch(size))
     dims = 3 if spec.is_3d else 2
     grid = size // patch
     n_patches = grid**dims
     classes = IMAGENET_CLASSES if v.head == "pretrained" else spec.n_classes
-    if v.arch in VIT_WIDTHS:
-        width, tokens = VIT_WIDTHS[v.arch], n_patches + 1
-        blocks = _block(tokens, width, width, 4 * width) * v.depth
-        booster_tokens = tokens
+    width = entry.width
+    if entry.factorised:  # ViViT: each of `grid` frame groups of grid^2 patches (+ CLS), then the group CLS tokens (+ CLS)
+        spatial = _block(grid**2 + 1, width, entry.attention, entry.mlp) * (grid * v.depth)
+        blocks = spatial + _block(grid + 1, width, entry.attention, entry.mlp) * v.depth
+        booster_tokens = grid + 1
     else:
-        width = LAI_WIDTHS[v.arch.split("-")[1]]
-        if v.arch.startswith("vit3d"):
-            blocks = _block(n_patches + 1, width, LAI_INNER, width) * v.depth
-            booster_tokens = n_patches + 1
-        else:  # ViViT: each of `grid` frame groups of grid^2 patches (+ CLS), then the group CLS tokens (+ CLS)
-            spatial = _block(grid**2 + 1, width, LAI_INNER, width) * (grid * v.depth)
-            blocks = spatial + _block(grid + 1, width, LAI_INNER, width) * v.depth
-            booster_tokens = grid + 1
+        blocks = _block(n_patches + 1, width, entry.attention, entry.mlp) * v.depth
+        booster_tokens = n_patches + 1
     embed_flops = 2 * n_patches * channels * patch**dims * width
     # timm's patch embedding sees the image: no input gradient. Lai et al.'s normalises the tubelets with a
     # LayerNorm that has weights before its Linear, so the backward pass computes that Linear's input gradient too.
-    embed = Matmuls(one_gradient=embed_flops) if v.arch in VIT_WIDTHS else Matmuls(trained=embed_flops)
+    embed = Matmuls(trained=embed_flops) if entry.embed_input_grad else Matmuls(one_gradient=embed_flops)
     head = Matmuls(trained=2 * width * classes)
     return Backbone(embed + blocks + head, width, booster_tokens)
 
@@ -217,14 +209,15 @@ def matmuls(cfg: RunConfig) -> Matmuls | None:
     """Per-image matmul FLOPs of a resolved config's model; None when its LLM's shape is unknown."""
     bb = backbone(cfg)
     b = cfg.booster
-    if b.variant == "baseline":
+    variant = VARIANTS[b.variant]
+    if variant.llm == "none":
         return bb.matmuls
     shape = llm_shape(b.source, b.revision)
     if shape is None:
         return None
     t = bb.booster_tokens
     total = bb.matmuls + Matmuls(trained=2 * 2 * t * bb.width * shape.hidden)  # FE and FD
-    if b.variant == "rllm":
+    if variant.has_layer:
         total = total + llm_layers(shape, t, b.num_layers, trained=b.freeze == "finetune")
     return total
 

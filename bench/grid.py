@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import hashlib
 import itertools
-import json
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from bench.config import (NOT_IN_RUN_ID, RunConfig, added_defaults, all_keys, coerce, field_types, override, resolve,
+from bench.config import (RunConfig, all_keys, coerce, id_from_parts, id_parts, leaf_types, override, resolve,
                           run_id)
 from bench.errors import BenchError
 
@@ -138,12 +136,12 @@ def _expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str) -> tup
             raise BenchError(f"{ctx}: {e}") from None
         if not included and any(_matches(rule, res) for rule in per_combo):
             continue
-        parts = _id_parts(res)
+        parts = id_parts(res)
         for seed in seeds:
             run = res if seed_from_sets else dataclasses.replace(res, seed=seed)
             if not included and any(_matches(rule, run) for rule in per_seed):
                 continue
-            rid = _run_id(parts, run.seed)
+            rid = id_from_parts(parts, run.seed)
             if rid not in seen:
                 seen.add(rid)
                 runs.append(run)
@@ -175,22 +173,6 @@ def _apply(cfg: RunConfig, overrides: Mapping[str, Any], where: str) -> RunConfi
         raise BenchError(f"{where}: {e}") from None
 
 
-@functools.cache
-def _leaf_types() -> dict[str, Any]:
-    """{dotted key: field type} of every settable field."""
-    out = {}
-
-    def walk(cls, prefix):
-        for name, tp in field_types(cls).items():
-            if dataclasses.is_dataclass(tp):
-                walk(tp, f"{prefix}{name}.")
-            else:
-                out[prefix + name] = tp
-
-    walk(RunConfig, "")
-    return out
-
-
 class _Typed:
     """`_apply` with each override mapping typed and checked once (by `config.coerce`, as `override` does) and
     then set with `dataclasses.replace`: a grid applies the same few mappings thousands of times."""
@@ -210,7 +192,7 @@ class _Typed:
     def _type(overrides, where) -> dict | None:
         if not isinstance(overrides, Mapping):
             return None
-        types = _leaf_types()
+        types = leaf_types()
         leaves: dict = {}
         for key, value in overrides.items():
             if key not in types:
@@ -231,39 +213,6 @@ def _replace(obj, leaves: dict):
     """`obj` with the typed `leaves` ({field: value | {subfield: ...}}) set, nested sections copied once each."""
     return dataclasses.replace(obj, **{k: _replace(getattr(obj, k), v) if isinstance(v, dict) else v
                                        for k, v in leaves.items()})
-
-
-def _id_parts(resolved: RunConfig) -> dict[str, str]:
-    """What `config.run_id` hashes for a resolved config (its dict less the fields left out of run ids), as
-    the JSON text of each top-level value, the seed aside: encoded once for all the seeds."""
-    d = _as_dict(resolved)
-    for key in NOT_IN_RUN_ID:
-        d.pop(key)
-    for key, default in added_defaults().items():
-        section, name = key.split(".")
-        if d[section][name] == default:
-            del d[section][name]
-    d.pop("seed")
-    return {json.dumps(k): json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in d.items()}
-
-
-def _as_dict(obj) -> dict:
-    """`config.to_dict` without its deep copy (fields hold scalars and tuples): 20x faster."""
-    sections = _sections(type(obj))
-    return {k: _as_dict(v) if k in sections else v for k, v in vars(obj).items()}
-
-
-@functools.cache
-def _sections(cls) -> frozenset[str]:
-    return frozenset(name for name, tp in field_types(cls).items() if dataclasses.is_dataclass(tp))
-
-
-def _run_id(parts: dict[str, str], seed: int) -> str:
-    """`config.run_id`: sha1 of the JSON of the dict with sorted keys and no spaces, assembled from the parts
-    (a JSON object is its members' texts joined; tests/test_grid.py checks the ids agree)."""
-    members = {**parts, '"seed"': str(seed)}
-    blob = "{" + ",".join(f"{k}:{members[k]}" for k in sorted(members)) + "}"
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def _check_rule(rule: Any, where: str) -> dict:

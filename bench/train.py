@@ -19,7 +19,8 @@ import torch
 from timm.loss import SoftTargetCrossEntropy
 
 from bench.config import RunConfig, TrainConfig, resolve
-from bench.data import Splits, TaskSpec
+from bench.data import TaskSpec
+from bench.data.loading import Splits
 from bench.data.augment import Pipeline
 from bench.errors import BenchError
 from bench.metrics import evaluate, loss_fn, scores_from_logits

@@ -36,7 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.config import ARCHS_3D, RunConfig, override, parse_sets, resolve
+from bench.config import RunConfig, override, parse_sets, resolve
+from bench.models.registry import archs
+
+ARCHS_3D = [a for a in archs(3) if a not in archs(2)]  # Lai et al.'s: volumes only
 
 RECIPE = {"data.task": "adrenalmnist3d", "data.rgb": True, "data.mean": 0.0, "data.std": 1.0, "train.optimizer": "adam",
           "train.lr": 1e-5, "train.weight_decay": 0.0, "train.schedule": "constant", "train.warmup_epochs": 0,

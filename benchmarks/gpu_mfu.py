@@ -53,8 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench.config import RunConfig, override, parse_sets, resolve  # noqa: E402
-from bench.data import load_splits, task_spec, write_fixture  # noqa: E402
-from bench.models.backbones import WIDTHS  # noqa: E402
+from bench.data import task_spec, write_fixture  # noqa: E402
+from bench.data.loading import load_splits  # noqa: E402
+from bench.models.registry import BACKBONES  # noqa: E402
 from bench.train import build_engine, seed_everything  # noqa: E402
 from train_throughput import DEFAULT_DATA, Naive, load1, machine  # noqa: E402
 
@@ -75,7 +76,7 @@ def write_config_dir(d: Path, shape: dict) -> Path:
 
 def analytic_flops(cfg: RunConfig, spec, llm: dict, tokens: int, patch: int) -> dict[str, float]:
     """Training FLOPs per image by component (see the module docstring for the formula)."""
-    d, _ = WIDTHS[cfg.vit.arch]
+    d = BACKBONES[cfg.vit.arch].width
     depth, T, C, K = cfg.vit.depth, tokens, spec.n_channels, spec.n_classes
     D, I, L = llm["hidden_size"], llm["intermediate_size"], cfg.booster.num_layers
     kv = D // llm["num_attention_heads"] * llm["num_key_value_heads"]

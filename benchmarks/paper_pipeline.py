@@ -41,7 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.config import RunConfig, override, resolve  # noqa: E402
-from bench.data import load_splits, task_spec, write_fixture  # noqa: E402
+from bench.data import task_spec, write_fixture  # noqa: E402
+from bench.data.loading import load_splits  # noqa: E402
 from bench.data.augment import Pipeline  # noqa: E402
 from bench.train import Engine, pick_device  # noqa: E402
 

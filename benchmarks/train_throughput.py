@@ -42,7 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.config import RunConfig, override, parse_sets, resolve  # noqa: E402
-from bench.data import load_splits, task_spec  # noqa: E402
+from bench.data import task_spec  # noqa: E402
+from bench.data.loading import load_splits  # noqa: E402
 from bench.metrics import loss_fn  # noqa: E402
 from bench.models.build import build_model  # noqa: E402
 from bench.train import build_engine, fit, learning_rate, make_optimizer, pick_device, seed_everything  # noqa: E402
@@ -240,7 +241,7 @@ def pipeline_only(splits, spec, data_root: Path, device, batch: int, aug: float,
     from torch.utils.data import DataLoader
     from torchvision import transforms as T
 
-    from bench.data import prepare_batch
+    from bench.data.augment import prepare_batch
 
     x, y = splits.train.images.to(device), splits.train.labels.to(device)
     gen = torch.Generator(device=device).manual_seed(0)

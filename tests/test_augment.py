@@ -16,7 +16,8 @@ from PIL import Image
 from scipy import stats
 
 from bench.config import RunConfig, override, resolve
-from bench.data import load_splits, task_spec, write_fixture
+from bench.data import task_spec, write_fixture
+from bench.data.loading import load_splits
 from bench.data.augment import Pipeline, geometry, mixing, prepare_batch
 from bench.data.augment import randaugment as ra
 

@@ -11,12 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from bench import cost
-from bench.config import ARCHS_3D, RunConfig, VitConfig, arch_depth, override, resolve
-from bench.data import load_splits, task_spec
-from bench.data.loading import SplitData
+from bench.config import RunConfig, VitConfig, override, resolve
+from bench.data import task_spec
+from bench.data.loading import SplitData, load_splits
 from bench.models.backbones import build_backbone
 from bench.models.booster import Booster
 from bench.models.build import RLLMViT, build_model
+from bench.models.registry import BACKBONES, archs
+
+ARCHS_3D = [a for a in archs(3) if a not in archs(2)]  # Lai et al.'s: volumes only
 from bench.train import fit
 
 WIDTH = {"s": 512, "m": 1024, "l": 2048}
@@ -54,11 +57,11 @@ def test_parameter_counts_equal_the_reference_code(arch, boosted):
     """Every width, the arch's own depth (vit3d 8; vivit-s 4 + 4, -m 8 + 8, -l 16 + 16 as the reference's
     vivit_llm_large; its baseline vivit_large has 8 + 8), at the paper's 28^3 x 3 channels, with and without
     FE/FD of LLaMA-7B's width. Built on the meta device: no memory for vivit-l's 400M parameters."""
-    depth = arch_depth(arch)
+    depth = BACKBONES[arch].depth
     with torch.device("meta"):
         backbone = build_backbone(VitConfig(arch=arch, depth=depth), 28, 3, 2, is_3d=True)
-        booster = Booster(backbone.embed_dim, LLAMA_7B, "mlp", None, bias=False) if boosted else None
-        model = RLLMViT(backbone, booster, frozen_llm=False)
+        booster = Booster(backbone.embed_dim, LLAMA_7B, "mlp", bias=False) if boosted else None
+        model = RLLMViT(backbone, booster, frozen_llm=False, site=BACKBONES[arch].booster_site)
     assert trainable(model) == reference_params(arch, depth, d_llm=LLAMA_7B if boosted else 0)
 
 

@@ -12,18 +12,18 @@ from medmnist import INFO
 import bench.data.files as files
 import bench.data.info as info
 from bench.data import (
-    TASKS,
     data_file,
     ensure_file,
     file_md5,
     file_status,
     file_url,
-    load_splits,
-    prepare_batch,
     resolve_root,
     task_spec,
+    tasks,
     write_fixture,
 )
+from bench.data.augment import prepare_batch
+from bench.data.loading import load_splits
 from bench.errors import BenchError
 
 # (task, size): grey 2D, RGB 2D, ordinal RGB, multi-label, 3D, and a non-28 size (file name "_64")
@@ -47,8 +47,8 @@ def _one_line(err) -> str:
 
 
 def test_tasks_and_specs_follow_medmnist():
-    assert TASKS == list(INFO) and len(TASKS) == 18
-    for task in TASKS:
+    assert tasks() == list(INFO) and len(tasks()) == 18
+    for task in tasks():
         cls = getattr(medmnist, INFO[task]["python_class"])
         assert info.available_sizes(task) == cls.available_sizes
         spec = task_spec(task, 28)
@@ -66,7 +66,7 @@ def test_unknown_task_and_bad_size():
     with pytest.raises(BenchError) as err:
         task_spec("breastmnst", 28)
     msg = _one_line(err)
-    assert "did you mean 'breastmnist'" in msg and all(t in msg for t in TASKS)
+    assert "did you mean 'breastmnist'" in msg and all(t in msg for t in tasks())
     with pytest.raises(BenchError) as err:
         task_spec("organmnist3d", 128)
     assert "organmnist3d" in _one_line(err) and "28, 64" in str(err.value)

@@ -62,7 +62,7 @@ def runs(results: Path) -> dict[str, dict]:
 
 def test_reloaded_model_gives_the_stored_predictions_and_the_frozen_layer_is_not_saved(trained):
     _, root, results, _ = trained
-    from bench.data import load_splits
+    from bench.data.loading import load_splits
 
     for variant, row in runs(results).items():
         path = layout.weights_path(results, row["run_id"])
@@ -115,7 +115,7 @@ def test_explain_writes_heatmaps_equal_to_grad_cam_and_the_report_shows_them(tra
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from bench.data import load_splits
+    from bench.data.loading import load_splits
 
     rows = runs(results)
     k = 1

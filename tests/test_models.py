@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bench.config import RunConfig, override, resolve
-from bench.data import load_splits, task_spec
+from bench.data import task_spec
+from bench.data.loading import load_splits
 from bench.models.build import build_model
 from bench.train import fit
 
@@ -193,9 +194,10 @@ def test_pretrained_vit_loads_timm_weights_from_a_local_file(tmp_path, monkeypat
     from safetensors.torch import save_file
 
     from bench.config import VitConfig
-    from bench.models.backbones import TIMM_WEIGHTS, build_backbone
+    from bench.models.backbones import build_backbone
+    from bench.models.registry import BACKBONES
 
-    source = timm.create_model(TIMM_WEIGHTS["tiny"].split(".")[0], pretrained=False)
+    source = timm.create_model(BACKBONES["tiny"].weights.split(".")[0], pretrained=False)
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
     monkeypatch.setenv("BENCH_TIMM_WEIGHTS", str(tmp_path / "model.safetensors"))
     vit = build_backbone(VitConfig(arch="tiny", pretrained=True), size=28, in_chans=1, num_classes=2, is_3d=False)

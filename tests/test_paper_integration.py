@@ -165,7 +165,7 @@ def test_the_runs_start_from_the_weights_file_and_restore_with_the_1000_way_head
     warm-up's 1e-6 here; another random init differs by > 1e-2)."""
     from safetensors.torch import load_file
 
-    from bench.data import load_splits
+    from bench.data.loading import load_splits
     from bench.data.augment import Pipeline
     from bench.models.restore import load_run_model
 

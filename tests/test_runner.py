@@ -508,11 +508,11 @@ def test_paper_grid_is_the_papers_tables_and_dry_runs_offline(tmp_path, capsys, 
 
 def test_full_grid_structure(monkeypatch):
     """Every task, every LLM at its first, middle and last layer, every variant: 151 runs per task and seed."""
-    from bench.data import TASKS
+    from bench.data import tasks
 
     _no_network(monkeypatch)
     grid = load_grid("full")
-    assert {c.data.task for c in grid.runs} == set(TASKS) and {c.seed for c in grid.runs} == {0, 1, 2}
+    assert {c.data.task for c in grid.runs} == set(tasks()) and {c.seed for c in grid.runs} == {0, 1, 2}
     llms = {"HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-360M", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B",
             "TinyLlama/TinyLlama_v1.1", "meta-llama/Llama-2-7b-hf"}
     mine = [c for c in grid.runs if c.data.task == "breastmnist" and c.seed == 0]

@@ -12,7 +12,8 @@ import torch
 
 import bench.train
 from bench.config import RunConfig, TrainConfig, override, resolve
-from bench.data import load_splits, task_spec
+from bench.data import task_spec
+from bench.data.loading import load_splits
 from bench.train import epoch_order, fit, learning_rate
 
 

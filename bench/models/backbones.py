@@ -16,23 +16,11 @@ from timm.models import create_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from bench.config import ARCHS_3D, VitConfig
+from bench.config import VitConfig
 from bench.errors import BenchError
-from bench.models.backbones3d import build_lai_backbone
+from bench.models.registry import BACKBONES, PAPER_PATCH, PAPER_SIZE, auto_patch
 
-WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed dim, heads
-TIMM_WEIGHTS = {  # timm's ImageNet checkpoints (the paper's ViT-S was ImageNet-pretrained)
-    "tiny": "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
-    "small": "vit_small_patch16_224.augreg_in21k_ft_in1k",
-    "base": "vit_base_patch16_224.augreg2_in21k_ft_in1k",
-}
-PAPER_SIZE, PAPER_PATCH = 224, 16
 WEIGHTS_ENV = "BENCH_TIMM_WEIGHTS"  # a folder of <tag>/model.safetensors (or <tag>.safetensors/.pth), or one file
-
-
-def auto_patch(size: int) -> int:
-    """Patch size giving 7x7 (28, 64 -> 8x8) or 14x14 grids: small images need small patches."""
-    return {28: 4, 64: 8, 128: 16, 224: 16}[size]
 
 
 class UpsamplingPatchEmbed(PatchEmbed):
@@ -58,8 +46,9 @@ class PatchEmbed3D(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D'*H'*W', dim)
 
 
-def build_backbone(cfg: VitConfig, size: int, in_chans: int, num_classes: int, is_3d: bool) -> VisionTransformer:
-    """timm's ViT for images (paper mode: upsampled to 224, patch 16), or for volumes over Conv3d patches.
+def build_backbone(cfg: VitConfig, size: int, in_chans: int, num_classes: int, is_3d: bool) -> nn.Module:
+    """The registered backbone `cfg.arch` (bench/models/registry.py) for images or volumes of `size` (paper mode:
+    upsampled to 224, patch 16).
 
     `cfg` is resolved: paper mode and pretrained weights are 2D only."""
     img_size = PAPER_SIZE if cfg.paper_mode else size
@@ -67,8 +56,12 @@ def build_backbone(cfg: VitConfig, size: int, in_chans: int, num_classes: int, i
     if img_size % patch:
         what = "volume" if is_3d else "image"
         raise BenchError(f"vit.patch={patch} does not divide the {what} size {img_size}; use a divisor or 0 (auto)")
-    if cfg.arch in ARCHS_3D:
-        return build_lai_backbone(cfg.arch, cfg.depth, img_size, patch, in_chans, num_classes, cfg.drop_path)
+    return BACKBONES[cfg.arch].build(cfg, img_size, patch, in_chans, num_classes, is_3d)
+
+
+def timm_vit(cfg: VitConfig, img_size: int, patch: int, in_chans: int, num_classes: int,
+             is_3d: bool) -> VisionTransformer:
+    """timm's ViT for images (paper mode: upsampled patches), or for volumes over Conv3d patches."""
     kwargs = dict(img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,
                   drop_path_rate=cfg.drop_path)
     if is_3d:
@@ -78,14 +71,14 @@ def build_backbone(cfg: VitConfig, size: int, in_chans: int, num_classes: int, i
     tag = weights_tag(cfg)
     if tag:
         return _pretrained_timm(tag, cfg, kwargs)
-    dim, heads = WIDTHS[cfg.arch]
-    return VisionTransformer(embed_dim=dim, depth=cfg.depth, num_heads=heads, **kwargs)
+    entry = BACKBONES[cfg.arch]
+    return VisionTransformer(embed_dim=entry.width, depth=cfg.depth, num_heads=entry.heads, **kwargs)
 
 
 def weights_tag(cfg: VitConfig) -> str:
     """The timm pretrained tag a resolved ViT config asks for ("" = none): vit.weights, else vit.pretrained's
     default for the arch."""
-    return cfg.weights or (TIMM_WEIGHTS[cfg.arch] if cfg.pretrained else "")
+    return cfg.weights or (BACKBONES[cfg.arch].weights if cfg.pretrained else "")
 
 
 @functools.cache
@@ -104,12 +97,12 @@ def check_weights(tag: str, arch: str) -> str:
                          f"(python -c \"import timm; print(timm.list_pretrained('*{name[:8]}*'))\")")
     with torch.device("meta"):
         model = create_model(name)
-    width = getattr(model, "embed_dim", None)
-    if not isinstance(model, VisionTransformer) or width != WIDTHS[arch][0] or len(model.blocks) != 12:
+    width, entry = getattr(model, "embed_dim", None), BACKBONES[arch]
+    if not isinstance(model, VisionTransformer) or width != entry.width or len(model.blocks) != 12:
         what = (f"a 12-block ViT {width} wide" if isinstance(model, VisionTransformer) and len(model.blocks) == 12
                 else f"a {type(model).__name__}")
-        raise BenchError(f"vit.weights={tag} is {what}, but vit.arch={arch} is a 12-block ViT {WIDTHS[arch][0]} wide; "
-                         f"use weights of timm's {arch} ViTs (e.g. {TIMM_WEIGHTS[arch]}) or set vit.arch to match")
+        raise BenchError(f"vit.weights={tag} is {what}, but vit.arch={arch} is a 12-block ViT {entry.width} wide; "
+                         f"use weights of timm's {arch} ViTs (e.g. {entry.weights}) or set vit.arch to match")
     return f"{name}.{pretrained.tag}" if pretrained.tag else name
 
 

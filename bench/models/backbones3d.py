@@ -19,12 +19,7 @@ from timm.layers import Attention, calculate_drop_path_rates
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-WIDTHS = {"s": 512, "m": 1024, "l": 2048}
-HEADS, HEAD_DIM = 8, 64
-
-
-def width(arch: str) -> int:
-    return WIDTHS[arch.split("-")[1]]
+HEADS, HEAD_DIM = 8, 64  # the widths, 512/1024/2048 for s/m/l, are in bench/models/registry.py
 
 
 class Attention64(Attention):
@@ -72,11 +67,11 @@ def lai_blocks(dim: int, depth: int, drop_path: float) -> nn.Sequential:
     ])
 
 
-def vit3d(arch: str, depth: int, size: int, patch: int, in_chans: int, num_classes: int,
+def vit3d(width: int, depth: int, size: int, patch: int, in_chans: int, num_classes: int,
           drop_path: float) -> VisionTransformer:
     """timm's ViT with the reference's tubelet embedding and blocks; weight_init='skip' keeps torch's defaults."""
     vit = VisionTransformer(img_size=size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,
-                            embed_dim=width(arch), depth=depth, num_heads=HEADS, mlp_ratio=1.0, qkv_bias=False,
+                            embed_dim=width, depth=depth, num_heads=HEADS, mlp_ratio=1.0, qkv_bias=False,
                             norm_layer=nn.LayerNorm, embed_layer=TubeletEmbed, attn_layer=Attention64,
                             drop_path_rate=drop_path, weight_init="skip")
     nn.init.normal_(vit.pos_embed)
@@ -89,10 +84,10 @@ class ViViT(nn.Module):
     temporal norm, then `booster_site`), `forward_head` (Linear on the temporal CLS), `blocks` and `norm` (the
     temporal transformer's)."""
 
-    def __init__(self, arch: str, depth: int, size: int, patch: int, in_chans: int, num_classes: int,
+    def __init__(self, width: int, depth: int, size: int, patch: int, in_chans: int, num_classes: int,
                  drop_path: float):
         super().__init__()
-        dim = self.embed_dim = width(arch)
+        dim = self.embed_dim = width
         self.num_classes = num_classes
         self.patch_embed = TubeletEmbed(size, patch, in_chans, dim, keep_frames=True)
         frames, per_frame = self.patch_embed.frames, self.patch_embed.patches_per_frame
@@ -122,8 +117,9 @@ class ViViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_lai_backbone(arch: str, depth: int, size: int, patch: int, in_chans: int, num_classes: int,
-                       drop_path: float) -> nn.Module:
-    """vit3d-* or vivit-*: `depth` blocks (ViViT: in each of its two transformers) over `patch`^3 tubelets."""
-    build = vit3d if arch.startswith("vit3d") else ViViT
-    return build(arch, depth, size, patch, in_chans, num_classes, drop_path)
+def build_lai_backbone(width: int, factorised: bool, depth: int, size: int, patch: int, in_chans: int,
+                       num_classes: int, drop_path: float) -> nn.Module:
+    """vit3d-* or (factorised) vivit-*: `depth` blocks (ViViT: in each of its two transformers) over `patch`^3
+    tubelets."""
+    build = ViViT if factorised else vit3d
+    return build(width, depth, size, patch, in_chans, num_classes, drop_path)

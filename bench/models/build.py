@@ -13,23 +13,22 @@ from bench.data import TaskSpec
 from bench.models.backbones import build_backbone
 from bench.models.booster import Booster
 from bench.models.llm import LLMBlock, block_key, llm_hidden_size, load_llm_block
-
-
-def booster_site(backbone: nn.Module) -> nn.Sequential:
-    """The module list the booster is appended to: the backbone's `booster_site` where it names one (ViViT: after
-    its temporal transformer's final norm, as Lai et al.'s code), else its `blocks`, which timm's forward_features
-    runs before the final norm."""
-    return getattr(backbone, "booster_site", backbone.blocks)
+from bench.models.registry import BACKBONES, VARIANTS
 
 
 class RLLMViT(nn.Module):
     """A ViT whose booster site ends with the booster, if any: blocks -> [FE -> FL -> FD] -> final norm -> head
-    (ViViT: temporal blocks -> norm -> [FE -> FL -> FD] -> head)."""
+    (ViViT: temporal blocks -> norm -> [FE -> FL -> FD] -> head).
 
-    def __init__(self, backbone: nn.Module, booster: Booster | None, frozen_llm: bool):
+    `site` names the backbone's module list the booster is appended to (its registry entry's `booster_site`):
+    timm's `blocks`, which forward_features runs before the final norm, or ViViT's `booster_site`, after its
+    temporal transformer's final norm, as Lai et al.'s code."""
+
+    def __init__(self, backbone: nn.Module, booster: Booster | None, frozen_llm: bool, site: str = "blocks"):
         super().__init__()
+        self.site = site
         if booster is not None:
-            booster_site(backbone).append(booster)
+            getattr(backbone, site).append(booster)
         self.backbone = backbone
         self.frozen_llm = frozen_llm
 
@@ -38,7 +37,7 @@ class RLLMViT(nn.Module):
 
     @property
     def booster(self) -> Booster | None:
-        site = booster_site(self.backbone)
+        site = getattr(self.backbone, self.site)
         return site[-1] if len(site) and isinstance(site[-1], Booster) else None
 
     def llm_parameters(self) -> list[nn.Parameter]:
@@ -60,14 +59,16 @@ def build_model(cfg: RunConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
     backbone = build_backbone(v, spec.size, channels, spec.n_classes, spec.is_3d)
     info: dict = {}
     booster = None
-    if b.variant in ("adapters", "mlp"):
-        booster = Booster(backbone.embed_dim, llm_hidden_size(b.source, b.revision), b.variant, None, b.bias,
-                          b.adapter_init)
-    elif b.variant == "rllm":
+    variant = VARIANTS[b.variant]
+    if variant.llm == "width":
+        booster = Booster(backbone.embed_dim, llm_hidden_size(b.source, b.revision), b.variant, bias=b.bias,
+                          init=b.adapter_init)
+    elif variant.has_layer:
         block = copy.deepcopy(_cached_block(block_key(b), cfg.seed if b.init == "random" else 0))
         info = dict(block.info)
-        booster = Booster(backbone.embed_dim, block.hidden_size, b.residual, block, b.bias, b.adapter_init)
-    model = RLLMViT(backbone, booster, frozen_llm=b.variant == "rllm" and b.freeze == "frozen")
+        booster = Booster(backbone.embed_dim, block.hidden_size, b.variant, b.residual, block, b.bias, b.adapter_init)
+    model = RLLMViT(backbone, booster, frozen_llm=variant.has_layer and b.freeze == "frozen",
+                    site=BACKBONES[v.arch].booster_site)
     for p in model.llm_parameters():
         p.requires_grad_(not model.frozen_llm)
     return model, info

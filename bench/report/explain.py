@@ -117,7 +117,7 @@ def compute_cams(model, x, classes: np.ndarray, method: str) -> tuple[np.ndarray
 
 
 def _render(results: Path, pair: pd.Series, folder: Path, images: int, method: str, root: Path, dev) -> Path:
-    from bench.data import load_splits
+    from bench.data.loading import load_splits
     from bench.data.augment import Pipeline
     from bench.metrics import scores_from_logits
     from bench.models.backbones import task_logits

@@ -9,6 +9,7 @@ from typing import Iterable
 from bench.config import RunConfig
 from bench.data import data_file, ensure_file, task_spec
 from bench.errors import BenchError
+from bench.models.registry import VARIANTS
 
 
 def _is_hub_id(source: str) -> bool:
@@ -48,7 +49,7 @@ def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True)
     for b in sorted({block_key(c.booster) for c in runs if c.booster.source}, key=str):
         if not download and _is_hub_id(b.source):
             continue
-        if b.variant == "rllm":  # the layer range, model type and final norm, from the config alone
+        if VARIANTS[b.variant].has_layer:  # the layer range, model type and final norm, from the config alone
             check_block(b)
         else:
             llm_hidden_size(b.source, b.revision)
@@ -79,7 +80,7 @@ def check_offline(runs: Iterable[RunConfig], data_root: Path) -> list[str]:
             notes.append(f"hub model {source} is checked and fetched when the grid runs")
         else:
             llm_hidden_size(source, revision)
-    for b in sorted({block_key(c.booster) for c in runs if c.booster.variant == "rllm"}, key=str):
+    for b in sorted({block_key(c.booster) for c in runs if VARIANTS[c.booster.variant].has_layer}, key=str):
         if not _is_hub_id(b.source):
             check_block(b)
     return notes

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import RunConfig, flatten, resolve, run_id
-from bench.data import Splits, TaskSpec, data_file, load_splits, task_spec
+from bench.data import TaskSpec, data_file, task_spec
+from bench.data.loading import Splits, load_splits
 from bench.errors import one_line
 
 

@@ -7,14 +7,13 @@ derived from `bench.config`, so a new config field is a new column without an ed
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import types
 import typing
 
 import pyarrow as pa
 
-from bench.config import RunConfig, field_types
+from bench.config import leaf_types
 
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
@@ -61,17 +60,7 @@ def _arrow_type(tp) -> pa.DataType:
 
 def config_columns() -> dict[str, pa.DataType]:
     """One column per config field (`data.task`, `train.lr`, `seed`, ...), typed by its dataclass field."""
-    out = {}
-
-    def walk(cls, prefix):
-        for name, tp in field_types(cls).items():
-            if dataclasses.is_dataclass(tp):
-                walk(tp, f"{prefix}{name}.")
-            else:
-                out[prefix + name] = _arrow_type(tp)
-
-    walk(RunConfig, "")
-    return out
+    return {key: _arrow_type(tp) for key, tp in leaf_types().items()}
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from bench.config import RunConfig, all_keys, field_types, override, resolve
+from bench.config import RunConfig, all_keys, leaf_types, override, resolve
 from bench.errors import BenchError
 
 NOT_SEARCHABLE = ("data.task", "data.size", "seed", "label", "booster.variant")  # what defines the study
@@ -87,11 +87,7 @@ def default_space(base: RunConfig) -> dict[str, Param]:
 
 def _field_type(key: str) -> type:
     """The Python type of a dotted config key (Optional unwrapped)."""
-    cls: Any = RunConfig
-    *sections, name = key.split(".")
-    for s in sections:
-        cls = field_types(cls)[s]
-    tp = field_types(cls)[name]
+    tp = leaf_types()[key]
     if isinstance(tp, types.UnionType):
         tp = next(a for a in tp.__args__ if a is not type(None))
     return tp

@@ -66,7 +66,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.config import RunConfig, flatten, override, resolve, run_id, to_dict
 from bench.crashsafe import pid_alive
-from bench.data import load_splits, resolve_root, task_spec
+from bench.data import resolve_root, task_spec
+from bench.data.loading import load_splits
 from bench.errors import BenchError, one_line
 from bench.grid import Grid, load_grid
 from bench.train import fit, pick_device

@@ -19,6 +19,7 @@ from bench.errors import BenchError
 from bench.models.llm.checkpoint import Checkpoint, count_params, read_block_tensors
 from bench.models.llm.families import Family
 from bench.models.llm.source import Source, load_config
+from bench.models.registry import VARIANTS
 from bench.upstream import hf_init_weights, opt_final_norm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -201,7 +202,7 @@ def _random_init(block: LLMBlock, family: Family, config, seed: int) -> None:
 
 def _plan(b: BoosterConfig):
     """Every check that needs the LLM's own config: model type, layer range, final norm."""
-    if b.variant != "rllm" or None in (b.init, b.pos_emb, b.mask, b.llm_norm):
+    if not VARIANTS[b.variant].has_layer or None in (b.init, b.pos_emb, b.mask, b.llm_norm):
         raise ValueError(f"an LLM block needs an rllm BoosterConfig resolved by bench.config.resolve, got {b}")
     src = Source(b.source, b.revision)
     config, family = load_config(src)
