@@ -300,11 +300,11 @@ def cmd_data_fetch(args) -> int:
 
 def cmd_tune(args) -> int:
     from bench.config import parse_sets
-    from bench.tune import dispatch, study
+    from bench.tune import dispatch, setup, study
     from bench.tune.storage import describe_storage
 
     dispatch.check_options(args.jobs, args.backend, args.scheduler)
-    setups = study.prepare(grid=args.grid, tasks=args.task, variants=args.variant, sets=parse_sets(args.sets),
+    setups = setup.prepare(grid=args.grid, tasks=args.task, variants=args.variant, sets=parse_sets(args.sets),
                            trials=args.trials, seeds=args.seeds, timeout=args.timeout, storage=args.storage,
                            study=args.study, space=args.space, pruner=args.pruner, seed=args.seed,
                            data_root=args.data_root, device=args.device, results=args.results)

@@ -30,6 +30,7 @@ from bench.grid import load_grid
 from bench.train import RunResult
 from bench.tune import dispatch
 from bench.tune import study as tune_study
+from bench.tune import trials as tune_trials
 from bench.tune.space import default_space
 from bench.tune.storage import open_storage
 
@@ -713,16 +714,16 @@ def test_a_trial_running_here_stays_running_when_another_studys_trial_with_its_i
     keys = {n: (n, tune_study.optuna_trial_id(t)) for n, t in trials.items()}
     try:
         for n, t in trials.items():  # what `work` does around each trial
-            tune_study._RUNNING_HERE.add(keys[n])
-            t.set_user_attr("worker", tune_study._worker_id())
+            tune_trials.RUNNING_HERE.add(keys[n])
+            t.set_user_attr("worker", tune_trials.worker_id())
         studies["b"].tell(trials["b"], 0.5)
-        tune_study._RUNNING_HERE.discard(keys["b"])
-        assert tune_study.fail_stale(studies["a"], log=lambda m: None) == []
+        tune_trials.RUNNING_HERE.discard(keys["b"])
+        assert tune_trials.fail_stale(studies["a"], log=lambda m: None) == []
         assert studies["a"].trials[0].state == TrialState.RUNNING
-        tune_study._RUNNING_HERE.discard(keys["a"])  # a's process no longer runs it: now it is left behind
-        assert tune_study.fail_stale(studies["a"], log=lambda m: None) == [0]
+        tune_trials.RUNNING_HERE.discard(keys["a"])  # a's process no longer runs it: now it is left behind
+        assert tune_trials.fail_stale(studies["a"], log=lambda m: None) == [0]
     finally:
-        tune_study._RUNNING_HERE.difference_update(keys.values())
+        tune_trials.RUNNING_HERE.difference_update(keys.values())
 
 
 @pytest.mark.slow

@@ -2,8 +2,11 @@
 
     space     what is searched: the default ranges and the YAML search-space file
     storage   where a study lives: a journal file or an RDB URL
-    study     one study: setup (which studies, their seeds), sampler and pruner, the multi-seed objective,
-              the ask/train/tell loop, the best-params export
+    setup     which studies, their base configs, seeds, names, and the checks before any trial
+    sampling  the sampler and the pruner
+    trials    heartbeats, trials left behind by a dead process, the --trials budget
+    study     one study: the multi-seed objective, the ask/train/tell loop (reconnecting to its storage)
+    export    the budget's best parameters as the tuned-params file
     dispatch  many studies over --jobs processes / GPUs or a Dask cluster, and their progress
     params    the tuned-params files, and `bench run --params` applying them
 

@@ -7,7 +7,7 @@
 
 Every worker runs the same loop: it takes the studies in turn from its own offset (worker i of W starts at
 study i*S/W) and works on each until the study has its trials, then moves on; so workers spread over the
-studies first and then join those still running (a study is shared safely, see `bench.tune.study`).
+studies first and then join those still running (a study is shared safely, see `bench.tune.trials`).
 Killed and rerun, the loop passes over complete studies and continues the others. The local workers write
 the tuned files as they go; Dask workers may not see the results folder, so this process writes them,
 every POLL_S seconds and at the end, and prints each study's progress as it changes.
@@ -29,7 +29,8 @@ from pathlib import Path
 from bench.errors import BenchError, one_line
 from bench.train import pick_device
 from bench.tune.storage import describe_storage
-from bench.tune.study import TuneSetup, summarise, work
+from bench.tune.setup import TuneSetup
+from bench.tune.study import summarise, work
 
 POLL_S = 30.0  # Dask: how often this process reads the studies' progress and writes their tuned files
 
