@@ -128,6 +128,13 @@ class RunConfig:
     save_weights: bool = False  # keep the trained weights (for `bench explain`); what is kept, not what is computed
 
 
+@dataclass(frozen=True)
+class ResolvedConfig(RunConfig):
+    """A RunConfig that `resolve` checked and completed (the variant's and the arch's defaults filled in): what
+    model building, training, the cost estimate and the run id work from. Only `resolve` makes one; `override`
+    of one gives a plain RunConfig again, to be resolved anew."""
+
+
 NOT_IN_RUN_ID = ("label", "params_file", "save_weights")
 RLLM_DEFAULTS = dict(
     residual="in", llm_norm="unit", freeze="frozen", init="pretrained", pos_emb="none", mask="bidirectional"
@@ -293,9 +300,15 @@ def _example(tp) -> str:
 
 def override(cfg: RunConfig, updates: Mapping[str, Any]) -> RunConfig:
     """A copy of `cfg` with dotted keys (`train.lr`) set, each value typed by its field."""
+    if isinstance(cfg, ResolvedConfig) and updates:
+        cfg = _as(RunConfig, cfg)
     for key, value in updates.items():
         cfg = _set(cfg, key.split("."), value, key)
     return cfg
+
+
+def _as(cls, cfg: RunConfig) -> RunConfig:
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)})
 
 
 def _set(obj, path: list[str], value, key: str):
@@ -329,12 +342,15 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def resolve(cfg: RunConfig) -> RunConfig:
+def resolve(cfg: RunConfig) -> ResolvedConfig:
     """The one place a config is validated: every field against its rule, knobs that mean nothing for the
-    variant or the task refused, the variant's and the arch's defaults filled in.
+    variant or the task refused, the variant's and the arch's defaults filled in. A ResolvedConfig is returned
+    as it is.
 
     Which-LLM fields are dropped for the baseline, so a grid crossing LLMs shares one baseline run.
     """
+    if isinstance(cfg, ResolvedConfig):
+        return cfg
     check_fields(cfg)
     spec = task_spec(cfg.data.task, cfg.data.size)  # the task exists at that size (medmnist.INFO)
     b = cfg.booster
@@ -368,7 +384,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     vit = _resolve_vit(cfg.vit, spec)
     _check_data(cfg.data, spec)
     _check_train(cfg.train, spec)
-    return dataclasses.replace(cfg, vit=vit, booster=b)
+    return _as(ResolvedConfig, dataclasses.replace(cfg, vit=vit, booster=b))
 
 
 def _resolve_vit(v: VitConfig, spec) -> VitConfig:
@@ -465,7 +481,7 @@ def run_id(cfg: RunConfig) -> str:
     return id_from_parts(id_parts(resolved), resolved.seed)
 
 
-def id_parts(resolved: RunConfig) -> dict[str, str]:
+def id_parts(resolved: ResolvedConfig) -> dict[str, str]:
     """What the run id hashes of a resolved config, the seed aside: its dict less the fields left out of run ids,
     as the JSON text of each top-level value by its JSON key. A grid encodes them once for all its seeds."""
     d = _as_dict(resolved)

@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.config import RunConfig
+from bench.config import ResolvedConfig
 from bench.data.info import task_spec
 from bench.models.registry import BACKBONES, PAPER_PATCH, PAPER_SIZE, VARIANTS, auto_patch
 
@@ -169,7 +169,7 @@ class Backbone:
     booster_tokens: int  # the tokens FE/FL/FD see
 
 
-def backbone(cfg: RunConfig) -> Backbone:
+def backbone(cfg: ResolvedConfig) -> Backbone:
     spec = task_spec(cfg.data.task, cfg.data.size)
     v = cfg.vit
     entry = BACKBONES[v.arch]
@@ -205,8 +205,8 @@ def llm_layers(shape: LLMShape, tokens: int, num_layers: int, trained: bool) -> 
                    attention=attention) * num_layers
 
 
-def matmuls(cfg: RunConfig) -> Matmuls | None:
-    """Per-image matmul FLOPs of a resolved config's model; None when its LLM's shape is unknown."""
+def matmuls(cfg: ResolvedConfig) -> Matmuls | None:
+    """Per-image matmul FLOPs of a config's model; None when its LLM's shape is unknown."""
     bb = backbone(cfg)
     b = cfg.booster
     variant = VARIANTS[b.variant]
@@ -222,7 +222,7 @@ def matmuls(cfg: RunConfig) -> Matmuls | None:
     return total
 
 
-def run_flops(cfg: RunConfig) -> float | None:
+def run_flops(cfg: ResolvedConfig) -> float | None:
     """Training FLOPs of one run: every epoch's training images and val pass, and the test pass(es)."""
     m = matmuls(cfg)
     if m is None:
@@ -245,7 +245,7 @@ class GridCost:
         return self.flops / (gpu.tflops * 1e12 * utilisation) / 3600
 
 
-def grid_cost(runs: list[RunConfig]) -> GridCost:
+def grid_cost(runs: list[ResolvedConfig]) -> GridCost:
     flops, unknown, seen = 0.0, {}, {}
     for cfg in runs:
         same = (cfg.data, cfg.vit, cfg.booster, cfg.train)  # seeds of one setting cost the same

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from bench.config import (RunConfig, all_keys, coerce, id_from_parts, id_parts, leaf_types, override, resolve,
+from bench.config import (ResolvedConfig, RunConfig, all_keys, coerce, id_from_parts, id_parts, leaf_types, override, resolve,
                           run_id)
 from bench.errors import BenchError
 
@@ -37,7 +37,7 @@ ABLATIONS = Path(__file__).resolve().parents[1] / "ablations"
 class Grid:
     name: str
     path: Path
-    runs: list[RunConfig]  # resolved, unique by run id, in grid order
+    runs: list[ResolvedConfig]  # unique by run id, in grid order
     known: dict[int, tuple[RunConfig, str]] = field(default_factory=dict, repr=False, compare=False)  # the
     # expansion's run ids by config object, so a copy with some runs replaced (tuned params) recomputes only those
 
@@ -80,7 +80,7 @@ def load_grid(name_or_path: str, sets: Mapping[str, Any] | None = None) -> Grid:
     return Grid(spec.get("name") or path.stem, path, runs, ids)
 
 
-def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid") -> list[RunConfig]:
+def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid") -> list[ResolvedConfig]:
     return _expand(spec, sets, where)[0]
 
 
@@ -115,7 +115,7 @@ def _expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str) -> tup
     per_combo = [r for r in excludes if "seed" not in r]  # decided once for all seeds
     per_seed = [r for r in excludes if "seed" in r]
 
-    runs: list[RunConfig] = []
+    runs: list[ResolvedConfig] = []
     ids: dict[int, tuple[RunConfig, str]] = {}
     seen: set[str] = set()
     at_point: dict[int, RunConfig] = {}

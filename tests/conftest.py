@@ -78,3 +78,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def mounts():
+    """mount(...) -> bool (False without the rights, CAP_SYS_ADMIN); everything mounted is unmounted (last first)
+    at teardown. As root a chmod stops no write: a read-only bind mount or a small tmpfs are real faults."""
+    import shutil
+    import subprocess
+
+    done: list[str] = []
+
+    def mount(*args: str) -> bool:
+        if shutil.which("mount") is None:
+            return False
+        if subprocess.run(["mount", *args], check=False, capture_output=True).returncode != 0:
+            return False
+        done.append(args[-1])
+        return True
+
+    mount.undo = lambda: subprocess.run(["umount", "-l", done.pop()], check=False, capture_output=True)
+    yield mount
+    while done:
+        mount.undo()

@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from postgres_helpers import postgres_cluster
+from process_helpers import stored_ids, wait_for
 
 import bench.store
 from bench import cli, store
@@ -120,30 +121,6 @@ def rerun_completes(env, results, expected, capsys, *extra, grid="ci") -> None:
     assert not list(results.rglob("*.tmp")) and not list(results.rglob(f"*{store.RUNNING_SUFFIX}"))
 
 
-# ----------------------------------------------------------------------------------------- mounts
-
-
-def _mount(*args: str) -> bool:
-    return subprocess.run(["mount", *args], check=False, capture_output=True).returncode == 0
-
-
-@pytest.fixture
-def mounts():
-    """mount(...) -> bool; everything mounted is unmounted (last first) at teardown."""
-    done: list[str] = []
-
-    def mount(*args: str) -> bool:
-        if shutil.which("mount") is None or not _mount(*args):
-            return False
-        done.append(args[-1])
-        return True
-
-    mount.undo = lambda: subprocess.run(["umount", "-l", done.pop()], check=False, capture_output=True)
-    yield mount
-    while done:
-        mount.undo()
-
-
 def fill(folder: Path) -> None:
     """Write a file until the filesystem has no byte left."""
     with open(folder / "filler", "wb", buffering=0) as f:
@@ -161,15 +138,15 @@ def fill(folder: Path) -> None:
 def test_disk_full_stops_the_grid_with_one_line_and_a_rerun_resumes(env, breast_grid, tmp_path, capsys, monkeypatch,
                                                                     mounts, one_thread):
     """A real ENOSPC: the results folder on a 16 MB tmpfs filled to the last byte after the first run (with
-    the index refreshed after every run, so it is written too). Where no tmpfs can be mounted (no
-    CAP_SYS_ADMIN), a real EFBIG instead: `bench run` in a subprocess under RLIMIT_FSIZE (SIGXFSZ ignored)."""
+    the index refreshed after every run, so it is written too)."""
     fs = tmp_path / "fs"
     fs.mkdir()
     results = fs / "results"
     expected = grid_ids(env, grid=breast_grid)
     monkeypatch.setenv("BENCH_COMPACT_EVERY", "1")
     if not mounts("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(fs)):
-        return _disk_full_by_file_size_limit(env, breast_grid, results, expected, capsys)
+        pytest.skip("cannot mount a tmpfs here (needs CAP_SYS_ADMIN) to fill it; "
+                    "test_file_size_limit_stops_the_grid_with_one_line covers a full disk's sibling, EFBIG")
     after_first_commit(monkeypatch, lambda: fill(fs))
     rc = cli.main(run_args(env, results, grid=breast_grid))
     captured = capsys.readouterr()
@@ -183,8 +160,11 @@ def test_disk_full_stops_the_grid_with_one_line_and_a_rerun_resumes(env, breast_
     rerun_completes(env, results, expected, capsys, grid=breast_grid)
 
 
-def _disk_full_by_file_size_limit(env, grid, results, expected, capsys):
+def test_file_size_limit_stops_the_grid_with_one_line_and_a_rerun_resumes(env, breast_grid, tmp_path, capsys):
+    """A real EFBIG: `bench run` in a subprocess under RLIMIT_FSIZE (SIGXFSZ ignored), stopped like a full disk."""
     import resource
+
+    grid, results, expected = breast_grid, tmp_path / "results", grid_ids(env, grid=breast_grid)
 
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -273,21 +253,6 @@ def test_data_file_deleted_or_changed_mid_grid_fails_its_runs_and_the_grid_goes_
 # ------------------------------------------------------------------- SIGTERM, list and report beside a grid
 
 
-def _rows(results: Path) -> set[str]:
-    return {p.stem for p in (results / store.RUNS).glob("*.parquet")}
-
-
-def _wait_for(cond, proc, timeout=240.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if proc.poll() is not None:
-            raise AssertionError(f"bench exited {proc.returncode} early:\n{proc.stdout.read()}")
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_sigterm_stops_a_grid_cleanly_while_list_report_work_and_a_second_run_is_refused(env, tmp_path, capsys):
     """A real `bench run --jobs 2` (dispatcher + two loky workers). Beside it: `bench list` and `bench report`
@@ -298,7 +263,7 @@ def test_sigterm_stops_a_grid_cleanly_while_list_report_work_and_a_second_run_is
     expected = grid_ids(env, "train.epochs=3")
     proc = subprocess.Popen([BENCH, *args], env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    _wait_for(lambda: len(_rows(results)) >= 1, proc)
+    wait_for(lambda: len(stored_ids(results)) >= 1, proc, timeout=240)
 
     list_args = ["list", "--grid", "ci", "--set", f"booster.source={env[1]}", "--set", "train.epochs=3",
                  "--results", str(results)]
@@ -312,7 +277,7 @@ def test_sigterm_stops_a_grid_cleanly_while_list_report_work_and_a_second_run_is
     line = one_line_error(capsys.readouterr().err, 2, 2)
     assert f"{results} is in use by another `bench run` (pid {proc.pid}" in line
 
-    _wait_for(lambda: any((results / store.LOGS).glob(f"*{store.RUNNING_SUFFIX}")), proc)
+    wait_for(lambda: any((results / store.LOGS).glob(f"*{store.RUNNING_SUFFIX}")), proc, timeout=240)
     os.killpg(proc.pid, signal.SIGTERM)
     t0 = time.monotonic()
     out, _ = proc.communicate(timeout=60)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from bench.config import BoosterConfig, RunConfig, override, resolve
 from bench.errors import BenchError
 from bench.models.llm import SUPPORTED, LLMBlock, check_block, llm_hidden_size, load_llm_block, minilm_dir
 from bench.models.llm import checkpoint, source
 
-transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 H, N_LAYERS, T = 64, 8, 7

@@ -2,9 +2,12 @@
 
 import dataclasses
 import hashlib
+import math
 
+import numpy as np
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, roc_auc_score
 
 from bench.config import RunConfig, override, resolve
 from bench.data import task_spec
@@ -165,11 +168,19 @@ def test_every_variant_trains_end_to_end(tiny_llm, fixture_root, task):
     root = fixture_root(task, n=(16, 8, 8))
     spec = task_spec(task, 28)
     splits = load_splits(spec, root)
+    labels = splits.test.labels[:, 0].numpy()
     for name, sets in VARIANTS.items():
         cfg = cfg_for(task, **{"booster.source": str(tiny_llm("qwen2")), **sets})
         r = fit(cfg, splits, spec, torch.device("cpu"))
-        assert r.history[0]["train_loss"] > 0 and r.metrics["test_auc"] is not None, name
-        assert r.y_score.shape == (8, spec.n_classes), name
+        booster, llm = r.model.booster, r.model.llm_parameters()
+        assert (booster is None) == (cfg.booster.variant == "baseline"), name  # the variant's model was trained
+        assert bool(llm) == (cfg.booster.variant == "rllm"), name
+        assert all(p.requires_grad == (cfg.booster.freeze == "finetune") for p in llm), name
+        assert math.isfinite(r.history[0]["train_loss"]), name
+        # the scores are probabilities and the stored metrics are theirs (binary tasks: medmnist scores P(class 1))
+        assert r.y_score.shape == (8, spec.n_classes) and np.allclose(r.y_score.sum(1), 1), name
+        assert r.metrics["test_auc"] == pytest.approx(roc_auc_score(labels, r.y_score[:, 1]), abs=1e-12), name
+        assert r.metrics["test_acc"] == pytest.approx(accuracy_score(labels, r.y_score[:, 1] > 0.5), abs=1e-12), name
 
 
 @pytest.mark.slow

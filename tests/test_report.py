@@ -144,6 +144,7 @@ def test_each_arm_is_paired_with_its_own_baseline_exactly(real_store):
     eff = pd.read_csv(folder / "effects.csv")
     rllm = eff[eff["label"] == "rllm"].set_index("arm")
     assert sorted(rllm.index) == ["layer=-1", "layer=0"]
+    spread = 0  # arms whose seeds differ: the CI and p checks below must run, not only the zero-spread branch
     for m in ("acc", "auc"):
         for layer in (0, -1):
             d = arm_diffs(rows, layer, m)
@@ -153,12 +154,14 @@ def test_each_arm_is_paired_with_its_own_baseline_exactly(real_store):
             if sd == 0:
                 assert math.isnan(got[f"{m}_ci_low"]) and math.isnan(got[f"{m}_p"])
                 continue
+            spread += 1
             se = sd / math.sqrt(3)
             assert got[f"{m}_ci_low"] == pytest.approx(mean - T975_DF2 * se, abs=1e-9)
             assert got[f"{m}_ci_high"] == pytest.approx(mean + T975_DF2 * se, abs=1e-9)
             assert got[f"{m}_p"] == pytest.approx(p_two_sided_df2(mean / se), abs=1e-9)
         family = eff[f"{m}_p"].dropna().tolist()  # this metric's p-values only
         assert eff[f"{m}_p_bh"].dropna().tolist() == pytest.approx(bh(family), abs=1e-12)
+    assert spread > 0
 
 
 def test_minimum_detectable_effect_matches_statsmodels(real_store):
@@ -226,6 +229,7 @@ def test_verdicts_use_the_papers_protocol_from_the_audit_history(real_store):
     hist = read_history(results, list(rows.loc[rows["status"] == "ok", "run_id"]))
     best = hist.groupby("run_id")[["test_acc", "test_auc"]].max()
     claimed = {"auc": 0.8823 - 0.8617, "acc": 0.8717 - 0.8717}  # Lai et al. Table 1, BreastMNIST, ViT-S
+    spread = 0  # verdicts judged on an interval: they must be checked, not only the zero-spread ones
     for m, paper in claimed.items():
         for layer in (0, -1):
             row = v[(v["metric"] == m) & (v["arm"] == f"layer={layer}") & (v["variant"] == "rllm")]
@@ -241,10 +245,12 @@ def test_verdicts_use_the_papers_protocol_from_the_audit_history(real_store):
             if se == 0:
                 assert row["verdict"] == "inconclusive"
                 continue
+            spread += 1
             lo, hi = mean - T975_DF2 * se, mean + T975_DF2 * se
             expected = ("contradicted" if not lo <= paper <= hi else
                         "consistent" if (paper > 0 and lo > 0) or (paper < 0 and hi < 0) else "inconclusive")
             assert row["verdict"] == expected
+    assert spread > 0
     md = (folder / "summary.md").read_text()
     first = md.split("## Runs")[0]  # the first screen: verdicts and the audit, before anything else
     assert "## Reproduction of Lai et al." in first and "contradicted = the interval excludes" in first

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from process_helpers import stored_ids, wait_for
 
 from bench import cli, store
 from bench.run import backends
@@ -343,21 +344,6 @@ def _start(env, results, *extra) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_for(cond, proc: subprocess.Popen, timeout: float = 150.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if proc.poll() is not None:
-            raise AssertionError(f"bench exited {proc.returncode} early:\n{proc.stdout.read()}")
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
-def _rows(results: Path) -> set[str]:
-    return {p.stem for p in (results / store.RUNS).glob("*.parquet")}
-
-
 def _mid_run(results: Path, since: float) -> bool:
     """Some run started after `since` is training and has no row yet (older live logs are a killed run's)."""
     live = set()
@@ -367,7 +353,7 @@ def _mid_run(results: Path, since: float) -> bool:
                 live.add(p.name[: -len(store.RUNNING_SUFFIX)])
         except FileNotFoundError:
             pass
-    return bool(live - _rows(results))
+    return bool(live - stored_ids(results))
 
 
 def _children(pid: int) -> list[int]:
@@ -397,17 +383,17 @@ def test_sigkill_at_any_moment_then_rerun_stores_each_run_exactly_once(ci_env, t
 
     # 1. SIGKILL the whole (single-process) run right after its first row is written
     p = _start(ci_env, results)
-    _wait_for(lambda: len(_rows(results)) >= 1, p)
+    wait_for(lambda: len(stored_ids(results)) >= 1, p)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert_store_consistent(results, expected)
-    assert len(_rows(results)) < len(expected)
+    assert len(stored_ids(results)) < len(expected)
 
     # 2. two worker processes; SIGKILL only the dispatcher while a run trains: its workers exit on their own,
     #    so no orphan keeps training a run the next dispatcher will train again
     since = time.time()
     p = _start(ci_env, results, "--jobs", "2")
-    _wait_for(lambda: _mid_run(results, since), p)
+    wait_for(lambda: _mid_run(results, since), p)
     kids = _children(p.pid)
     assert kids
     os.kill(p.pid, signal.SIGKILL)

@@ -99,11 +99,10 @@ def test_best_epoch_is_best_val_auc_ties_to_val_acc_then_earliest(tiny, monkeypa
 
     monkeypatch.setattr(bench.train, "evaluate", scripted_evaluate)
     chosen = fit(_cfg(), splits, spec, torch.device("cpu"))
-    assert chosen.metrics["best_epoch"] == expected and chosen.metrics["val_auc"] == 0.85
+    assert (chosen.metrics["best_epoch"], chosen.metrics["val_auc"], chosen.metrics["val_acc"]) == (expected, 0.85, 0.70)
     monkeypatch.setattr(bench.train, "evaluate", real)
-    # the restored weights are those of that epoch: a run stopped right after it ends with the same model
-    stopped = fit(_cfg(**{"train.epochs": expected + 1}), splits, spec, torch.device("cpu"))
-    assert stopped.metrics["best_epoch"] <= expected
+    # the restored weights are those of that epoch: the same model as a run whose last epoch is that one (a
+    # constant lr: the first epochs train alike), so the same test scores
     np.testing.assert_array_equal(chosen.y_score, _last_epoch_scores(_cfg(**{"train.epochs": expected + 1}), tiny))
 
 

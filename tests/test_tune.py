@@ -748,7 +748,7 @@ def test_jobs_spread_over_the_studies_first(env, tmp_path):
 
 @pytest.mark.slow
 def test_dask_cluster_runs_the_studies(env, capsys, fake_fit, monkeypatch):
-    distributed = pytest.importorskip("distributed")
+    import distributed
     import torch
 
     monkeypatch.setattr(dispatch, "POLL_S", 0.2)

@@ -8,7 +8,7 @@ import functools
 import torch
 from torch import nn
 
-from bench.config import BoosterConfig, RunConfig
+from bench.config import BoosterConfig, ResolvedConfig
 from bench.data import TaskSpec
 from bench.models.backbones import build_backbone
 from bench.models.booster import Booster
@@ -51,8 +51,8 @@ def _cached_block(key: BoosterConfig, seed: int) -> LLMBlock:
     return load_llm_block(key, seed)
 
 
-def build_model(cfg: RunConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
-    """The model for a resolved config and the LLM provenance to store with the run."""
+def build_model(cfg: ResolvedConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
+    """The model of a config and the LLM provenance to store with the run."""
     v, b = cfg.vit, cfg.booster
     torch.manual_seed(cfg.seed)
     channels = 3 if cfg.data.rgb else spec.n_channels  # data.rgb repeats grey images to 3 channels

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import store
-from bench.config import RunConfig, resolve, run_id
+from bench.config import RunConfig, run_id
 from bench.data import resolve_root
 from bench.errors import BenchError
 from bench.run import backends
@@ -331,7 +331,7 @@ def _stop_unwritable(err: StoreUnwritable, task: Task, out: dict, tasks: list[Ta
 def run_one(cfg: RunConfig, data_root: Path, results: Path, device: str | None = None) -> dict:
     """Train one config in this process and store it (failed runs too); returns its row."""
     results = Path(results)
-    rid = run_id(resolve(cfg))
+    rid = run_id(cfg)
     with store.results_lock(results):
         previous = store.statuses(results, [rid])[rid]
         (results / layout.LOGS).mkdir(parents=True, exist_ok=True)

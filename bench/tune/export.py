@@ -11,7 +11,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from bench.config import flatten, override, resolve, run_id
+from bench.config import flatten, override, run_id
 from bench.tune.params import write_tuned
 from bench.tune.setup import METRIC, OBJECTIVE, TuneSetup
 from bench.tune.storage import describe_storage
@@ -23,7 +23,7 @@ def export(study, setup: TuneSetup) -> Path | None:
     best = best_in_budget(study, setup.n_trials)
     if best is None:
         return None
-    base = resolve(setup.base)
+    base = setup.base
     params = {k: best.params[k] for k in setup.space if k in best.params}
     flat_base = flatten(base)
     flat_base.pop("label")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, override, resolve, to_dict
+from bench.config import ResolvedConfig, override, resolve, to_dict
 from bench.data import resolve_root, task_spec
 from bench.errors import BenchError
 from bench.grid import Grid, load_grid
@@ -49,7 +49,7 @@ def variants_of(grid: Grid, task: str) -> list[str]:
     return list(dict.fromkeys(labels))
 
 
-def base_config(grid: Grid, task: str, variant: str) -> RunConfig:
+def base_config(grid: Grid, task: str, variant: str) -> ResolvedConfig:
     """The grid's first run labelled `variant` (for `task` if the grid has it), with data.task=task."""
     labels = list(dict.fromkeys(c.label for c in grid.runs))
     runs = [c for c in grid.runs if c.label == variant]
@@ -81,10 +81,10 @@ def _drop(d: dict, key: str) -> None:
     d.pop(name, None)
 
 
-def base_hash(base: RunConfig, searched, seeds: Sequence[int]) -> str:
+def base_hash(base: ResolvedConfig, searched, seeds: Sequence[int]) -> str:
     """Hash of the resolved base config without the searched fields (and the label, params file and seed),
     plus the tuning seeds."""
-    d = to_dict(resolve(base))
+    d = to_dict(base)
     for key in ("label", "params_file", "seed"):
         d.pop(key)
     for key in searched:
@@ -93,7 +93,7 @@ def base_hash(base: RunConfig, searched, seeds: Sequence[int]) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
 
 
-def study_name(base: RunConfig, searched, seeds: Sequence[int]) -> str:
+def study_name(base: ResolvedConfig, searched, seeds: Sequence[int]) -> str:
     return f"{base.data.task}__{base.label}__{base_hash(base, searched, seeds)}"
 
 
@@ -102,7 +102,7 @@ def study_name(base: RunConfig, searched, seeds: Sequence[int]) -> str:
 class TuneSetup:
     """Everything a worker process needs for one study (picklable)."""
 
-    base: RunConfig
+    base: ResolvedConfig
     grid: str
     space: dict[str, Param]
     seeds: tuple[int, ...]
