@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.config import ResolvedConfig
 from bench.data.info import task_spec
+from bench.models.families import FAMILIES
 from bench.models.registry import BACKBONES, PAPER_PATCH, PAPER_SIZE, VARIANTS, auto_patch
 
 IMAGENET_CLASSES = 1000  # vit.head=pretrained keeps timm's ImageNet classifier
@@ -59,24 +60,16 @@ class LLMShape:
 
     @classmethod
     def from_config(cls, raw: dict) -> LLMShape | None:
-        """None for a model type whose layer this module does not know (never guessed)."""
+        """None for a model type that is not a supported family (bench/models/families.py; never guessed)."""
         kind = raw.get("model_type")
-        if kind in ("llama", "qwen2", "mistral"):
-            hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
-            return cls(kind, hidden, raw["intermediate_size"], heads, raw.get("num_key_value_heads") or heads,
-                       raw.get("head_dim") or hidden // heads, raw["num_hidden_layers"], True)
-        if kind == "bert":
-            hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
-            return cls(kind, hidden, raw["intermediate_size"], heads, heads, hidden // heads, raw["num_hidden_layers"],
-                       False)
-        if kind == "gpt2":
-            hidden, heads = raw["n_embd"], raw["n_head"]
-            return cls(kind, hidden, raw.get("n_inner") or 4 * hidden, heads, heads, hidden // heads, raw["n_layer"],
-                       False)
-        if kind == "opt":
-            hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
-            return cls(kind, hidden, raw["ffn_dim"], heads, heads, hidden // heads, raw["num_hidden_layers"], False)
-        return None
+        family = FAMILIES.get(kind)
+        if family is None:
+            return None
+        hidden, heads = raw[family.hidden_key], raw[family.heads_key]
+        inner = (raw.get(family.inner_key) or family.inner_default * hidden) if family.inner_default \
+            else raw[family.inner_key]
+        return cls(kind, hidden, inner, heads, raw.get("num_key_value_heads") or heads,
+                   raw.get("head_dim") or hidden // heads, raw[family.layers_key], family.gated)
 
 
 # The LLMs of the shipped grids, from their public config.json files: used when the model is neither a

@@ -2,7 +2,8 @@
 
 The config's rules (`vit.arch`, `booster.variant`, the 2D/3D rule, the default depth, the sizes), the cost
 estimate (bench/cost.py), the model builder and `bench list` all read these tables, so adding a backbone is one
-`Backbone` entry in BACKBONES and adding a variant one `Variant` in VARIANTS. No torch here: the config and the
+`Backbone` entry in BACKBONES and adding a variant one `Variant` in VARIANTS (LLM families: one `Family` in
+bench/models/families.py). No torch here: the config and the
 cost estimate import this module; a builder imports its model code when it is called.
 """
 

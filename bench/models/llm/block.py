@@ -17,7 +17,7 @@ from torch import nn
 from bench.config import BoosterConfig
 from bench.errors import BenchError
 from bench.models.llm.checkpoint import Checkpoint, count_params, read_block_tensors
-from bench.models.llm.families import Family
+from bench.models.families import Family
 from bench.models.llm.source import Source, load_config
 from bench.models.registry import VARIANTS
 from bench.upstream import hf_init_weights, opt_final_norm

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bench.errors import BenchError
-from bench.models.llm.families import Family
+from bench.models.families import Family
 
 if TYPE_CHECKING:
     from bench.models.llm.source import Source

@@ -16,7 +16,7 @@ from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_
 
 from bench.errors import BenchError
 from bench.models.llm.checkpoint import SINGLE_FILE
-from bench.models.llm.families import FAMILIES, SUPPORTED
+from bench.models.families import FAMILIES, SUPPORTED
 
 MINILM = "minilm-l6"
 CONFIG_FILE = "config.json"

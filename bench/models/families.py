@@ -1,7 +1,8 @@
-"""The supported model types: transformers' class names and their checkpoints' tensor names, in one table.
+"""The supported LLM model types: transformers' class names, their checkpoints' tensor names and their
+config.json's shape keys, in one table.
 
-Source (model-type check), checkpoint (tensor names) and block (layer classes) all read this one table, so
-adding a family is one entry here.
+Source (model-type check), checkpoint (tensor names), block (layer classes) and the cost estimate (layer
+shapes) all read this one table, so adding a family is one entry here. No torch: the cost estimate imports it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ class Family:
     rms: bool = False
     eps_attr: str | None = None  # LayerNorm eps attribute of the config (None = torch's default 1e-5)
     buffer_keys: str | None = None  # regex of stored non-parameter tensors (excluded from llm.params)
+    # config.json keys of the layer's shape (bench/cost.py); kv heads and head width: num_key_value_heads and
+    # head_dim where the config has them, else the heads and hidden / heads
+    hidden_key: str = "hidden_size"
+    heads_key: str = "num_attention_heads"
+    inner_key: str = "intermediate_size"  # the MLP's hidden width
+    inner_default: int = 0  # where the config leaves inner_key out or null: this many times the hidden width
+    layers_key: str = "num_hidden_layers"
+    gated: bool = False  # llama-family MLP (gate, up, down) rather than two linears
 
 
 def _llama_like(name: str, cls_prefix: str) -> Family:
@@ -35,6 +44,7 @@ def _llama_like(name: str, cls_prefix: str) -> Family:
         final_norm="norm.",
         rotary_cls=f"{cls_prefix}RotaryEmbedding",
         rms=True,
+        gated=True,
     )
 
 
@@ -52,6 +62,11 @@ FAMILIES: dict[str, Family] = {
         pos_key="wpe.weight",
         eps_attr="layer_norm_epsilon",
         buffer_keys=r"(^|\.)(attn|crossattention)\.(masked_)?bias$",
+        hidden_key="n_embd",
+        heads_key="n_head",
+        inner_key="n_inner",
+        inner_default=4,
+        layers_key="n_layer",
     ),
     "opt": Family(
         module="transformers.models.opt.modeling_opt",
@@ -62,6 +77,7 @@ FAMILIES: dict[str, Family] = {
         final_norm="final_layer_norm.",
         pos_key="embed_positions.weight",
         pos_offset=2,
+        inner_key="ffn_dim",
     ),
     "bert": Family(
         module="transformers.models.bert.modeling_bert",
