@@ -127,8 +127,14 @@ class RunConfig:
     params_file: str = ""  # the tuned-params file applied (bench run --params); its values are, the path is not
     save_weights: bool = False  # keep the trained weights (for `bench explain`); what is kept, not what is computed
 
+    def __eq__(self, other) -> bool:
+        """Equal values, resolved (ResolvedConfig) or not, are equal configs."""
+        if not isinstance(other, RunConfig):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(RunConfig))
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)  # RunConfig's equality and hash
 class ResolvedConfig(RunConfig):
     """A RunConfig that `resolve` checked and completed (the variant's and the arch's defaults filled in): what
     model building, training, the cost estimate and the run id work from. Only `resolve` makes one; `override`
