@@ -186,7 +186,7 @@ def test_minimum_detectable_effect_matches_statsmodels(real_store):
             assert got[f"{m}_mde"] == pytest.approx(max(es * math.sqrt(df + 1) * math.sqrt(seed + img), seeds_only),
                                                     rel=1e-5)
     md = (folder / "summary.md").read_text()
-    assert "MDE (AUC)" in md.split("## Paired contrasts\n")[1] and "α = 0.05 unadjusted" in md
+    assert "MDE α=0.05 (AUC)" in md.split("## Paired contrasts\n")[1] and "α = 0.05 unadjusted" in md
 
 
 def test_weighted_metrics_equal_medmnist_on_resampled_images(real_store):
@@ -250,7 +250,7 @@ def test_verdicts_use_the_papers_protocol_from_the_audit_history(real_store):
             row = row.iloc[0]
             assert row["paper_delta"] == pytest.approx(paper, abs=1e-12) and row["backbone"] == "other (vit.arch=tiny)"
             assert row["scope"] == "analogous setting"
-            for named in ("LLM: booster.source=", "size: data.size=28 (paper 224)", "backbone: vit.arch=tiny (paper small)"):
+            for named in ("LLM: booster.source=", "backbone: vit.arch=tiny (paper small)", "recipe: "):
                 assert named in row["deviations"]
             base, var = by(rows, "baseline"), by(rows, "rllm", layer)
             d = [best.loc[var["run_id"][s], f"test_{m}"] - best.loc[base["run_id"][s], f"test_{m}"] for s in SEEDS]

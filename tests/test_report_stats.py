@@ -152,7 +152,8 @@ def test_reproduction_rows_name_their_deviations(controls_store):
 def test_a_render_is_exactly_reproducible(controls_store, tmp_path):
     results, folder, _ = controls_store
     again = make_report(results, tmp_path, name="controls")
-    for name in ("effects.csv", "verdicts.csv", "summary.csv", "summary.md", "summary.tex", "index.html"):
+    for name in ("effects.csv", "verdicts.csv", "summary.csv", "summary.md", "summary.tex", "index.html",
+                 "delta_auc.svg", "heatmap_auc.svg"):
         assert (again / name).read_bytes() == (folder / name).read_bytes(), name
 
 

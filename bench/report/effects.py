@@ -215,12 +215,14 @@ def cell_effects(ok: pd.DataFrame, results: Path | None = None, replicates: int 
     parts = []
     for m, col in METRICS.items():
         both = paired.dropna(subset=[col, f"{col}_cmp"])
+        if both.empty:
+            continue
         per_seed = both.groupby(INDEX + ["seed"], sort=True)[[col, f"{col}_cmp"]].mean()
         per_seed["d"] = per_seed[col] - per_seed[f"{col}_cmp"]
         parts.append(paired_summary(per_seed.reset_index(), INDEX, "d").add_prefix(f"{m}_"))
-    out = pd.concat(parts, axis=1) if len(paired) else pd.DataFrame(
-        index=pd.MultiIndex.from_tuples([], names=INDEX),
-        columns=[f"{m}_{k}" for m in METRICS for k in ("n", "mean", "sd", "spread", "ci_low", "ci_high", "p_t", "mde_t")])
+    columns = [f"{m}_{k}" for m in METRICS for k in ("n", "mean", "sd", "spread", "ci_low", "ci_high", "p_t", "mde_t")]
+    out = pd.concat(parts, axis=1).reindex(columns=columns) if parts else pd.DataFrame(
+        index=pd.MultiIndex.from_tuples([], names=INDEX), columns=columns)
     for m in METRICS:
         out[f"{m}_n"] = out[f"{m}_n"].fillna(0).astype(int)
         out[f"{m}_spread"] = out[f"{m}_spread"].fillna(False).astype(bool)

@@ -99,11 +99,13 @@ def delta_table(summary: pd.DataFrame, labels: list[str]) -> Table:
         row = {"task · size": row_name(r["task"], r["size"], r["setting"]), "variant": r["label"],
                "pairs": str(r["delta_acc_n_pairs"])}
         for m, name in NAMES.items():
-            row[f"Δ{name} [95% CI]"] = fmt_delta(r[f"delta_{m}_mean"], r[f"delta_{m}_ci_low"], r[f"delta_{m}_ci_high"])
+            row[f"Δ{name} [seed-only t 95% CI]"] = fmt_delta(r[f"delta_{m}_mean"], r[f"delta_{m}_ci_low"],
+                                                            r[f"delta_{m}_ci_high"])
             row[f"p ({name})"] = fmt_p(r[f"delta_{m}_p"])
             row[f"p BH ({name})"] = fmt_p(r[f"delta_{m}_p_bh"])
         rows.append(row)
-    return Table("Δ vs baseline: mean of paired per-seed differences (variant − baseline)", pd.DataFrame(rows))
+    return Table("Δ vs baseline per variant label: mean of paired per-seed differences (variant − baseline), paired t "
+                 "over seeds only (the primary intervals, with the test images: Paired contrasts)", pd.DataFrame(rows))
 
 
 def paper_table(ours: pd.DataFrame, published: pd.DataFrame, dims: str) -> Table:
@@ -214,7 +216,7 @@ def effects_table(effects: pd.DataFrame, labels: list[str]) -> Table:
             row[f"Δ{name} [95% CI]"] = fmt_delta(r[f"{m}_mean"], r[f"{m}_low"], r[f"{m}_high"]) + (
                 " (seeds only)" if r[f"{m}_parts"] == "seeds only" and _ok(r[f"{m}_low"]) else "")
             row[f"p BH ({name})"] = fmt_p(r[f"{m}_p_bh"])
-            row[f"MDE ({name})"] = fmt_mde(r[f"{m}_mde"], r[f"{m}_mde_note"])
+            row[f"MDE α=0.05 ({name})"] = fmt_mde(r[f"{m}_mde"], r[f"{m}_mde_note"])
             row[f"{name} paired t, seeds only"] = fmt_delta(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
         rows.append(row)
     return Table("Paired contrasts: every arm vs its baseline, every R-LLM arm vs its controls (arm − comparator, "
