@@ -173,10 +173,11 @@ def _verdict_section(v: pd.DataFrame) -> Section:
         Callout(f"Reproduction (the paper's own setting in every field): {len(repro)} claim checks: {counts(repro)}. "
                 f"Analogous setting (named deviations, not counted as a reproduction): {len(analog)} checks: "
                 f"{counts(analog)}."),
-        f"Multiplicity: each check's PI is at 95%, unadjusted; with {checks} checks, about {0.05 * checks:.1f} would be "
-        f"contradicted by chance if every claim were exactly reproduced. At the family-wise level (Bonferroni, "
-        f"PI at 1 − 0.05/{max(checks, 1)}): {int(repro['contradicted_familywise'].sum())} reproduction and "
-        f"{int(analog['contradicted_familywise'].sum())} analogous checks contradicted.",
+        (f"Multiplicity: each check's PI is at 95%, unadjusted; with {checks} checks, about {0.05 * checks:.1f} would "
+         f"be contradicted by chance if every claim were exactly reproduced. At the family-wise level (Bonferroni, "
+         f"PI at 1 − 0.05/{checks}): {int(repro['contradicted_familywise'].sum())} reproduction and "
+         f"{int(analog['contradicted_familywise'].sum())} analogous checks contradicted." if checks else
+         "Multiplicity: no check has a prediction interval here, so none can be contradicted."),
         RULES, verdict_table(v), audit_table(v)])
 
 
