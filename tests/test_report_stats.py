@@ -217,5 +217,5 @@ def _coverage_module():
 def test_primary_interval_covers_the_truth(n, regime):
     """Simulated studies whose true Δ is known in closed form (benchmarks/interval_coverage.py): the primary
     interval covers it at least 93% of the time at nominal 95%, with 3 and 5 seeds, seed- or image-dominated."""
-    cov = _coverage_module().coverage(n, regime, studies=500, replicates=200)
+    cov = _coverage_module().coverage(n, regime, studies=1000, replicates=200)
     assert min(cov["primary"]) >= 0.93, cov
