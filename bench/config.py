@@ -397,8 +397,8 @@ def _resolve_vit(v: VitConfig, spec) -> VitConfig:
     if v.checkpoint:  # the start is the training checkpoint, not timm's weights
         v = dataclasses.replace(v, pretrained=False, weights="")
     if v.head == "pretrained" and not (v.pretrained or v.weights or v.checkpoint):
-        raise BenchError("vit.head=pretrained keeps the checkpoint's ImageNet classifier: set vit.weights (or "
-                         "vit.checkpoint) too")
+        raise BenchError("vit.head=pretrained keeps the checkpoint's ImageNet classifier: set vit.weights too (or "
+                         "vit.checkpoint)")
     depth = v.depth or arch_depth(v.arch)
     if (v.pretrained or v.weights) and depth != 12:
         raise BenchError("ImageNet weights are for timm's 12-block ViTs; set vit.depth=0 (or 12)")
