@@ -197,3 +197,22 @@ def test_resumed_schedule_is_timms_cosine_stepped_as_deit(start, warmup):
         sched.step(epoch)
     if start == 300 and warmup:  # the published 300-epoch checkpoints: ~2.7e-5 falling to ~1e-5 after epoch 300
         assert learning_rate(t, steps, steps) == pytest.approx(2.68e-5, rel=1e-2)
+
+
+def test_report_pairs_the_rllm_with_its_baseline_across_starting_checkpoints():
+    """Table 1's comparison: R-LLM from ViT-Small-LLaMA against the baseline from ViT-Small, same recipe and seed;
+    a baseline of another recipe (here: the DeiT-S start) is not its pair."""
+    import pandas as pd
+
+    from bench.report.stats import pairs
+
+    rows = [("b-ckpt", "baseline-2d", "baseline", "vit-small.pth", "aaa", "", True),
+            ("r-ckpt", "rllm-2d", "rllm", "vit-llama-small.pth", "bbb", "", True),
+            ("b-deit", "baseline-2d", "baseline", "", "", "deit_small_patch16_224.fb_in1k", False)]
+    ok = pd.DataFrame([dict(run_id=r, label=label, **{"booster.variant": v, "vit.checkpoint": ck,
+                                                      "vit.checkpoint_sha256": sha, "vit.weights": w,
+                                                      "train.resume": resume},
+                            task="breastmnist", size=28, setting="", seed=0, test_acc=0.8, test_auc=0.9)
+                       for r, label, v, ck, sha, w, resume in rows])
+    got = pairs(ok)
+    assert list(zip(got["run_id"], got["run_id_base"])) == [("r-ckpt", "b-ckpt")]
