@@ -9,6 +9,11 @@ Its `model` keys are timm's ViT names (`blocks.N.attn.qkv.weight`, `head.weight`
 RMSNorm, frozen at 1). Every tensor is mapped onto our model here; Meta's q/k rows are put in the order Hugging
 Face's conversion gives them (per head, the even rows then the odd ones), so the layer equals the one
 booster.source holds and rotary position embeddings (booster.pos_emb=rope) keep their meaning.
+
+An R-LLM still builds its layer from booster.source first (its config and tensors; the reference too loads
+--llama_path before --resume), so the row's llm.* columns describe that source, and vit.checkpoint_sha256 the file
+whose tensors replaced it. Restoring a stored run (bench explain) rebuilds its start, so it needs the file where
+the row says it was.
 """
 
 from __future__ import annotations
