@@ -98,7 +98,7 @@ def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc"
         sections = _sections(Path(results), grid, ok, table, metric, folder, replicates)
     title = f"R-LLM bench report: {name}"
     intro = [_counts(grid, expected is not None),
-             f"Store: {Path(results).resolve()}. Best, Δ plots and curves use test {NAMES[metric]}."]
+             f"Store: {Path(results).name}/ (--results; no absolute path, so renders elsewhere match). Best, Δ plots and curves use test {NAMES[metric]}."]
     (folder / "summary.md").write_text(render_markdown(title, intro, sections), encoding="utf-8")
     (folder / "index.html").write_text(render_html(title, intro, sections), encoding="utf-8")
     tables = [b for s in sections for b in s.blocks if isinstance(b, Table)]
