@@ -98,9 +98,29 @@ def parser() -> argparse.ArgumentParser:
                    help="apply tuned hyperparameters: 'tuned' reads <results>/tuned/<task>__<variant>.json "
                         "(written by bench tune) for every run, DIR another folder of such files; "
                         "the run ids change with the values and each row names its file (params_file)")
+    p.add_argument("--tracker", choices=("mlflow",),
+                   help="log each run to MLflow as it is stored (experiment = the grid's name); a tracker that "
+                        "fails never stops the grid: it warns once, `bench export mlflow` backfills")
+    p.add_argument("--tracker-uri", metavar="URI", help="the MLflow tracking URI, e.g. http://mlflow.example:5000")
     _add_cost(p)
     _add_slurm(p)
     p.set_defaults(func=cmd_run)
+
+    exp = sub.add_parser("export", help="the result store into an experiment tracker (MLflow)")
+    esub = exp.add_subparsers(dest="export_command", required=True, metavar="TRACKER")
+    p = esub.add_parser("mlflow", help="every stored run as an MLflow run (idempotent: keyed by run id)",
+                        description="Log every stored run (or a grid's) to MLflow: one experiment per grid, one MLflow "
+                                    "run per run id with the config as params, the history as per-epoch metrics, the "
+                                    "results as result.* metrics, status/host/git sha tags, the predictions and log "
+                                    "as artifacts. Runs already there are left alone, rerun ones replaced.")
+    p.add_argument("--uri", required=True, help="the MLflow tracking URI, e.g. http://localhost:5000")
+    _add_results(p)
+    p.add_argument("--grid", metavar="NAME|PATH", help="export this grid's stored runs into the experiment named "
+                                                       "after it (default: every stored run, experiment 'all')")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="the --set overrides the grid was run with")
+    p.add_argument("--experiment", metavar="NAME", help="the experiment's name (default: the grid's)")
+    p.set_defaults(func=cmd_export_mlflow)
 
     p = sub.add_parser("list", help="the runs of a grid, which are done, and what the rest will cost",
                        description="List a grid's runs: how many, a table of them, their state in the store, and the "
@@ -231,7 +251,8 @@ def cmd_run(args) -> int:
     grid = tune_params(grid, args.params, args.results)  # --params tuned: each run gets its tuned values
     options = run.RunOptions(device=args.device, force=args.force, retry_failed=not args.skip_failed, jobs=args.jobs,
                              runs_per_gpu=args.runs_per_gpu, backend=args.backend, scheduler=args.scheduler,
-                             worker_retries=args.worker_retries, slurm=_slurm_options(args)).check()
+                             worker_retries=args.worker_retries, slurm=_slurm_options(args),
+                             tracker=_tracker(args, grid.name)).check()
     run.check_tasks(grid.runs)
     ids = grid.run_ids()
     status = store.statuses(args.results, ids)
@@ -269,6 +290,35 @@ def cmd_run(args) -> int:
     print(f"done: {len(summary.rows) - n_failed} ok, {n_failed} failed, {summary.skipped} skipped; "
           f"results in {args.results}")
     return 1 if n_failed else 0
+
+
+def _tracker(args, experiment: str):
+    if (args.tracker is None) != (args.tracker_uri is None):
+        raise BenchError("--tracker mlflow and --tracker-uri URI go together, e.g. --tracker mlflow --tracker-uri "
+                         "http://localhost:5000")
+    if args.tracker is None or args.dry_run:
+        return None
+    from bench.tracker import Tracker
+
+    return Tracker(args.tracker_uri, experiment)
+
+
+def cmd_export_mlflow(args) -> int:
+    from bench.config import parse_sets
+    from bench.grid import load_grid
+    from bench.tracker import export
+
+    ids, name = None, "all"
+    if args.grid:
+        grid = load_grid(args.grid, parse_sets(args.sets))
+        ids, name = grid.run_ids(), grid.name
+    elif args.sets:
+        raise BenchError("--set is for --grid: add the grid the runs belong to")
+    name = args.experiment or name
+    counts = export(args.results, args.uri, name, ids)
+    print(f"MLflow experiment '{name}' at {args.uri}: {counts['added']} runs added, {counts['replaced']} replaced "
+          f"(rerun since), {counts['unchanged']} already there")
+    return 0
 
 
 def _cost_lines(grid_runs, todo, args) -> list[str]:

@@ -269,6 +269,8 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
                 bar.close()
                 raise _stop_unwritable(e, task, out, tasks, summary, stream, results, before) from None
             committing = None
+            if opts.tracker is not None:  # after the commit: what the tracker shows is what is stored
+                opts.tracker.log(results, row["run_id"])
             summary.rows.append(row)
             if what == "kept":
                 summary.kept.append(row["run_id"])
