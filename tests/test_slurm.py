@@ -147,3 +147,24 @@ def test_a_run_is_not_started_in_a_job_whose_time_is_too_short(slurm, ci_env, tm
     assert (rows["slurm_job_id"] != job).any()
     state = subprocess.run(["scontrol", "show", "job", job], env=slurm, capture_output=True, text=True).stdout
     assert "JobState=TIMEOUT" not in state  # it left on its own, before SLURM's limit
+
+
+def test_tune_runs_its_studies_on_slurm_jobs(slurm, ci_env, tmp_path):
+    import json
+
+    import optuna
+
+    from bench.tune.storage import open_storage
+
+    results = tmp_path / "results"
+    args = [BENCH, "tune", "--grid", "ci", "--task", "breastmnist", "--variant", "baseline", "--trials", "2",
+            "--seeds", "1", "--data-root", str(ci_env[0]), "--results", str(results), "--set",
+            f"booster.source={ci_env[1]}", "--backend", "slurm", *JOB, "--max-jobs", "1", "--time", "00:30:00"]
+    p = subprocess.run(args, env=slurm, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "SLURM: 1 jobs of no GPU(s)" in p.stdout
+    doc = json.loads((results / "tuned" / "breastmnist__baseline.json").read_text())
+    study = optuna.load_study(study_name=doc["study"], storage=open_storage(str(doc["storage"])))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 2
+    assert not _jobs(slurm)  # released
