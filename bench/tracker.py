@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow as pa
+
 from bench import store
 from bench.errors import BenchError, one_line
 from bench.store import layout, schema
@@ -102,7 +104,7 @@ def _log_run(client, experiment_id: str, results: Path, row: dict) -> str:
                 metrics.append(Metric(k, float(v), ts, int(rec["epoch"])))
     for k, tp in schema.METRICS.items():
         v = _value(row.get(k))
-        if v is not None and tp.id in (schema.pa.int64().id, schema.pa.float64().id):
+        if v is not None and (pa.types.is_integer(tp) or pa.types.is_floating(tp)):
             metrics.append(Metric(f"result.{k}", float(v), ts, 0))
     for i in range(0, len(params), 100):  # MLflow's limits per batch
         client.log_batch(mid, params=params[i:i + 100])

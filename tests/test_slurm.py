@@ -26,8 +26,6 @@ BENCH = str(Path(sys.executable).with_name("bench"))
 REPO = Path(__file__).resolve().parents[1]
 JOB = ["--gpus-per-job", "0", "--cpus-per-job", "1", "--mem", "3GB", "--device", "cpu"]
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
@@ -100,6 +98,7 @@ def _finish(proc, timeout=600) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_ci_grid_on_slurm_survives_a_scancel_mid_run(slurm, ci_env, tmp_path, one_thread):
     results = tmp_path / "results"
     expected = set(_grid(ci_env, "train.epochs=3").run_ids())
@@ -128,6 +127,7 @@ def test_ci_grid_on_slurm_survives_a_scancel_mid_run(slurm, ci_env, tmp_path, on
     assert not _jobs(slurm)
 
 
+@pytest.mark.slow
 def test_a_run_is_not_started_in_a_job_whose_time_is_too_short(slurm, ci_env, tmp_path):
     """Each run's estimate is START_S (2 min) plus its FLOPs; a job whose limit is cut (scontrol) to less than
     that from now hands its next run back and ends; a fresh job does the rest."""
@@ -149,6 +149,7 @@ def test_a_run_is_not_started_in_a_job_whose_time_is_too_short(slurm, ci_env, tm
     assert "JobState=TIMEOUT" not in state  # it left on its own, before SLURM's limit
 
 
+@pytest.mark.slow
 def test_tune_runs_its_studies_on_slurm_jobs(slurm, ci_env, tmp_path):
     import json
 
@@ -168,3 +169,37 @@ def test_tune_runs_its_studies_on_slurm_jobs(slurm, ci_env, tmp_path):
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) >= 2
     assert not _jobs(slurm)  # released
+
+
+# ------------------------------------------------------------------------------------ no cluster needed
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 5400), ("30:15", 1815), ("24:00:00", 86400), ("1-02:03:04", 93784),
+                                          ("2-12", 216000), ("0-00:05", 300)])
+def test_time_limits_read_as_sbatch_reads_them(text, seconds):
+    from bench.run.slurm import walltime_s
+
+    assert walltime_s(text) == seconds
+
+
+def _one_line(capsys, rc):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("bench: error: ") and "\n" not in err, err
+    return err
+
+
+def test_slurm_mistakes_are_one_line_before_anything_is_submitted(ci_env, tmp_path, capsys):
+    from bench import cli
+
+    base = ["run", "--grid", "ci", "--data-root", str(ci_env[0]), "--results", str(tmp_path / "r"),
+            "--set", f"booster.source={ci_env[1]}"]
+    assert "--time 'soon'" in _one_line(capsys, cli.main([*base, "--backend", "slurm", "--time", "soon"]))
+    assert "add --backend slurm" in _one_line(capsys, cli.main([*base, "--partition", "gpu"]))
+    assert "--jobs is for the local backend" in _one_line(capsys, cli.main([*base, "--backend", "slurm", "--jobs", "2"]))
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text("partition: gpu\nqueue: x\n")
+    assert "unknown keys ['queue']" in _one_line(capsys, cli.main([*base, "--backend", "slurm", "--slurm-config", str(bad)]))
+    # at a billionth of the GPU's peak every run needs days: longer than one job's limit, so refused
+    err = _one_line(capsys, cli.main([*base, "--backend", "slurm", "--time", "01:00:00", "--utilisation", "1e-9"]))
+    assert "5 runs are estimated longer than --time 01:00:00" in err
+    assert not (tmp_path / "r").exists()
