@@ -135,7 +135,7 @@ def check_fits(runs: list[RunConfig], opts: SlurmOptions) -> None:
 
 
 def start(opts: SlurmOptions, results: Path):
-    """A SLURMCluster for these options (no job yet) and its Client; scaled by `runs`."""
+    """A SLURMCluster for these options (no job yet: `runs` scales it) and its Client."""
     try:
         from dask_jobqueue import SLURMCluster
         from distributed import Client
