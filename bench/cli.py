@@ -195,7 +195,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="tables, statistics, plots and one HTML page from the store")
     _add_results(p)
-    p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
+    p.add_argument("--out", type=Path, default=Path("reports"),
+                   help="the report's parent folder (default: reports/): it goes to OUT/<grid>, or to OUT itself when "
+                        "OUT is already named after the grid (e.g. --out reports/record)")
     p.add_argument("--grid", metavar="NAME|PATH", help="report this grid's runs (default: every stored run)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
                    help="the --set overrides the grid was run with")

@@ -73,8 +73,9 @@ STATS = ("Cells are mean ± sample std (ddof = 1) of the test metric over seeds 
 
 def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc",
                 expected: pd.DataFrame | None = None, replicates: int = bootstrap.REPLICATES) -> Path:
-    """Write the report for the runs of `expected` (None: every stored run) and return its folder; `replicates`
-    of the seeds × images bootstrap per arm (0: none; its time grows with test-set size × arms)."""
+    """Write the report for the runs of `expected` (None: every stored run) into `out`/`name` (or into `out` itself
+    when it is already named after the report, e.g. reports/record) and return that folder; `replicates` of the
+    seeds × images bootstrap per arm (0: none; its time grows with test-set size × arms)."""
     if metric not in METRICS:
         raise BenchError(f"metric '{metric}' is not one of {', '.join(METRICS)}")
     if replicates != 0 and replicates < 100:
@@ -83,7 +84,7 @@ def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc"
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise BenchError(f"report name '{name}' must be a plain folder name, e.g. 'smoke'")
     grid = collect(Path(results), expected)
-    folder = Path(out) / name
+    folder = Path(out) if Path(out).name == name else Path(out) / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / ".write-check").touch()
