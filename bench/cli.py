@@ -24,7 +24,8 @@ def _add_grid(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--grid", metavar="NAME|PATH", required=required,
                    help="a grid in ablations/ by name (smoke, ci, paper, full) or a path to a YAML file")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
-                   help="override a config field for every run, e.g. --set train.epochs=1 (repeatable)")
+                   help="override a config field for every run, e.g. --set train.epochs=1, or for one variant's runs, "
+                        "e.g. --set rllm:vit.checkpoint=PATH (repeatable)")
 
 
 def _add_cost(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,38 @@ def _add_cost(p: argparse.ArgumentParser) -> None:
                    help=f"the GPU the cost estimate assumes (default {DEFAULT_GPU}; bf16 dense peak)")
     p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION, metavar="F",
                    help=f"the share of its peak a run sustains, for the estimate (default {DEFAULT_UTILISATION})")
+
+
+def _add_slurm(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SLURM (--backend slurm: jobs submitted with sbatch through dask-jobqueue)")
+    g.add_argument("--slurm-config", metavar="FILE",
+                   help="YAML with any of the options below (keys: partition, account, time, gpus_per_job, "
+                        "cpus_per_job, mem, max_jobs, sbatch, python, log_dir); the options given here win")
+    g.add_argument("--partition", help="sbatch -p")
+    g.add_argument("--account", help="sbatch -A")
+    g.add_argument("--time", metavar="LIMIT", help="each job's time limit, e.g. 24:00:00 (default 24:00:00); "
+                                                  "no run starts that its estimate says cannot finish in it")
+    g.add_argument("--gpus-per-job", type=int, metavar="G", help="GPUs per job, one run on each (default 1; 0: CPU)")
+    g.add_argument("--cpus-per-job", type=int, metavar="C", help="CPUs per job (default 8)")
+    g.add_argument("--mem", help="memory per job, e.g. 64GB (default)")
+    g.add_argument("--max-jobs", type=int, metavar="N", help="jobs at once (default 8)")
+    g.add_argument("--sbatch", action="append", default=[], metavar="LINE",
+                   help="an extra #SBATCH line, e.g. --sbatch=--qos=high (repeatable)")
+
+
+def _slurm_options(args, cost: bool = True):
+    """SlurmOptions from --slurm-config and the CLI, for --backend slurm; else None (and no SLURM option given)."""
+    from bench.run.slurm import load_options
+
+    given = {k: getattr(args, k) for k in ("partition", "account", "time", "gpus_per_job", "cpus_per_job", "mem",
+                                           "max_jobs")}
+    if args.backend != "slurm":
+        if args.slurm_config or args.sbatch or any(v is not None for v in given.values()):
+            raise BenchError("the SLURM options (--partition, --time, --slurm-config, ...) are for --backend slurm; "
+                             "add --backend slurm")
+        return None
+    extra = {"gpu": args.gpu, "utilisation": args.utilisation} if cost else {}
+    return load_options(args.slurm_config, **given, sbatch=tuple(args.sbatch), **extra)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,8 +84,9 @@ def parser() -> argparse.ArgumentParser:
                    help="parallel worker processes (joblib): one GPU each, round-robin, or a share of the CPU cores")
     p.add_argument("--runs-per-gpu", type=int, metavar="K",
                    help="K runs at once on each visible GPU (sets --jobs to K x GPUs); for small runs")
-    p.add_argument("--backend", choices=("local", "dask"), default="local",
-                   help="local (this machine, --jobs) or dask (an existing cluster, --scheduler)")
+    p.add_argument("--backend", choices=("local", "dask", "slurm"), default="local",
+                   help="local (this machine, --jobs), dask (an existing cluster, --scheduler) or slurm (jobs "
+                        "submitted with sbatch, see the SLURM options)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
     p.add_argument("--force", action="store_true", help="rerun runs already stored ok (a failed rerun keeps the ok row)")
     p.add_argument("--skip-failed", action="store_true", help="do not retry runs stored as failed")
@@ -65,8 +99,29 @@ def parser() -> argparse.ArgumentParser:
                    help="apply tuned hyperparameters: 'tuned' reads <results>/tuned/<task>__<variant>.json "
                         "(written by bench tune) for every run, DIR another folder of such files; "
                         "the run ids change with the values and each row names its file (params_file)")
+    p.add_argument("--tracker", choices=("mlflow",),
+                   help="log each run to MLflow as it is stored (experiment = the grid's name); a tracker that "
+                        "fails never stops the grid: it warns once, `bench export mlflow` backfills")
+    p.add_argument("--tracker-uri", metavar="URI", help="the MLflow tracking URI, e.g. http://mlflow.example:5000")
     _add_cost(p)
+    _add_slurm(p)
     p.set_defaults(func=cmd_run)
+
+    exp = sub.add_parser("export", help="the result store into an experiment tracker (MLflow)")
+    esub = exp.add_subparsers(dest="export_command", required=True, metavar="TRACKER")
+    p = esub.add_parser("mlflow", help="every stored run as an MLflow run (idempotent: keyed by run id)",
+                        description="Log every stored run (or a grid's) to MLflow: one experiment per grid, one MLflow "
+                                    "run per run id with the config as params, the history as per-epoch metrics, the "
+                                    "results as result.* metrics, status/host/git sha tags, the predictions and log "
+                                    "as artifacts. Runs already there are left alone, rerun ones replaced.")
+    p.add_argument("--uri", required=True, help="the MLflow tracking URI, e.g. http://localhost:5000")
+    _add_results(p)
+    p.add_argument("--grid", metavar="NAME|PATH", help="export this grid's stored runs into the experiment named "
+                                                       "after it (default: every stored run, experiment 'all')")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="the --set overrides the grid was run with")
+    p.add_argument("--experiment", metavar="NAME", help="the experiment's name (default: the grid's)")
+    p.set_defaults(func=cmd_export_mlflow)
 
     p = sub.add_parser("list", help="the runs of a grid, which are done, and what the rest will cost",
                        description="List a grid's runs: how many, a table of them, their state in the store, and the "
@@ -123,8 +178,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, metavar="K",
                    help="worker processes on this machine (default 1): one GPU each, round-robin, or a share of the "
                         "CPU cores; they spread over the studies, then share the unfinished ones")
-    p.add_argument("--backend", choices=("local", "dask"), default="local",
-                   help="local (this machine, --jobs) or dask (an existing cluster, --scheduler)")
+    p.add_argument("--backend", choices=("local", "dask", "slurm"), default="local",
+                   help="local (this machine, --jobs), dask (an existing cluster, --scheduler) or slurm (one worker "
+                        "loop per GPU of --max-jobs jobs)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
     p.add_argument("--space", metavar="FILE", help="a YAML search-space file (params, replace, pruner, sampler); "
                                                     "see bench/tune/space.py for the format")
@@ -134,11 +190,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     _add_results(p)
     _add_data_root(p)
+    _add_slurm(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="tables, statistics, plots and one HTML page from the store")
     _add_results(p)
-    p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
+    p.add_argument("--out", type=Path, default=Path("reports"),
+                   help="the report's parent folder (default: reports/): it goes to OUT/<grid>, or to OUT itself when "
+                        "OUT is already named after the grid (e.g. --out reports/record)")
     p.add_argument("--grid", metavar="NAME|PATH", help="report this grid's runs (default: every stored run)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
                    help="the --set overrides the grid was run with")
@@ -203,7 +262,8 @@ def cmd_run(args) -> int:
     grid = tune_params(grid, args.params, args.results)  # --params tuned: each run gets its tuned values
     options = run.RunOptions(device=args.device, force=args.force, retry_failed=not args.skip_failed, jobs=args.jobs,
                              runs_per_gpu=args.runs_per_gpu, backend=args.backend, scheduler=args.scheduler,
-                             worker_retries=args.worker_retries, portable=grid.portable).check()
+                             worker_retries=args.worker_retries, portable=grid.portable, slurm=_slurm_options(args),
+                             tracker=_tracker(args, grid.name)).check()
     run.check_tasks(grid.runs)
     ids = grid.run_ids()
     status = store.statuses(args.results, ids)
@@ -220,6 +280,8 @@ def cmd_run(args) -> int:
         why = {rid: {"ok": "forced", "failed": "retry failed"}.get(status[rid], "new") for rid in todo_ids}
         if todo:
             _run_table(todo, todo_ids, status, why)
+        for line in _start_lines(grid.runs):
+            print(line)
         for cost_line in _cost_lines(grid.runs, todo, args):
             print(cost_line)
         return 0
@@ -241,6 +303,46 @@ def cmd_run(args) -> int:
     print(f"done: {len(summary.rows) - n_failed} ok, {n_failed} failed, {summary.skipped} skipped; "
           f"results in {args.results}")
     return 1 if n_failed else 0
+
+
+def _tracker(args, experiment: str):
+    if (args.tracker is None) != (args.tracker_uri is None):
+        raise BenchError("--tracker mlflow and --tracker-uri URI go together, e.g. --tracker mlflow --tracker-uri "
+                         "http://localhost:5000")
+    if args.tracker is None or args.dry_run:
+        return None
+    from bench.tracker import Tracker
+
+    return Tracker(args.tracker_uri, experiment)
+
+
+def cmd_export_mlflow(args) -> int:
+    from bench.config import parse_sets
+    from bench.grid import load_grid
+    from bench.tracker import export
+
+    ids, name = None, "all"
+    if args.grid:
+        grid = load_grid(args.grid, parse_sets(args.sets))
+        ids, name = grid.run_ids(), grid.name
+    elif args.sets:
+        raise BenchError("--set is for --grid: add the grid the runs belong to")
+    name = args.experiment or name
+    counts = export(args.results, args.uri, name, ids)
+    print(f"MLflow experiment '{name}' at {args.uri}: {counts['added']} runs added, {counts['replaced']} replaced "
+          f"(rerun since), {counts['unchanged']} already there")
+    return 0
+
+
+def _start_lines(grid_runs) -> list[str]:
+    """'start: LABELS (N runs): WHERE' per starting point, so a dry run says which weights each variant begins from."""
+    from bench.models.checkpoint2d import describe_start
+
+    groups: dict[str, dict[str, int]] = {}
+    for cfg in grid_runs:
+        labels = groups.setdefault(describe_start(cfg), {})
+        labels[cfg.label] = labels.get(cfg.label, 0) + 1
+    return [f"start: {', '.join(labels)} ({sum(labels.values())} runs): {where}" for where, labels in groups.items()]
 
 
 def _cost_lines(grid_runs, todo, args) -> list[str]:
@@ -316,7 +418,8 @@ def cmd_tune(args) -> int:
     from bench.tune import dispatch, setup, study
     from bench.tune.storage import describe_storage
 
-    dispatch.check_options(args.jobs, args.backend, args.scheduler)
+    slurm = _slurm_options(args, cost=False)
+    dispatch.check_options(args.jobs, args.backend, args.scheduler, slurm)
     setups = setup.prepare(grid=args.grid, tasks=args.task, variants=args.variant, sets=parse_sets(args.sets),
                            trials=args.trials, seeds=args.seeds, timeout=args.timeout, storage=args.storage,
                            study=args.study, space=args.space, pruner=args.pruner, seed=args.seed,
@@ -330,7 +433,7 @@ def cmd_tune(args) -> int:
     for s in setups:
         state = study.summarise(s, write=False)
         print(f"study {s.study} in {describe_storage(s.storage)}: {dispatch.state_line(s, state)}")
-    states = dispatch.run_studies(setups, jobs=args.jobs, backend=args.backend, scheduler=args.scheduler)
+    states = dispatch.run_studies(setups, jobs=args.jobs, backend=args.backend, scheduler=args.scheduler, slurm=slurm)
     for s, state in zip(setups, states):
         print("done: " + dispatch.state_line(s, state)
               + (f"; parameters in {state['export']}" if state["export"] else "; nothing exported"))

@@ -28,6 +28,7 @@ from bench.report import expected_runs, make_report
 from bench.report.bootstrap import Scorer
 from bench.report.published import load_published
 from bench.store import read_history, read_predictions, read_runs
+from scipy.stats import t as scipy_t
 
 T975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom
 SEEDS = (0, 1, 2)
@@ -139,7 +140,7 @@ def arm_diffs(rows, layer, m):
 
 
 def test_each_arm_is_paired_with_its_own_baseline_exactly(real_store):
-    """One row per LLM layer (not their mean), paired-t CI and p in closed form, BH per metric family."""
+    """One row per LLM layer (not their mean), the seed-only paired-t CI and p in closed form, BH per metric family."""
     _, folder, rows = real_store
     eff = pd.read_csv(folder / "effects.csv")
     rllm = eff[eff["label"] == "rllm"].set_index("arm")
@@ -152,31 +153,43 @@ def test_each_arm_is_paired_with_its_own_baseline_exactly(real_store):
             mean, sd = statistics.mean(d), statistics.stdev(d)
             assert got[f"{m}_n"] == 3 and got[f"{m}_mean"] == pytest.approx(mean, abs=1e-12)
             if sd == 0:
-                assert math.isnan(got[f"{m}_ci_low"]) and math.isnan(got[f"{m}_p"])
+                assert math.isnan(got[f"{m}_ci_low"]) and math.isnan(got[f"{m}_p_t"])
                 continue
             spread += 1
             se = sd / math.sqrt(3)
             assert got[f"{m}_ci_low"] == pytest.approx(mean - T975_DF2 * se, abs=1e-9)
             assert got[f"{m}_ci_high"] == pytest.approx(mean + T975_DF2 * se, abs=1e-9)
-            assert got[f"{m}_p"] == pytest.approx(p_two_sided_df2(mean / se), abs=1e-9)
-        family = eff[f"{m}_p"].dropna().tolist()  # this metric's p-values only
+            assert got[f"{m}_p_t"] == pytest.approx(p_two_sided_df2(mean / se), abs=1e-9)
+        family = eff[f"{m}_p"].dropna().tolist()  # this metric's p-values only (all: vs baseline here)
+        assert set(eff["contrast"]) == {"vs baseline"}
         assert eff[f"{m}_p_bh"].dropna().tolist() == pytest.approx(bh(family), abs=1e-12)
     assert spread > 0
 
 
 def test_minimum_detectable_effect_matches_statsmodels(real_store):
+    """MDE of the primary test: power 0.8 at α = 0.05 with its se and df (statsmodels: nobs = df + 1)."""
     from statsmodels.stats.power import TTestPower
 
     _, folder, rows = real_store
     eff = pd.read_csv(folder / "effects.csv")
     rllm = eff[eff["label"] == "rllm"].set_index("arm")
-    factor = TTestPower().solve_power(nobs=3, alpha=0.05, power=0.8, alternative="two-sided")
     for m in ("acc", "auc"):
         for layer in (0, -1):
+            got = rllm.loc[f"layer={layer}"]
             sd = statistics.stdev(arm_diffs(rows, layer, m))
-            assert rllm.loc[f"layer={layer}", f"{m}_mde"] == pytest.approx(factor * sd, rel=1e-6, abs=1e-12)
+            if sd == 0:
+                assert math.isnan(got[f"{m}_mde"]) and got[f"{m}_mde_note"] == "no spread"
+                continue
+            seed, img = sd ** 2 / 3, got[f"{m}_image_sd"] ** 2
+            df = 2 * (1 + img / seed) ** 2
+            assert got[f"{m}_df"] == pytest.approx(df, rel=1e-9)
+            power = TTestPower()
+            es = power.solve_power(nobs=df + 1, alpha=0.05, power=0.8, alternative="two-sided")
+            seeds_only = power.solve_power(nobs=3, alpha=0.05, power=0.8, alternative="two-sided") * sd
+            assert got[f"{m}_mde"] == pytest.approx(max(es * math.sqrt(df + 1) * math.sqrt(seed + img), seeds_only),
+                                                    rel=1e-5)
     md = (folder / "summary.md").read_text()
-    assert "(MDE " in md.split("## Paired effects per arm")[1]
+    assert "MDE α=0.05 (AUC)" in md.split("## Paired contrasts\n")[1] and "α = 0.05 unadjusted" in md
 
 
 def test_weighted_metrics_equal_medmnist_on_resampled_images(real_store):
@@ -192,40 +205,44 @@ def test_weighted_metrics_equal_medmnist_on_resampled_images(real_store):
             assert (acc[j], auc[j]) == pytest.approx(evaluate("binary-class", p["y_true"][i], p["y_score"][i]), abs=1e-12)
 
 
-def test_bootstrap_interval_matches_a_brute_force_resampling(real_store):
-    """Seeds, then images within each seed (shared by variant and baseline), through medmnist's metric."""
+def test_image_part_matches_a_brute_force_shared_resampling(real_store):
+    """One resample of the test images per replicate, the same for every seed's two runs, through medmnist's
+    metric; the primary interval is Δ ± t(df) sqrt(s²/n + v) with Welch–Satterthwaite's df, or the seed-only t."""
     results, folder, rows = real_store
     eff = pd.read_csv(folder / "effects.csv")
     got = eff[(eff["label"] == "rllm") & (eff["arm"] == "layer=0")].iloc[0]
     base, var = by(rows, "baseline"), by(rows, "rllm", 0)
-    preds = {s: (read_predictions(results, var["run_id"][s]), read_predictions(results, base["run_id"][s]))
-             for s in SEEDS}
+    preds = [(read_predictions(results, var["run_id"][s]), read_predictions(results, base["run_id"][s])) for s in SEEDS]
+    n_img = len(preds[0][0]["y_true"])
     rng = np.random.default_rng(123)
     reps = {"acc": [], "auc": []}
     for _ in range(1500):
-        d = {"acc": [], "auc": []}
-        for s in rng.choice(SEEDS, size=3):
-            v, b = preds[s]
-            i = rng.integers(len(v["y_true"]), size=len(v["y_true"]))
-            ev, eb = evaluate("binary-class", v["y_true"][i], v["y_score"][i]), evaluate("binary-class", b["y_true"][i], b["y_score"][i])
-            d["acc"].append(ev[0] - eb[0])
-            d["auc"].append(ev[1] - eb[1])
-        for m in d:
-            reps[m].append(np.mean(d[m]))
-    for m in ("acc", "auc"):
-        lo, hi = np.nanpercentile(reps[m], [2.5, 97.5])
-        width = hi - lo
-        assert width > 0
-        assert got[f"{m}_boot_low"] == pytest.approx(lo, abs=0.15 * width + 1e-9)
-        assert got[f"{m}_boot_high"] == pytest.approx(hi, abs=0.15 * width + 1e-9)
+        i = rng.integers(n_img, size=n_img)
+        scores = [[evaluate("binary-class", p["y_true"][i], p["y_score"][i]) for p in pair] for pair in preds]
+        reps["acc"].append(np.mean([v[0] - b[0] for v, b in scores]))
+        reps["auc"].append(np.mean([v[1] - b[1] for v, b in scores]))
+    for k, m in enumerate(("acc", "auc")):
+        sd = np.nanstd(reps[m], ddof=1)
+        assert sd > 0 and got[f"{m}_image_sd"] == pytest.approx(sd, rel=0.12)
+        d = arm_diffs(rows, 0, m)
+        seed = statistics.variance(d) / 3
+        if seed == 0:
+            continue
+        img = got[f"{m}_image_sd"] ** 2
+        df = 2 * (1 + img / seed) ** 2
+        half = max(scipy_t.ppf(0.975, df) * math.sqrt(seed + img), T975_DF2 * math.sqrt(seed))
+        assert (got[f"{m}_low"], got[f"{m}_high"]) == pytest.approx((statistics.mean(d) - half, statistics.mean(d) + half),
+                                                                  abs=1e-9)
+        assert got[f"{m}_high"] - got[f"{m}_low"] >= got[f"{m}_ci_high"] - got[f"{m}_ci_low"]  # never narrower
     md = (folder / "summary.md").read_text()
-    assert "default_rng([2024, crc32" in md and "1000 replicates" in md
+    assert "default_rng([2024, crc32" in md and "1000 resamples of the test images" in md
 
 
 def test_verdicts_use_the_papers_protocol_from_the_audit_history(real_store):
-    """Table 1 BreastMNIST claims vs our max-over-epochs test metrics, paired by seed; rule as stated."""
+    """Table 1 BreastMNIST claims vs a prediction interval for one of our runs under the paper's protocol."""
     results, folder, rows = real_store
-    v = pd.read_csv(folder / "verdicts.csv")
+    v = pd.read_csv(folder / "verdicts.csv", keep_default_na=False, na_values=["NaN"])
+    eff = pd.read_csv(folder / "effects.csv")
     hist = read_history(results, list(rows.loc[rows["status"] == "ok", "run_id"]))
     best = hist.groupby("run_id")[["test_acc", "test_auc"]].max()
     claimed = {"auc": 0.8823 - 0.8617, "acc": 0.8717 - 0.8717}  # Lai et al. Table 1, BreastMNIST, ViT-S
@@ -236,24 +253,30 @@ def test_verdicts_use_the_papers_protocol_from_the_audit_history(real_store):
             assert len(row) == 1
             row = row.iloc[0]
             assert row["paper_delta"] == pytest.approx(paper, abs=1e-12) and row["backbone"] == "other (vit.arch=tiny)"
+            assert row["scope"] == "analogous setting"
+            for named in ("LLM: booster.source=", "backbone: vit.arch=tiny (paper small)", "recipe: "):
+                assert named in row["deviations"]
             base, var = by(rows, "baseline"), by(rows, "rllm", layer)
             d = [best.loc[var["run_id"][s], f"test_{m}"] - best.loc[base["run_id"][s], f"test_{m}"] for s in SEEDS]
-            mean, se = statistics.mean(d), statistics.stdev(d) / math.sqrt(3)
+            mean, sd = statistics.mean(d), statistics.stdev(d)
             assert row["audit_mean"] == pytest.approx(mean, abs=1e-12)
             assert row["audit_value"] == pytest.approx(statistics.mean(best.loc[var["run_id"], f"test_{m}"]), abs=1e-12)
             assert row["honest_value"] == pytest.approx(statistics.mean(var[f"test_{m}"]), abs=1e-12)
-            if se == 0:
-                assert row["verdict"] == "inconclusive"
+            if sd == 0:
+                assert row["verdict"] == "no spread" and math.isnan(row["pi_low"])
                 continue
             spread += 1
-            lo, hi = mean - T975_DF2 * se, mean + T975_DF2 * se
-            expected = ("contradicted" if not lo <= paper <= hi else
-                        "consistent" if (paper > 0 and lo > 0) or (paper < 0 and hi < 0) else "inconclusive")
-            assert row["verdict"] == expected
+            img1 = eff[(eff["label"] == "rllm") & (eff["arm"] == f"layer={layer}")][f"{m}_image_sd1"].iloc[0] ** 2
+            seed = sd ** 2 * (1 + 1 / 3)
+            half = scipy_t.ppf(0.975, 2 * ((seed + img1) / seed) ** 2) * math.sqrt(seed + img1)
+            assert (row["pi_low"], row["pi_high"]) == pytest.approx((mean - half, mean + half), abs=1e-9)
+            assert row["verdict"] == ("consistent" if mean - half <= paper <= mean + half else "contradicted")
     assert spread > 0
     md = (folder / "summary.md").read_text()
-    first = md.split("## Runs")[0]  # the first screen: verdicts and the audit, before anything else
-    assert "## Reproduction of Lai et al." in first and "contradicted = the interval excludes" in first
+    first = md.split("## Runs")[0]  # the first screen: findings, verdicts and the audit, before anything else
+    assert first.index("## Does the pretrained layer help?") < first.index("## Reproduction of Lai et al.")
+    assert "contradicted = the PI excludes the paper's Δ" in first and "no spread = our n paired Δs" in first
+    assert "Reproduction (the paper's own setting in every field): 0 claim checks" in first
     assert "Protocol audit: published vs ours under the paper's protocol vs ours honest" in first
     assert "| 0.8823 |" in first  # Table 1's R-LLM AUC on BreastMNIST beside ours
 
@@ -339,7 +362,7 @@ def test_html_renders_in_headless_chromium(real_store, tmp_path):
 @pytest.mark.slow
 def test_minilm_layers_on_real_breastmnist(shared_data, tmp_path):
     """Two MiniLM layers x 3 seeds with their baselines on the real BreastMNIST: per-layer paired rows,
-    bootstrap and t intervals, the detectable effect and the verdict rows."""
+    primary and seed-only intervals, the detectable effect and the verdict rows."""
     import torch
 
     from bench.run import run_all
@@ -356,11 +379,11 @@ def test_minilm_layers_on_real_breastmnist(shared_data, tmp_path):
     eff = pd.read_csv(folder / "effects.csv")
     rllm = eff[eff["label"] == "rllm"]
     assert sorted(rllm["arm"]) == ["layer=-1", "layer=0"] and (rllm["auc_n"] == 3).all()
-    assert rllm[["auc_ci_low", "auc_boot_low", "auc_boot_high", "auc_mde"]].notna().all().all()
+    assert rllm[["auc_ci_low", "auc_low", "auc_high", "auc_image_sd", "auc_mde"]].notna().all().all()
     v = pd.read_csv(folder / "verdicts.csv")
-    assert len(v) == 4 and set(v["verdict"]) <= {"consistent", "contradicted", "inconclusive"}
+    assert len(v) == 4 and set(v["verdict"]) <= {"consistent", "contradicted", "inconclusive", "no spread"}
     md = (folder / "summary.md").read_text()
-    assert "layer=0" in md and "layer=-1" in md and "bootstrap 95%" in md and "Reproduction verdicts" in md
+    assert "layer=0" in md and "layer=-1" in md and "paired t, seeds only" in md and "Reproduction verdicts" in md
 
 
 def test_bootstrap_spread_over_processes_gives_the_same_intervals(real_store, tmp_path, monkeypatch):
@@ -372,7 +395,7 @@ def test_bootstrap_spread_over_processes_gives_the_same_intervals(real_store, tm
     monkeypatch.setattr(effects, "BOOTSTRAP_ROWS_PER_JOB", 1)
     again = make_report(results, tmp_path, name="rep")
     one, spread = pd.read_csv(folder / "effects.csv"), pd.read_csv(again / "effects.csv")
-    boot = [c for c in one.columns if "_boot_" in c]
+    boot = [c for c in one.columns if "_image_sd" in c]
     assert one[boot].notna().any().all()
     pd.testing.assert_frame_equal(one[boot], spread[boot])
 
@@ -393,8 +416,9 @@ def test_replicates_zero_skips_the_bootstrap_and_too_few_is_one_line(real_store,
     results, folder, _ = real_store
     assert cli.main(["report", "--results", str(results), "--out", str(tmp_path), "--replicates", "0"]) == 0
     eff = pd.read_csv(tmp_path / "all" / "effects.csv")
-    assert not [c for c in eff.columns if "_boot_" in c] and eff["auc_mean"].notna().any()
-    assert "Bootstrap: off" in (tmp_path / "all" / "summary.md").read_text()
+    assert eff["auc_image_sd"].isna().all() and (eff["auc_parts"] == "seeds only").all()
+    assert eff["auc_mean"].notna().any() and "no image part (bench report --replicates 0" in (
+        tmp_path / "all" / "summary.md").read_text()
     capsys.readouterr()
     assert cli.main(["report", "--results", str(results), "--out", str(tmp_path / "x"), "--replicates", "5"]) == 2
     err = capsys.readouterr().err

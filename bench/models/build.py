@@ -12,6 +12,7 @@ from bench.config import BoosterConfig, ResolvedConfig
 from bench.data import TaskSpec
 from bench.models.backbones import build_backbone
 from bench.models.booster import Booster
+from bench.models.checkpoint2d import head_rows, load_start
 from bench.models.llm import LLMBlock, block_key, llm_hidden_size, load_llm_block
 from bench.models.registry import BACKBONES, VARIANTS
 
@@ -56,7 +57,8 @@ def build_model(cfg: ResolvedConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
     v, b = cfg.vit, cfg.booster
     torch.manual_seed(cfg.seed)
     channels = 3 if cfg.data.rgb else spec.n_channels  # data.rgb repeats grey images to 3 channels
-    backbone = build_backbone(v, spec.size, channels, spec.n_classes, spec.is_3d)
+    outputs = head_rows(v.checkpoint) if v.checkpoint and v.head == "pretrained" else spec.n_classes
+    backbone = build_backbone(v, spec.size, channels, outputs, spec.is_3d)
     info: dict = {}
     booster = None
     variant = VARIANTS[b.variant]
@@ -69,6 +71,8 @@ def build_model(cfg: ResolvedConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
         booster = Booster(backbone.embed_dim, block.hidden_size, b.variant, b.residual, block, b.bias, b.adapter_init)
     model = RLLMViT(backbone, booster, frozen_llm=variant.has_layer and b.freeze == "frozen",
                     site=BACKBONES[v.arch].booster_site)
+    if v.checkpoint:  # a training checkpoint's weights over everything just built (the reference's --resume)
+        load_start(model, v.checkpoint, v.checkpoint_strict)
     for p in model.llm_parameters():
         p.requires_grad_(not model.frozen_llm)
     return model, info

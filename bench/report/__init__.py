@@ -6,7 +6,6 @@ Only ok runs enter the statistics; failed and missing runs are counted and liste
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -14,13 +13,13 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.report import bootstrap, plots
 from bench.report.collect import collect, expected_runs
-from bench.report.effects import add_arms, axis_deltas, cell_effects
+from bench.report.effects import CONTRASTS, add_arms, axis_deltas, cell_effects
 from bench.report.explain import explain_sections
 from bench.report.html import render_html, render_markdown
 from bench.report.published import NOT_SHIPPED, load_published, paper_model, paper_variant
 from bench.report.stats import AXES, METRICS, ROW, ablation_runs, pairs, summary
 from bench.report.tables import (NAMES, Callout, Section, Table, ablation_table, audit_table, delta_table,
-                                 effects_table, label_order, metric_matrix, paper_table, runs_table, sources_table,
+                                 effects_table, findings_table, label_order, metric_matrix, paper_table, runs_table, sources_table,
                                  summary_csv, to_latex, verdict_table)
 from bench.report.tuned import tuned_section
 from bench.report.verdict import RULES, verdicts
@@ -29,26 +28,44 @@ from bench.store import read_history
 __all__ = ["make_report", "expected_runs"]
 
 PAIRING = (
-    "Pairing rule: a variant run's baseline is the baseline run (booster.variant = baseline) with the same "
-    "data.*, vit.* and train.* settings and the same seed; only pairs where both runs are ok count. "
-    "Δ is the mean of the per-seed differences (variant − baseline) over the n paired seeds shown, with a paired-t "
-    "95% confidence interval; p is the paired t-test. With fewer than two pairs, or identical differences, CI and p "
-    "are left missing. Benjamini–Hochberg families (p BH), each kept per metric (ACC and AUC are separate "
-    "families): (1) the Summary's Δ table, every variant label × task row; (2) the per-arm table, every arm × "
-    "task row. Ablation tables show unadjusted intervals."
+    "Pairing rule: a contrast pairs an arm's seed-s run with its comparator's seed-s run, everything else equal: "
+    "the baseline (booster.variant = baseline) with the same data.*, vit.* and train.* settings; for an R-LLM arm "
+    "also its capacity control (mlp for residual in/none, adapters for residual out/hybrid, with the same LLM width "
+    "and FE/FD settings), the same layer with random weights (booster.init=random, every other booster field equal) "
+    "and, for a fine-tuned arm, the same layer frozen. Only pairs where both runs are ok count. Δ is the mean of the "
+    "per-seed differences (arm − comparator) over the n paired seeds. p is two-sided from the primary interval's t, "
+    "Benjamini–Hochberg adjusted (p BH) within one family per contrast and metric: "
+    + "; ".join(f"'{k}' ({v})" for k, v in CONTRASTS.items()) + ". The Summary's Δ table is its own family "
+    "(every variant label × task row, per metric) and shows the seed-only paired t. Ablation tables show unadjusted "
+    "seed-only intervals."
 )
-MDE = ("MDE: the smallest |Δ| a two-sided paired t-test (α = 0.05) detects with power 0.8 given n pairs and the "
-       "observed sd of the paired differences (noncentral t).")
+MDE = ("MDE: the smallest |Δ| the primary two-sided test detects with power 0.8 at α = 0.05 unadjusted (the "
+       "decisions use BH-adjusted p, so an effect at the MDE can still miss after adjustment), from the noncentral t: "
+       "the larger of the MDEs of the two tests in the union; — where it is undefined: n < 2, or no spread (all paired "
+       "differences equal).")
+FINDINGS = ("Rule for the words, per contrast and metric: 'helps' / 'hurts' = p BH < 0.05 (two-sided, primary "
+            "interval's t) with Δ > 0 / Δ < 0 (the arm's metric is higher / lower than the comparator's); otherwise "
+            "'no detectable effect', with the MDE: an effect of that size would have been detected with power 0.8; "
+            "'not tested' = fewer than 2 paired seeds. Cells: finding: Δ [primary 95% CI] (n paired seeds, "
+            "comparator). — = no such comparator in this store. Capacity control = the same FE/FD without the "
+            "layer; random weights = the same layer, booster.init=random; the last column is the fine-tuned arm "
+            "minus this frozen one.")
 
 
-def bootstrap_text(replicates: int) -> str:
-    if not replicates:
-        return f"Bootstrap: off (bench report --replicates 0): no bootstrap intervals. {MDE}"
-    return (f"Bootstrap: {replicates} replicates per arm with ≥ 2 paired seeds; each replicate resamples the "
-            "seeds, then the test images within each drawn seed (the same images for the variant run and its "
-            "baseline), and takes the mean over drawn seeds of the paired metric difference; the interval is the "
-            f"2.5–97.5 percentile. Random stream: numpy default_rng([{bootstrap.SEED}, "
-            f"crc32('task|size|setting|seeds')]), shared by the arms of a row. {MDE}")
+def interval_text(replicates: int) -> str:
+    """The one sentence that says what the primary interval counts, and what the other intervals are."""
+    image = (f"the image-sampling variance of the mean Δ over {replicates} resamples of the test images, ONE resample "
+             "per replicate shared by every seed's two runs (every seed is scored on the same test set); random "
+             f"stream numpy default_rng([{bootstrap.SEED}, crc32('task|size|setting')]), so a render is exactly "
+             "reproducible" if replicates else
+             "no image part (bench report --replicates 0: the intervals count the seeds only and say so)")
+    return (f"Primary 95% interval (CI): Δ ± t(0.975, df) · sqrt(s²/n + v), with s²/n the seed variance of the mean "
+            f"of the n paired differences and v {image}; df = (n − 1)(1 + v/(s²/n))² (Welch–Satterthwaite, the image "
+            "part taken as known), and never narrower than the seed-only paired t (the union of the two; p the larger "
+            "of their two p). Seed-only paired t: Δ ± t(0.975, n − 1) · s/√n, which leaves out the test-image "
+            f"sampling. {MDE}")
+
+
 STATS = ("Cells are mean ± sample std (ddof = 1) of the test metric over seeds (n = seeds), from ok runs only; "
          "when a variant label spans several runs per seed (e.g. several LLMs or layers), each seed's value is "
          "first their mean, so seeds are the replicates. — marks a missing cell (no ok run), never a zero.")
@@ -56,8 +73,9 @@ STATS = ("Cells are mean ± sample std (ddof = 1) of the test metric over seeds 
 
 def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc",
                 expected: pd.DataFrame | None = None, replicates: int = bootstrap.REPLICATES) -> Path:
-    """Write the report for the runs of `expected` (None: every stored run) and return its folder; `replicates`
-    of the seeds × images bootstrap per arm (0: none; its time grows with test-set size × arms)."""
+    """Write the report for the runs of `expected` (None: every stored run) into `out`/`name` (or into `out` itself
+    when it is already named after the report, e.g. reports/record) and return that folder; `replicates` of the
+    seeds × images bootstrap per arm (0: none; its time grows with test-set size × arms)."""
     if metric not in METRICS:
         raise BenchError(f"metric '{metric}' is not one of {', '.join(METRICS)}")
     if replicates != 0 and replicates < 100:
@@ -66,7 +84,7 @@ def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc"
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise BenchError(f"report name '{name}' must be a plain folder name, e.g. 'smoke'")
     grid = collect(Path(results), expected)
-    folder = Path(out) / name
+    folder = Path(out) if Path(out).name == name else Path(out) / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / ".write-check").touch()
@@ -81,19 +99,19 @@ def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc"
         sections = _sections(Path(results), grid, ok, table, metric, folder, replicates)
     title = f"R-LLM bench report: {name}"
     intro = [_counts(grid, expected is not None),
-             f"Store: {Path(results).resolve()}. Best, Δ plots and curves use test {NAMES[metric]}. "
-             f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."]
+             f"Store: {Path(results).name}/ (--results; no absolute path, so renders elsewhere match). Best, Δ plots and curves use test {NAMES[metric]}."]
     (folder / "summary.md").write_text(render_markdown(title, intro, sections), encoding="utf-8")
     (folder / "index.html").write_text(render_html(title, intro, sections), encoding="utf-8")
     tables = [b for s in sections for b in s.blocks if isinstance(b, Table)]
-    tex = [f"% {title}: {intro[0]}", f"% {PAIRING}", f"% {bootstrap_text(replicates)}", "% needs \\usepackage{booktabs}", *(to_latex(t) for t in tables)]
+    tex = [f"% {title}: {intro[0]}", f"% {PAIRING}", f"% {interval_text(replicates)}", "% needs \\usepackage{booktabs}", *(to_latex(t) for t in tables)]
     (folder / "summary.tex").write_text("\n\n".join(tex) + "\n", encoding="utf-8")
     summary_csv(table).to_csv(folder / "summary.csv", index=False, na_rep="NaN")
     return folder
 
 
 def _write_numbers(folder: Path, effects: pd.DataFrame, v: pd.DataFrame) -> None:
-    """effects.csv (every arm vs its baseline) and verdicts.csv: the numbers behind the tables, unrounded."""
+    """effects.csv (every contrast, `comparator` naming the run it is paired with) and verdicts.csv: the numbers
+    behind the tables, unrounded, and nothing that changes between two renders of the same store."""
     effects.assign(seeds=effects["seeds"].map(lambda s: " ".join(map(str, s)))).reset_index().to_csv(
         folder / "effects.csv", index=False, na_rep="NaN")
     v.to_csv(folder / "verdicts.csv", index=False, na_rep="NaN")
@@ -108,17 +126,18 @@ def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.Dat
     v = verdicts(results, ok, effects, published)
     _write_numbers(folder, effects, v)
     sections = [
+        _findings_section(effects, labels, replicates),
         _verdict_section(v),
         _runs_section(grid, ok),
         Section("Summary", [metric_matrix(table, metric, labels), metric_matrix(table, other, labels),
                             delta_table(table, labels), plots.delta_bars(table, metric, labels, folder),
                             plots.heatmap(table, metric, labels, folder)]),
-        Section("Paired effects per arm", [PAIRING, bootstrap_text(replicates), effects_table(effects, labels)]),
+        Section("Paired contrasts", [PAIRING, interval_text(replicates), effects_table(effects, labels)]),
         _published_section(ok, published),
         _ablation_section(ok, table, metric, folder),
         Section("Training curves", [plots.val_curves(_curve_history(results, ok), ok, metric, folder)]),
     ]
-    sections[3:3] = [s for s in [tuned_section(results, grid, metric)] if s]  # after Summary, with tuned runs
+    sections[4:4] = [s for s in [tuned_section(results, grid, metric)] if s]  # after Summary, with tuned runs
     studies = plots.optuna_plots(results, folder)
     if studies:
         sections.append(Section("Optuna studies", studies))
@@ -126,21 +145,40 @@ def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.Dat
     return sections
 
 
+def _findings_section(effects: pd.DataFrame, labels: list[str], replicates: int) -> Section:
+    """First screen: does each R-LLM arm help, against the baseline, its capacity control and random weights?"""
+    title = "Does the pretrained layer help?"
+    table = findings_table(effects, labels)
+    if table is None:
+        return Section(title, ["No ok R-LLM arm (booster.variant = rllm) with a paired comparator in this report: "
+                               "nothing to answer.", FINDINGS])
+    return Section(title, [interval_text(replicates), FINDINGS, table])
+
+
 def _verdict_section(v: pd.DataFrame) -> Section:
-    """First screen: each of Lai et al.'s claims (Tables 1, 3, 5, 6) against our interval, and the protocol audit."""
+    """Each of Lai et al.'s claims (Tables 1, 3, 5, 6) against our prediction interval, and the protocol audit."""
     title = "Reproduction of Lai et al. (CVPRW 2024)"
     if v.empty:
         return Section(title, ["No ok run of this report is one of Lai et al.'s variants (baseline, R-LLM, +MLP, "
                                "fine-tuned, residual out/hybrid) with its baseline on one of their tasks: no claim to check.",
                                RULES])
-    counts = v["verdict"].value_counts()
-    on_own = v[v["backbone"] == "the paper's"]
-    own = on_own["verdict"].value_counts()
-    summary_line = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("consistent", "contradicted", "inconclusive", "no audit"))
+    words = ("consistent", "contradicted", "inconclusive", "no spread", "no audit")
+    repro, analog = v[v["scope"] == "reproduction"], v[v["scope"] != "reproduction"]
+
+    def counts(part: pd.DataFrame) -> str:
+        n = part["verdict"].value_counts()
+        return ", ".join(f"{n.get(k, 0)} {k}" for k in words)
+
+    checks = int(v["pi_low"].notna().sum())
     return Section(title, [
-        Callout(f"{len(v)} claim checks: {summary_line} ({len(on_own)} on the paper's own "
-                f"backbone: " + ", ".join(f"{own.get(k, 0)} {k}" for k in ("consistent", "contradicted", "inconclusive",
-                                                                          "no audit")) + ")."),
+        Callout(f"Reproduction (the paper's own setting in every field): {len(repro)} claim checks: {counts(repro)}. "
+                f"Analogous setting (named deviations, not counted as a reproduction): {len(analog)} checks: "
+                f"{counts(analog)}."),
+        (f"Multiplicity: each check's PI is at 95%, unadjusted; with {checks} checks, about {0.05 * checks:.1f} would "
+         f"be contradicted by chance if every claim were exactly reproduced. At the family-wise level (Bonferroni, "
+         f"PI at 1 − 0.05/{checks}): {int(repro['contradicted_familywise'].sum())} reproduction and "
+         f"{int(analog['contradicted_familywise'].sum())} analogous checks contradicted." if checks else
+         "Multiplicity: no check has a prediction interval here, so none can be contradicted."),
         RULES, verdict_table(v), audit_table(v)])
 
 

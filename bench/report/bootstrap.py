@@ -1,14 +1,15 @@
-"""Paired bootstrap over seeds and test images, vectorised over replicates.
+"""Image resampling of the test set, shared by every run of a row and vectorised over replicates.
 
-A replicate draws n seeds with replacement from a cell's n paired seeds and, for each drawn seed, N test
-images with replacement; the same images score the variant run and its baseline, and the replicate's Δ is
-the mean over drawn seeds of metric(variant) − metric(baseline). The 95% interval is the 2.5 and 97.5
-percentiles of B replicates. A resample is a vector of image counts (weights), so ACC is a weighted mean
-and AUC the weighted Mann–Whitney statistic (tie groups count one half), equal to medmnist's metric
-(`bench.metrics.evaluate`) on the resampled images without materialising them.
+Every seed of a task is scored on the same test images, so the test set's sampling noise is common to all
+seeds: a replicate draws ONE resample of the N test images (N with replacement) and scores every run of the
+row on it (variant, comparator, all seeds). Its spread is the image-sampling part of a Δ's variance
+(`bench.report.effects` adds it to the seed part); drawing a fresh resample per seed would divide it by the
+number of seeds. A resample is a vector of image counts (weights), so ACC is a weighted mean and AUC the
+weighted Mann–Whitney statistic (tie groups count one half), equal to medmnist's metric (`bench.metrics.evaluate`)
+on the resampled images without materialising them.
 
-Replicates are drawn per (task, size, setting, seed set) from numpy's default_rng([SEED, crc32 of that
-key]), so every cell's interval is reproducible on its own and cells of one row share their draws.
+Replicates are drawn per (task, size, setting) from numpy's default_rng([SEED, crc32 of that key]), so every
+row's numbers are reproducible on their own and do not depend on which other runs a store holds.
 """
 
 from __future__ import annotations
@@ -83,34 +84,17 @@ def rng_for(key: str) -> np.random.Generator:
     return np.random.default_rng([SEED, zlib.crc32(key.encode())])
 
 
-def paired_bootstrap(baselines: list[Scorer], arms: dict[str, list[Scorer]], rng: np.random.Generator,
-                     replicates: int = REPLICATES) -> dict[str, dict[str, np.ndarray]]:
-    """{arm: {'acc': (B,), 'auc': (B,)}} replicate deltas; seed i of every arm pairs with baselines[i].
-
-    Arms of one row share the draws (common random numbers), so the baseline is scored once per draw.
-    """
-    n, n_img = len(baselines), len(baselines[0].correct)
-    seeds = rng.integers(n, size=(replicates, n)).ravel()
-    diffs = {a: {m: np.empty(replicates * n) for m in ("acc", "auc")} for a in arms}
+def image_replicates(scorers: dict, rng: np.random.Generator, replicates: int = REPLICATES) -> dict:
+    """{key: (ACC (B,), AUC (B,))}: every scorer under the same B resamples of its (common) N test images."""
+    n_img = len(next(iter(scorers.values())).correct)
+    out = {k: (np.empty(replicates), np.empty(replicates)) for k in scorers}
     rows_per_chunk = max(1, _CHUNK // n_img)
-    for s in range(n):
-        rows = np.flatnonzero(seeds == s)
-        for lo in range(0, len(rows), rows_per_chunk):
-            part = rows[lo:lo + rows_per_chunk]
-            draws = rng.integers(n_img, size=(len(part), n_img)) + n_img * np.arange(len(part))[:, None]
-            counts = np.bincount(draws.ravel(), minlength=len(part) * n_img).reshape(len(part), n_img)
-            weights = np.ascontiguousarray(counts.T, dtype=np.float32 if n_img ** 2 < 2 ** 24 else np.float64)
-            base = baselines[s].metrics(weights)
-            for arm, scorers in arms.items():
-                for m, v, b in zip(("acc", "auc"), scorers[s].metrics(weights), base):
-                    diffs[arm][m][part] = v - b
-    return {a: {m: d.reshape(replicates, n).mean(1) for m, d in per.items()} for a, per in diffs.items()}
-
-
-def interval(deltas: np.ndarray) -> tuple[float, float]:
-    """The 95% percentile interval of the replicates where the metric is defined (NaN: none)."""
-    d = deltas[~np.isnan(deltas)]
-    if not len(d):
-        return np.nan, np.nan
-    lo, hi = np.percentile(d, [2.5, 97.5])
-    return float(lo), float(hi)
+    for lo in range(0, replicates, rows_per_chunk):
+        part = min(rows_per_chunk, replicates - lo)
+        draws = rng.integers(n_img, size=(part, n_img)) + n_img * np.arange(part)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=part * n_img).reshape(part, n_img)
+        weights = np.ascontiguousarray(counts.T, dtype=np.float32 if n_img ** 2 < 2 ** 24 else np.float64)
+        for k, scorer in scorers.items():
+            acc, auc = scorer.metrics(weights)
+            out[k][0][lo:lo + part], out[k][1][lo:lo + part] = acc, auc
+    return out

@@ -99,11 +99,13 @@ def delta_table(summary: pd.DataFrame, labels: list[str]) -> Table:
         row = {"task · size": row_name(r["task"], r["size"], r["setting"]), "variant": r["label"],
                "pairs": str(r["delta_acc_n_pairs"])}
         for m, name in NAMES.items():
-            row[f"Δ{name} [95% CI]"] = fmt_delta(r[f"delta_{m}_mean"], r[f"delta_{m}_ci_low"], r[f"delta_{m}_ci_high"])
+            row[f"Δ{name} [seed-only t 95% CI]"] = fmt_delta(r[f"delta_{m}_mean"], r[f"delta_{m}_ci_low"],
+                                                            r[f"delta_{m}_ci_high"])
             row[f"p ({name})"] = fmt_p(r[f"delta_{m}_p"])
             row[f"p BH ({name})"] = fmt_p(r[f"delta_{m}_p_bh"])
         rows.append(row)
-    return Table("Δ vs baseline: mean of paired per-seed differences (variant − baseline)", pd.DataFrame(rows))
+    return Table("Δ vs baseline per variant label: mean of paired per-seed differences (variant − baseline), paired t "
+                 "over seeds only (the primary intervals, with the test images: Paired contrasts)", pd.DataFrame(rows))
 
 
 def paper_table(ours: pd.DataFrame, published: pd.DataFrame, dims: str) -> Table:
@@ -150,42 +152,96 @@ def fmt_effect(mean, lo, hi, p_bh, mde) -> str:
     return text
 
 
+def fmt_mde(mde, note="") -> str:
+    """'0.034', or '— (no spread)' / '— (n < 2)' where the MDE is undefined."""
+    return f"{mde:.3f}" if _ok(mde) else (f"{MISSING} ({note})" if _ok(note) and note else MISSING)
+
+
+def _ours(r: dict) -> str:
+    return r["label"] + (f" · {r['arm']}" if r["arm"] else "")
+
+
+FINDING_COLUMNS = {"vs baseline": "vs baseline", "vs capacity control": "vs capacity control",
+                   "vs random weights": "vs random weights", "fine-tuned vs frozen": "fine-tuned − this (frozen)"}
+
+
+def findings_table(effects: pd.DataFrame, labels: list[str]) -> Table | None:
+    """The first screen: per task, R-LLM arm and metric, the finding against each control with Δ [primary 95% CI].
+
+    Rows are the rllm arms that are not themselves a control (not random-init, not fine-tuned) with at least one
+    contrast; a fine-tuned arm's contrast is shown on the row of the frozen arm it is compared with."""
+    if effects.empty:
+        return None
+    e = effects.reset_index()
+    e = e[e["arm_variant"] == "rllm"] if "arm_variant" in e else e.iloc[0:0]
+    if e.empty:
+        return None
+    key = ROW + ["label", "arm"]
+    rows: dict = {}
+    for r in e.to_dict("records"):
+        if r["contrast"] == "fine-tuned vs frozen":  # shown on the frozen comparator's row
+            label, _, arm = r["comparator"].partition(" · ")
+            k = (r["task"], r["size"], r["setting"], label, arm)
+        elif r["is_control"]:
+            continue
+        else:
+            k = tuple(r[c] for c in key)
+        for m, name in NAMES.items():
+            cell = (f"{r[f'{m}_finding']}: " + fmt_delta(r[f"{m}_mean"], r[f"{m}_low"], r[f"{m}_high"])
+                    + f" (n={r[f'{m}_n']}" + (f", vs {r['comparator']})" if r["contrast"] != "vs baseline" else ")"))
+            if r["contrast"] == "fine-tuned vs frozen":
+                cell += f" [{_ours(r)}]"
+            rows.setdefault((*k, name), {})[r["contrast"]] = cell
+    if not rows:
+        return None
+    order = {lab: i for i, lab in enumerate(labels)}
+    out = []
+    for k in sorted(rows, key=lambda k: (k[0], k[1], k[2], order.get(k[3], len(order)), k[4], k[5])):
+        out.append({"task · size": row_name(k[0], k[1], k[2]), "R-LLM arm": k[3] + (f" · {k[4]}" if k[4] else ""),
+                    "metric": k[5], **{col: rows[k].get(c, MISSING) for c, col in FINDING_COLUMNS.items()}})
+    return Table("Does the pretrained layer help? Each R-LLM arm against its controls (paired by seed)",
+                 pd.DataFrame(out), collapse=len(out) > 60)
+
+
 def effects_table(effects: pd.DataFrame, labels: list[str]) -> Table:
-    """Every arm against its own baseline: paired-t and bootstrap intervals, BH p and MDE per metric."""
+    """Every contrast: Δ with its primary interval, BH p (within the contrast's family), MDE and the seed-only t CI."""
     rows = []
     e = effects.reset_index()
-    e = e.assign(order=e["label"].map(lambda x: labels.index(x) if x in labels else len(labels)))
-    for r in e.sort_values(ROW + ["order", "arm"]).to_dict("records"):
-        row = {"task · size": row_name(r["task"], r["size"], r["setting"]), "variant": r["label"],
-               "arm": r["arm"] or MISSING, "pairs": str(r["auc_n"])}
+    e = e.assign(order=e["label"].map(lambda x: labels.index(x) if x in labels else len(labels)),
+                 corder=e["contrast"].map(list(FINDING_COLUMNS).index))
+    for r in e.sort_values(ROW + ["corder", "order", "arm", "comparator"]).to_dict("records"):
+        row = {"task · size": row_name(r["task"], r["size"], r["setting"]), "contrast": r["contrast"],
+               "arm": _ours(r), "comparator": r["comparator"], "pairs": str(r["auc_n"])}
         for m, name in NAMES.items():
-            row[f"Δ{name} [t 95% CI]"] = fmt_effect(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"],
-                                                   r[f"{m}_p_bh"], r[f"{m}_mde"])
-            lo, hi = r.get(f"{m}_boot_low"), r.get(f"{m}_boot_high")
-            row[f"{name} bootstrap 95%"] = f"[{lo:+.3f}, {hi:+.3f}]" if _ok(lo) else MISSING
+            row[f"Δ{name} [95% CI]"] = fmt_delta(r[f"{m}_mean"], r[f"{m}_low"], r[f"{m}_high"]) + (
+                " (seeds only)" if r[f"{m}_parts"] == "seeds only" and _ok(r[f"{m}_low"]) else "")
             row[f"p BH ({name})"] = fmt_p(r[f"{m}_p_bh"])
+            row[f"MDE α=0.05 ({name})"] = fmt_mde(r[f"{m}_mde"], r[f"{m}_mde_note"])
+            row[f"{name} paired t, seeds only"] = fmt_delta(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
         rows.append(row)
-    return Table("Paired effect of every arm vs its own baseline (variant − baseline, per seed)", pd.DataFrame(rows),
-                 collapse=len(rows) > 40,
-                 note="An arm is a variant with one LLM, layer and knob setting; its seed-s run is paired with the "
-                      "seed-s baseline of the same data/vit/train settings. t CI over seeds; bootstrap over seeds "
-                      "and test images (predictions); MDE shown next to every non-significant Δ.")
+    return Table("Paired contrasts: every arm vs its baseline, every R-LLM arm vs its controls (arm − comparator, "
+                 "per seed)", pd.DataFrame(rows), collapse=len(rows) > 40,
+                 note="95% CI: the primary interval (seeds and test images); p BH within the contrast's family, per "
+                      "metric; MDE at α = 0.05 unadjusted, power 0.8; the last columns: the paired t interval over "
+                      "seeds only, which leaves out the test-image sampling.")
 
 
 def verdict_table(v: pd.DataFrame) -> Table:
     rows = []
-    for r in v.sort_values(["task", "variant", "paper_model", "label", "arm", "metric"]).to_dict("records"):
+    for r in v.sort_values(["scope", "task", "variant", "paper_model", "label", "arm", "metric"],
+                           ascending=[False, True, True, True, True, True, True]).to_dict("records"):
         rows.append({
-            "task · size": row_name(r["task"], r["size"], r["setting"]), "claim": f"{r['variant']} ({r['tables']}, "
-            f"{r['paper_model']})", "ours": r["label"] + (f" · {r['arm']}" if r["arm"] else ""),
-            "backbone": r["backbone"], "metric": NAMES[r["metric"]], "paper Δ": f"{r['paper_delta']:+.4f}",
-            "our Δ, paper protocol [95% CI]": fmt_delta(r["audit_mean"], r["audit_ci_low"], r["audit_ci_high"]),
+            "task · size": row_name(r["task"], r["size"], r["setting"]),
+            "claim": f"{r['variant']} ({r['tables']}, {r['paper_model']})", "ours": _ours(r),
+            "setting": r["scope"], "metric": NAMES[r["metric"]], "paper Δ (one run)": f"{r['paper_delta']:+.4f}",
+            "our Δ, paper protocol (mean)": f"{r['audit_mean']:+.4f}" if _ok(r["audit_mean"]) else MISSING,
+            "95% PI for one run": f"[{r['pi_low']:+.4f}, {r['pi_high']:+.4f}]" if _ok(r["pi_low"]) else MISSING,
             "n": str(int(r["audit_n"])) if _ok(r["audit_n"]) else "0",
-            "MDE": f"{r['audit_mde']:.3f}" if _ok(r["audit_mde"]) else MISSING,
-            "our Δ, honest [95% CI]": fmt_delta(r["honest_mean"], r["honest_ci_low"], r["honest_ci_high"]),
-            "verdict": r["verdict"]})
-    return Table("Reproduction verdicts: Lai et al.'s claimed Δ vs our paired interval under the paper's protocol",
-                 pd.DataFrame(rows), collapse=len(rows) > 40)
+            "verdict": r["verdict"],
+            "our Δ, honest [95% CI]": fmt_delta(r["honest_mean"], r["honest_low"], r["honest_high"]),
+            "deviations from the paper's setting": r["deviations"] or "none"})
+    return Table("Reproduction verdicts: Lai et al.'s single-run Δ vs our prediction interval for one run under the "
+                 "paper's protocol", pd.DataFrame(rows), collapse=len(rows) > 40)
 
 
 def audit_table(v: pd.DataFrame) -> Table:
@@ -229,7 +285,7 @@ def ablation_table(data: pd.DataFrame, axis: str, metric: str, summary: pd.DataF
             hit = grp[grp["value"].astype(str) == v]
             if len(hit):
                 h = hit.iloc[0]
-                row[v] = fmt_effect(h["mean"], h["ci_low"], h["ci_high"], h["p"], h["mde"]) + f" (n={int(h['n'])})"
+                row[v] = fmt_effect(h["mean"], h["ci_low"], h["ci_high"], h["p_t"], h["mde_t"]) + f" (n={int(h['n'])})"
             else:
                 row[v] = ""
         rows.append(row)

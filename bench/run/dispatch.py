@@ -35,14 +35,14 @@ from bench import store
 from bench.config import RunConfig, run_id
 from bench.data import resolve_root
 from bench.errors import BenchError
-from bench.run import backends
+from bench.run import backends, slurm
 from bench.run.preflight import preflight
 from bench.run.worker import Task, execute, lost
 from bench.run.worker import now as worker_now
 from bench.store import layout, portable
 from bench.store.writer import StoreUnwritable, mb, unwritable
 
-BACKENDS = ("local", "dask")
+BACKENDS = ("local", "dask", "slurm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,8 @@ class RunOptions:
     bars: bool | None = None  # progress bars: None = when the terminal is interactive
     worker_retries: int = 1  # times a run whose worker process died (or Dask worker was lost) is started again
     portable: bool = False  # scrub host name and absolute paths from rows and logs (the grid's `portable: true`)
+    slurm: object | None = None  # bench.run.slurm.SlurmOptions, for backend slurm
+    tracker: object | None = None  # bench.tracker.Tracker: each stored run logged live (never fatal)
 
     def check(self) -> RunOptions:
         """The options as the dispatcher uses them (runs_per_gpu turned into jobs); mistakes -> one line."""
@@ -81,8 +83,12 @@ class RunOptions:
         if self.worker_retries < 0:
             raise BenchError(f"--worker-retries must be >= 0 (0: a run whose worker dies is stored failed at once), "
                              f"got {self.worker_retries}")
-        if self.backend == "dask" and jobs != 1:
-            raise BenchError("--jobs is for the local backend; a Dask cluster runs as many runs as its workers allow")
+        if self.backend in ("dask", "slurm") and jobs != 1:
+            raise BenchError(f"--jobs is for the local backend; a {self.backend.capitalize()} cluster runs as many runs "
+                             "as its workers allow")
+        if (self.backend == "slurm") != (self.slurm is not None):
+            raise BenchError("--backend slurm goes with its job options (--partition, --time, ...); the SLURM options "
+                             "are for --backend slurm")
         return dataclasses.replace(self, jobs=jobs)
 
 
@@ -184,6 +190,10 @@ def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, 
         pick_device(opts.device)  # an unusable --device is the user's to fix, before anything runs
     preflight(to_do(store.statuses(results, ids.values())), root)  # before the results directory is touched
     client = backends.connect(opts.scheduler) if opts.backend == "dask" else None
+    cluster = None
+    if opts.backend == "slurm":
+        slurm.check_fits(to_do(store.statuses(results, ids.values())), opts.slurm)
+        cluster, client = slurm.start(opts.slurm, results)
     try:
         with store.results_lock(results):
             removed = store.clean_stale(results)
@@ -203,7 +213,9 @@ def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, 
                           device=opts.device, attempt=attempts.get(ids[id(c)], 0) + 1) for c in _order(todo)]
             return _dispatch(tasks, results, before, summary, opts, client, echo)
     finally:
-        if client is not None:
+        if cluster is not None:
+            slurm.close(cluster, client)
+        elif client is not None:
             client.close()
 
 
@@ -245,6 +257,8 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
                                        dispatcher_pid=os.getpid())
             echo(f"{jobs} worker processes, " + (f"GPUs {','.join(gpus)} round-robin" if gpus else f"{threads} torch threads each"))
             stream = backends.pool(tasks, jobs, setup, results, opts.worker_retries)
+        elif opts.backend == "slurm":
+            stream = slurm.runs(tasks, client.cluster, client, opts.slurm, opts.worker_retries)
         else:
             stream = backends.dask(tasks, client, opts.worker_retries)
         for task, out in stream:
@@ -258,6 +272,8 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
                 bar.close()
                 raise _stop_unwritable(e, task, out, tasks, summary, stream, results, before) from None
             committing = None
+            if opts.tracker is not None:  # after the commit: what the tracker shows is what is stored
+                opts.tracker.log(results, row["run_id"])
             summary.rows.append(row)
             if what == "kept":
                 summary.kept.append(row["run_id"])

@@ -16,7 +16,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-HOST_COLUMNS = ("hostname", "cuda_visible_devices")
+HOST_COLUMNS = ("hostname", "cuda_visible_devices", "slurm_job_id")
 
 
 def _prefixes(data_root: Path, results: Path) -> list[tuple[str, str]]:

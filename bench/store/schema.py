@@ -37,7 +37,7 @@ EXECUTION = {
     "attempt": pa.int64(), "started_at": pa.string(), "started_unix": pa.float64(), "finished_at": pa.string(),
     "wall_s": pa.float64(), "fit_s": pa.float64(), "oom_retry": pa.bool_(), "llm_cached": pa.bool_(),
     "worker_pid": pa.int64(), "worker_run_index": pa.int64(), "torch_threads": pa.int64(),
-    "cuda_visible_devices": pa.string(),
+    "cuda_visible_devices": pa.string(), "slurm_job_id": pa.string(),
 }
 PROVENANCE = {"torch_version": pa.string(), "timm_version": pa.string(), "transformers_version": pa.string(),
               "medmnist_version": pa.string(), "bench_version": pa.string(), "git_sha": pa.string(),

@@ -35,11 +35,11 @@ from bench.tune.study import summarise, work
 POLL_S = 30.0  # Dask: how often this process reads the studies' progress and writes their tuned files
 
 
-def check_options(jobs: int, backend: str, scheduler: str | None) -> None:
-    """--jobs / --backend / --scheduler, by the rules and messages of `bench run`."""
+def check_options(jobs: int, backend: str, scheduler: str | None, slurm=None) -> None:
+    """--jobs / --backend / --scheduler (/ the SLURM options), by the rules and messages of `bench run`."""
     from bench.run import RunOptions
 
-    RunOptions(jobs=jobs, backend=backend, scheduler=scheduler).check()
+    RunOptions(jobs=jobs, backend=backend, scheduler=scheduler, slurm=slurm).check()
 
 
 def state_line(setup: TuneSetup, state: dict) -> str:
@@ -66,12 +66,15 @@ def work_all(setups: Sequence[TuneSetup], index: int, workers: int, tag: str = "
 
 
 def run_studies(setups: Sequence[TuneSetup], *, jobs: int = 1, backend: str = "local", scheduler: str | None = None,
-                log: Callable[[str], None] | None = None) -> list[dict]:
-    """Run every study to its trials on the chosen workers; each study's final state (its file written)."""
+                log: Callable[[str], None] | None = None, slurm=None) -> list[dict]:
+    """Run every study to its trials on the chosen workers; each study's final state (its file written).
+    `slurm`: bench.run.slurm.SlurmOptions for backend slurm (--max-jobs jobs, a worker loop per GPU)."""
     say = log or (lambda msg: print(msg, flush=True))
-    check_options(jobs, backend, scheduler)
+    check_options(jobs, backend, scheduler, slurm)
     if backend == "dask":
         _dask(list(setups), scheduler, say)
+    elif backend == "slurm":
+        _slurm(list(setups), slurm, say)
     else:
         _local(list(setups), jobs, say)
     return [summarise(s) for s in setups]
@@ -152,8 +155,26 @@ def _raise_interrupt(signum, frame):
 # -------------------------------------------------------------------------------------------- Dask
 
 
-def _dask(setups: list[TuneSetup], scheduler: str, say: Callable[[str], None]) -> None:
+def _slurm(setups: list[TuneSetup], opts, say: Callable[[str], None]) -> None:
+    """--max-jobs SLURM jobs (a worker per GPU), the Dask loops on them; the jobs cancelled at the end. A lost
+    job (pre-empted, scancel) loses its loop's running trial only: Dask restarts the loop on a new job."""
+    from bench.run import slurm
+
+    results = Path(setups[0].results).resolve()
+    cluster, client = slurm.start(opts, results)
+    try:
+        cluster.scale(jobs=opts.max_jobs)  # kept at that size: SpecCluster re-submits a job that is gone
+        loops = opts.max_jobs * opts.workers_per_job
+        say(f"SLURM: {opts.max_jobs} jobs of {opts.gpus_per_job or 'no'} GPU(s), {opts.cpus_per_job} CPUs, --time {opts.time}")
+        _dask(setups, None, say, client=client, loops=loops, gpu=bool(opts.gpus_per_job))
+    finally:
+        slurm.close(cluster, client)
+
+
+def _dask(setups: list[TuneSetup], scheduler: str | None, say: Callable[[str], None], client=None,
+          loops: int | None = None, gpu: bool | None = None) -> None:
     """One worker loop per GPU slot (or thread) of the cluster; progress and tuned files from here.
+    (`client`, `loops`, `gpu`: a cluster started here, whose workers have not joined yet.)
 
     Ctrl-C sets a cluster-wide stop event: the loops start no new trial (trials in flight finish)."""
     from distributed import Event
@@ -165,20 +186,22 @@ def _dask(setups: list[TuneSetup], scheduler: str, say: Callable[[str], None]) -
     if journals:
         say(f"note: the journal storage ({journals[0]}{' ...' if len(journals) > 1 else ''}) must be on a filesystem "
             "every Dask worker sees; for workers on other machines use --storage postgresql://...")
-    client = connect(scheduler)
+    own = client is None
+    client = client or connect(scheduler)
     futures: list = []
     try:
         workers = client.scheduler_info().get("workers", {}).values()
-        gpu = any("GPU" in (w.get("resources") or {}) for w in workers)
+        if gpu is None:
+            gpu = any("GPU" in (w.get("resources") or {}) for w in workers)
         slots = sum(int((w.get("resources") or {}).get("GPU", 0)) if gpu else int(w.get("nthreads", 1)) for w in workers)
-        loops = slots or len(setups)
-        if not workers:
+        loops = loops or slots or len(setups)
+        if not workers and own:
             say("the Dask scheduler has no workers yet; the studies wait until one joins")
         token = uuid.uuid4().hex[:8]
         stop = Event(f"bench-tune-stop-{token}", client=client)
         futures = [client.submit(_dask_work, setups, i, loops, stop.name, key=f"bench-tune-{token}-{i}", pure=False,
                                  resources={"GPU": 1} if gpu else None) for i in range(loops)]
-        say(f"{loops} worker loops on the Dask cluster at {scheduler}")
+        say(f"{loops} worker loops on the Dask cluster at {scheduler or client.scheduler.address}")
         shown: dict[str, str] = {}
         try:
             next_poll = time.monotonic() + POLL_S
@@ -193,7 +216,8 @@ def _dask(setups: list[TuneSetup], scheduler: str, say: Callable[[str], None]) -
         errors = [one_line(f.exception()) for f in futures if f.status == "error"]
     finally:
         client.cancel([f for f in futures if not f.done()])
-        client.close()
+        if own:
+            client.close()
     if errors:
         raise BenchError(f"{len(errors)} of {loops} Dask worker loops failed, e.g. {errors[0]}")
 

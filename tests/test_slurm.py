@@ -1,0 +1,205 @@
+"""`bench run --backend slurm` against a real single-node SLURM (munged, slurmctld, slurmd started here, see
+tests/slurm_helpers.py): the `ci` grid through sbatch-submitted workers, a job cancelled mid-run, a job's
+time limit cut short mid-grid; `bench tune --backend slurm`. CPU-only jobs of 1 CPU each."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import store
+from bench.config import run_id
+from bench.data import write_fixture
+from bench.grid import load_grid
+from bench.run import run_one
+
+from slurm_helpers import slurm_cluster, why_not
+
+CI_TASKS = ("breastmnist", "adrenalmnist3d")
+BENCH = str(Path(sys.executable).with_name("bench"))
+REPO = Path(__file__).resolve().parents[1]
+JOB = ["--gpus-per-job", "0", "--cpus-per-job", "1", "--mem", "3GB", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    reason = why_not()
+    if reason:
+        pytest.skip(f"no SLURM test cluster: {reason}")
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield {**env, "PYTHONPATH": f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+               "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def ci_env(tmp_path_factory, tiny_llm):
+    base = tmp_path_factory.mktemp("ci-env")
+    for task in CI_TASKS:
+        write_fixture(base / "medmnist", task, 28, n=(32, 16, 16))
+    return base / "medmnist", tiny_llm("llama")
+
+
+def _grid(env, *sets):
+    from bench.config import parse_sets
+
+    return load_grid("ci", parse_sets([f"booster.source={env[1]}", *sets]))
+
+
+def _start(env, slurm, results, *extra) -> subprocess.Popen:
+    args = [BENCH, "run", "--grid", "ci", "--data-root", str(env[0]), "--results", str(results),
+            "--set", f"booster.source={env[1]}", "--backend", "slurm", *JOB, *extra]
+    return subprocess.Popen(args, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _jobs(slurm) -> list[str]:
+    return subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def _wait(cond, proc, timeout=300.0):
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"bench exited {proc.returncode} early:\n{proc.stdout.read()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+
+
+def _training(results: Path) -> dict[str, str]:
+    """run id -> SLURM job id of every run training now (a live log, no row yet)."""
+    out = {}
+    done = {p.stem for p in (results / store.RUNS).glob("*.parquet")}
+    for p in (results / store.LOGS).glob(f"*{store.RUNNING_SUFFIX}"):
+        rid = p.name[: -len(store.RUNNING_SUFFIX)]
+        m = re.search(r" pid (\d+) on ", p.read_text(errors="replace"))
+        if rid in done or not m:
+            continue
+        try:
+            environ = Path(f"/proc/{m.group(1)}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        job = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"SLURM_JOB_ID=")]
+        if job:
+            out[rid] = job[0]
+    return out
+
+
+def _finish(proc, timeout=600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.mark.slow
+def test_ci_grid_on_slurm_survives_a_scancel_mid_run(slurm, ci_env, tmp_path, one_thread):
+    results = tmp_path / "results"
+    expected = set(_grid(ci_env, "train.epochs=3").run_ids())
+    p = _start(ci_env, slurm, results, "--max-jobs", "2", "--time", "00:30:00", "--worker-retries", "1",
+               "--set", "train.epochs=3")
+    _wait(lambda: _training(results), p)
+    rid, job = next(iter(_training(results).items()))
+    subprocess.run(["scancel", job], env=slurm, check=True)
+    out = _finish(p)
+
+    rows = store.read_runs(results)
+    assert sorted(rows["run_id"]) == sorted(expected), out  # every run stored, each once
+    assert (rows["status"] == "ok").all(), rows[["run_id", "error"]]
+    assert not list(results.rglob(f"*{store.RUNNING_SUFFIX}")) and not list(results.rglob("*.tmp"))
+    by_id = rows.set_index("run_id")
+    assert by_id.loc[rid, "slurm_job_id"] not in (None, job)  # rerun on another job
+    assert rows["slurm_job_id"].notna().all() and rows["slurm_job_id"].nunique() >= 2
+    # the rerun's numbers are those of the same run trained here, in this process
+    cfg = next(c for c in _grid(ci_env, "train.epochs=3").runs if run_id(c) == rid)
+    here = run_one(cfg, ci_env[0], tmp_path / "here", device="cpu")
+    assert by_id.loc[rid, "test_auc"] == pytest.approx(here["test_auc"], abs=1e-9)
+    # the jobs were released with the grid
+    t0 = time.monotonic()
+    while _jobs(slurm) and time.monotonic() - t0 < 60:
+        time.sleep(1)
+    assert not _jobs(slurm)
+
+
+@pytest.mark.slow
+def test_a_run_is_not_started_in_a_job_whose_time_is_too_short(slurm, ci_env, tmp_path):
+    """Each run's estimate is START_S (2 min) plus its FLOPs; a job whose limit is cut (scontrol) to less than
+    that from now hands its next run back and ends; a fresh job does the rest."""
+    results = tmp_path / "results"
+    expected = set(_grid(ci_env).run_ids())
+    p = _start(ci_env, slurm, results, "--max-jobs", "1", "--time", "00:10:00")
+    _wait(lambda: list((results / store.RUNS).glob("*.parquet")), p)
+    (job,) = _jobs(slurm)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=2"], env=slurm, check=True)
+    cut = time.time()
+    out = _finish(p)
+
+    rows = store.read_runs(results)
+    assert sorted(rows["run_id"]) == sorted(expected) and (rows["status"] == "ok").all(), out
+    first = rows[rows["slurm_job_id"] == job]
+    assert len(first) >= 1 and (first["started_unix"] < cut).all()  # none started after the cut
+    assert (rows["slurm_job_id"] != job).any()
+    state = subprocess.run(["scontrol", "show", "job", job], env=slurm, capture_output=True, text=True).stdout
+    assert "JobState=TIMEOUT" not in state  # it left on its own, before SLURM's limit
+
+
+@pytest.mark.slow
+def test_tune_runs_its_studies_on_slurm_jobs(slurm, ci_env, tmp_path):
+    import json
+
+    import optuna
+
+    from bench.tune.storage import open_storage
+
+    results = tmp_path / "results"
+    args = [BENCH, "tune", "--grid", "ci", "--task", "breastmnist", "--variant", "baseline", "--trials", "2",
+            "--seeds", "1", "--data-root", str(ci_env[0]), "--results", str(results), "--set",
+            f"booster.source={ci_env[1]}", "--backend", "slurm", *JOB, "--max-jobs", "1", "--time", "00:30:00"]
+    p = subprocess.run(args, env=slurm, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "SLURM: 1 jobs of no GPU(s)" in p.stdout
+    doc = json.loads((results / "tuned" / "breastmnist__baseline.json").read_text())
+    study = optuna.load_study(study_name=doc["study"], storage=open_storage(str(doc["storage"])))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 2
+    assert not _jobs(slurm)  # released
+
+
+# ------------------------------------------------------------------------------------ no cluster needed
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 5400), ("30:15", 1815), ("24:00:00", 86400), ("1-02:03:04", 93784),
+                                          ("2-12", 216000), ("0-00:05", 300)])
+def test_time_limits_read_as_sbatch_reads_them(text, seconds):
+    from bench.run.slurm import walltime_s
+
+    assert walltime_s(text) == seconds
+
+
+def _one_line(capsys, rc):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("bench: error: ") and "\n" not in err, err
+    return err
+
+
+def test_slurm_mistakes_are_one_line_before_anything_is_submitted(ci_env, tmp_path, capsys):
+    from bench import cli
+
+    base = ["run", "--grid", "ci", "--data-root", str(ci_env[0]), "--results", str(tmp_path / "r"),
+            "--set", f"booster.source={ci_env[1]}"]
+    assert "--time 'soon'" in _one_line(capsys, cli.main([*base, "--backend", "slurm", "--time", "soon"]))
+    assert "add --backend slurm" in _one_line(capsys, cli.main([*base, "--partition", "gpu"]))
+    assert "--jobs is for the local backend" in _one_line(capsys, cli.main([*base, "--backend", "slurm", "--jobs", "2"]))
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text("partition: gpu\nqueue: x\n")
+    assert "unknown keys ['queue']" in _one_line(capsys, cli.main([*base, "--backend", "slurm", "--slurm-config", str(bad)]))
+    # at a billionth of the GPU's peak every run needs days: longer than one job's limit, so refused
+    err = _one_line(capsys, cli.main([*base, "--backend", "slurm", "--time", "01:00:00", "--utilisation", "1e-9"]))
+    assert "5 runs are estimated longer than --time 01:00:00" in err
+    assert not (tmp_path / "r").exists()
