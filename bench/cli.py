@@ -171,8 +171,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_explain)
 
-    analyze = sub.add_parser("analyze", help="probe a grid's saved models: robustness to corruptions, token activations",
-                             description="Rebuild the ok 2D runs of a grid that were trained with --set save_weights=true "
+    analyze = sub.add_parser("analyze", help="probe a grid's saved models: robustness to corruptions, token maps",
+                             description="Rebuild the ok 2D runs of a grid that were trained with save_weights=true "
                                          "and measure them again; the results go into the store "
                                          "(<results>/analyze/<kind>/) and into the next `bench report` of the grid. "
                                          "Runs already analysed the same way are skipped (--force redoes them).")
@@ -183,6 +183,8 @@ def parser() -> argparse.ArgumentParser:
                                     "AUC and MedMNIST-C's balanced error per corruption and severity.")
     _add_grid(p)
     _add_results(p)
+    p.add_argument("--task", action="append", default=[], metavar="T",
+                   help="only this task (repeatable; default: every 2D task of the grid)")
     p.add_argument("--corruption", action="append", default=[], metavar="NAME",
                    help="only this corruption (repeatable; default: every one MedMNIST-C defines for the task)")
     p.add_argument("--images", type=int, metavar="N",
@@ -198,6 +200,8 @@ def parser() -> argparse.ArgumentParser:
                                     "concentrated each map is and how it overlaps the run's Grad-CAM.")
     _add_grid(p)
     _add_results(p)
+    p.add_argument("--task", action="append", default=[], metavar="T",
+                   help="only this task (repeatable; default: every 2D task of the grid)")
     p.add_argument("--images", type=int, default=16, metavar="N",
                    help="test images spread evenly over the test split (default 16)")
     p.add_argument("--force", action="store_true", help="analyse again runs already analysed the same way")
@@ -433,14 +437,15 @@ def cmd_analyze(args) -> int:
     if args.analyze_command == "robustness":
         from bench.analyze.robustness import robustness
 
-        done = robustness(args.results, expected, names=args.corruption, images=args.images, seed=args.seed,
-                          data_root=args.data_root, device=args.device, force=args.force)
+        done = robustness(args.results, expected, tasks=args.task, names=args.corruption, images=args.images,
+                          seed=args.seed, data_root=args.data_root, device=args.device, force=args.force)
     else:
         from bench.analyze.tokens import tokens
 
-        done = tokens(args.results, expected, images=args.images, data_root=args.data_root, device=args.device,
-                      force=args.force)
-    again = " ".join(["bench report --results", str(args.results), "--grid", args.grid] + [f"--set {kv}" for kv in args.sets])
+        done = tokens(args.results, expected, tasks=args.task, images=args.images, data_root=args.data_root,
+                      device=args.device, force=args.force)
+    again = " ".join(["bench report --results", str(args.results), "--grid", args.grid]
+                     + [f"--set {kv}" for kv in args.sets])
     print(f"done: {len(done)} runs analysed into {args.results}/analyze/{args.analyze_command}; `{again}` shows them")
     return 0
 

@@ -64,7 +64,8 @@ def test_a_corruption_equals_the_package_dataset_managers_own_output(tmp_path, s
     chosen = ("pixelate", "speckle_noise")
     monkeypatch.setattr(dataset_manager, "CORRUPTIONS_DS",
                         {"breastmnist": {k: CORRUPTIONS_DS["breastmnist"][k] for k in chosen}})
-    dataset_manager.DatasetManager(str(tmp_path), str(tmp_path / "c"), random_seed=0).create_single_dataset("breastmnist")
+    manager = dataset_manager.DatasetManager(str(tmp_path), str(tmp_path / "c"), random_seed=0)
+    manager.create_single_dataset("breastmnist")
     for name in chosen:
         theirs = np.load(tmp_path / "c" / "breastmnist" / f"{name}.npz")["test_images"]
         ours = corrupt.corrupt(images, "breastmnist", name, seed=0)

@@ -8,7 +8,8 @@ first label present). The runs are paired as the report pairs them (same data/vi
 
 Writes into <report folder>/explain/: <stem>.png and .svg (one row per image: the image, the baseline's CAM,
 the R-LLM's CAM), <stem>.npz (the CAMs and image indices, for analysis) and <stem>.json (what the figure
-shows), which `bench.report.explain.explain_sections` puts into the report. torch is imported only when heatmaps are computed.
+shows), which `bench.report.explain.explain_sections` puts into the report. torch is imported only when heatmaps
+are computed.
 """
 
 from __future__ import annotations

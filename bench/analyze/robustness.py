@@ -32,15 +32,15 @@ COLUMNS = pa.schema([("corruption", pa.string()), ("severity", pa.int64()), ("ac
                      ("auc", pa.float64()), ("error", pa.float64()), ("alexnet_error", pa.float64())])
 
 
-def robustness(results: Path, expected: pd.DataFrame | None = None, *, names: list[str] | tuple = (),
-               images: int | None = None, seed: int = 0, data_root=None, device: str = "auto", force: bool = False,
-               log=print) -> list[str]:
+def robustness(results: Path, expected: pd.DataFrame | None = None, *, tasks: list[str] | tuple = (),
+               names: list[str] | tuple = (), images: int | None = None, seed: int = 0, data_root=None,
+               device: str = "auto", force: bool = False, log=print) -> list[str]:
     """Analyse every saved ok 2D run of `expected` (None: the whole store); returns the run ids written."""
     from bench.data import resolve_root
     from bench.train import pick_device
 
     results = Path(results)
-    runs = saved_runs(results, expected, KIND)
+    runs = saved_runs(results, expected, KIND, tasks)
     for task in runs["task"].unique():
         corrupt.corruptions(task)  # every task is one MedMNIST-C covers, before any work
         unknown = sorted(set(names) - set(corrupt.corruptions(task)))

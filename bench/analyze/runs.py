@@ -15,10 +15,18 @@ from bench.report.collect import collect
 from bench.store import layout, read_run
 
 
-def saved_runs(results: Path, expected: pd.DataFrame | None, command: str) -> pd.DataFrame:
-    """The ok runs of 2D tasks whose weights are saved, sorted by task, label and seed; an error when none is."""
+def saved_runs(results: Path, expected: pd.DataFrame | None, command: str, tasks: list[str] | tuple = ()
+               ) -> pd.DataFrame:
+    """The ok runs of 2D tasks (of `tasks`, when given) whose weights are saved, sorted by task, label and seed; an
+    error when none is."""
     grid = collect(Path(results), expected)
     ok = grid[grid["status"] == "ok"]
+    if tasks:
+        unknown = sorted(set(tasks) - set(grid["task"]))
+        if unknown:
+            raise BenchError(f"--task {', '.join(unknown)}: not a task of this grid "
+                             f"({', '.join(sorted(set(grid['task'])))})")
+        ok = ok[ok["task"].isin(tasks)]
     ok = ok[[not task_spec(t, int(s)).is_3d for t, s in zip(ok["task"], ok["size"])]]
     if ok.empty:
         raise BenchError(f"bench analyze {command}: no ok run of a 2D task under {results}; run the grid first "

@@ -90,15 +90,15 @@ def pool(cams: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return cams.reshape(n, grid[0], h // grid[0], grid[1], w // grid[1]).mean(axis=(2, 4))
 
 
-def tokens(results: Path, expected: pd.DataFrame | None = None, *, images: int = 16, data_root=None,
-           device: str = "auto", force: bool = False, log=print) -> list[str]:
+def tokens(results: Path, expected: pd.DataFrame | None = None, *, tasks: list[str] | tuple = (), images: int = 16,
+           data_root=None, device: str = "auto", force: bool = False, log=print) -> list[str]:
     """Probe every saved ok 2D run of `expected` (None: the whole store); returns the run ids written."""
     from bench.analyze.explain import compute_cams, target_classes
     from bench.data import resolve_root, task_spec
     from bench.train import pick_device
 
     results = Path(results)
-    runs = saved_runs(results, expected, KIND)
+    runs = saved_runs(results, expected, KIND, tasks)
     sample(10, images)  # a bad --images is an error before any work
     root, dev = resolve_root(data_root), pick_device(device)
     written = []

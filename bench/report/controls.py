@@ -40,7 +40,8 @@ def comparisons(ok: pd.DataFrame) -> list[tuple[str, str]]:
 def control_deltas(values: pd.DataFrame, ok: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
     """Paired Δ (arm − control) over seeds of each column of `values` (indexed by run_id) in `measures`."""
     keys = pair_keys(ok.columns)
-    runs = ok.set_index("run_id")[list(dict.fromkeys(ROW + ["label"] + keys))].join(values[measures], how="inner")
+    cols = ROW + ["label", "booster.variant"] + [c for c in ("booster.init",) if c in ok.columns] + keys
+    runs = ok.set_index("run_id")[list(dict.fromkeys(cols))].join(values[measures], how="inner")
     rows = []
     for arm, control in comparisons(runs.reset_index()):
         a, c = runs[runs["label"] == arm], runs[runs["label"] == control]

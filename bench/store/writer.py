@@ -122,8 +122,8 @@ def write_run(results: Path, row: Mapping[str, Any]) -> None:
     write_atomic(layout.run_path(results, row["run_id"]), _row_bytes(row))
 
 
-def write_analysis(results: Path, kind: str, run_id: str, table: pa.Table, arrays: Mapping[str, np.ndarray] | None = None
-                   ) -> None:
+def write_analysis(results: Path, kind: str, run_id: str, table: pa.Table,
+                   arrays: Mapping[str, np.ndarray] | None = None) -> None:
     """Store what `bench analyze <kind>` measured on one run: its arrays (if any) first, then the table, which
     readers take as the analysis being there. Analyses only add files beside the runs, so they need no lock."""
     try:
