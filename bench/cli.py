@@ -298,7 +298,8 @@ def _weights_line(grid_runs) -> str:
     what = (f"{len(saving)} runs save their weights (save_weights)" if saving else
             f"save_weights is off; with --set save_weights=true the {len(runs)} runs")
     left = f"; {unknown} runs of unknown size left out" if unknown else ""
-    return f"weights on disk: {what}: {size / 1e9:.2f} GB (float32, the frozen LLM layers not saved){left}"
+    amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+    return f"weights on disk: {what}: {amount} (float32, the frozen LLM layers not saved){left}"
 
 
 def cmd_list(args) -> int:

@@ -256,3 +256,14 @@ def test_analyze_errors_are_one_line(tmp_path, capsys, trained):
                      "--corruption", "nope"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and err.count("\n") == 1
+
+
+def test_bench_list_shows_the_disk_the_weights_take(trained, capsys):
+    grid, _, results = trained
+    capsys.readouterr()
+    assert cli.main(["list", "--grid", str(grid), "--results", str(results)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("weights on disk"))
+    assert "with --set save_weights=true the 8 runs" in line  # the grid file itself does not save
+    files = sum(p.stat().st_size for p in (results / "weights").glob("*.safetensors"))
+    amount, unit = line.split(": ")[-1].split()[:2]
+    assert float(amount) * {"GB": 1e9, "MB": 1e6}[unit] == pytest.approx(files, rel=0.01)

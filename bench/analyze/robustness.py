@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from bench.analyze import corrupt
-from bench.analyze.runs import analysed, load_probe, sample, saved_runs, test_split
+from bench.analyze.runs import analysed, load_probe, progress, sample, saved_runs, test_split
 from bench.errors import BenchError
 from bench.store import write_analysis
 
@@ -34,7 +34,7 @@ COLUMNS = pa.schema([("corruption", pa.string()), ("severity", pa.int64()), ("ac
 
 def robustness(results: Path, expected: pd.DataFrame | None = None, *, tasks: list[str] | tuple = (),
                names: list[str] | tuple = (), images: int | None = None, seed: int = 0, data_root=None,
-               device: str = "auto", force: bool = False, log=print) -> list[str]:
+               device: str = "auto", force: bool = False, log=progress) -> list[str]:
     """Analyse every saved ok 2D run of `expected` (None: the whole store); returns the run ids written."""
     from bench.data import resolve_root
     from bench.train import pick_device

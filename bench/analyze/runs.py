@@ -15,6 +15,11 @@ from bench.report.collect import collect
 from bench.store import layout, read_run
 
 
+def progress(line: str) -> None:
+    """A progress line, flushed: the analyses take minutes, also when their output goes to a file."""
+    print(line, flush=True)
+
+
 def saved_runs(results: Path, expected: pd.DataFrame | None, command: str, tasks: list[str] | tuple = ()
                ) -> pd.DataFrame:
     """The ok runs of 2D tasks (of `tasks`, when given) whose weights are saved, sorted by task, label and seed; an

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from bench.analyze.runs import analysed, load_probe, sample, saved_runs, test_split
+from bench.analyze.runs import analysed, load_probe, progress, sample, saved_runs, test_split
 from bench.store import write_analysis
 
 KIND = "tokens"
@@ -91,7 +91,7 @@ def pool(cams: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 
 def tokens(results: Path, expected: pd.DataFrame | None = None, *, tasks: list[str] | tuple = (), images: int = 16,
-           data_root=None, device: str = "auto", force: bool = False, log=print) -> list[str]:
+           data_root=None, device: str = "auto", force: bool = False, log=progress) -> list[str]:
     """Probe every saved ok 2D run of `expected` (None: the whole store); returns the run ids written."""
     from bench.analyze.explain import compute_cams, target_classes
     from bench.data import resolve_root, task_spec
