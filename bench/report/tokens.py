@@ -9,6 +9,7 @@ runs side by side on the same images.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,7 @@ def _maps(results: Path, runs: pd.DataFrame, folder: Path) -> list[Plot]:
         for ax in axes.flat:
             ax.set_axis_off()
         fig.tight_layout()
-        stem = f"tokens_{task}{size}" + (f"_{abs(hash(setting)) % 10**6}" if setting else "")
+        stem = f"tokens_{task}{size}" + (f"_{zlib.crc32(setting.encode()):08x}" if setting else "")
         _save(fig, folder, stem)
         plots.append(Plot(f"Token activation after the booster: {row_name(task, size, setting)}", stem,
                           f"Seed {seed}; each map is the L2 norm of the patch tokens (own colour scale per map); "
