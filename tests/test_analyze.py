@@ -232,6 +232,7 @@ def test_a_real_grid_analysed_and_reported(trained, tmp_path, capsys):
     assert "Paired Δ on corrupted data" in page and "random-init" in page
 
 
+@pytest.mark.slow
 def test_saved_weights_size_is_the_saved_files_parameter_count(trained):
     import safetensors
 
@@ -247,6 +248,7 @@ def test_saved_weights_size_is_the_saved_files_parameter_count(trained):
         assert saved_params(cfg) == n, run["label"]
 
 
+@pytest.mark.slow
 def test_analyze_errors_are_one_line(tmp_path, capsys, trained):
     grid, root, results = trained
     assert cli.main(["analyze", "tokens", "--grid", str(grid), "--results", str(tmp_path / "none"),
@@ -258,6 +260,7 @@ def test_analyze_errors_are_one_line(tmp_path, capsys, trained):
     assert "nope" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_bench_list_shows_the_disk_the_weights_take(trained, capsys):
     grid, _, results = trained
     capsys.readouterr()
