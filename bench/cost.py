@@ -242,6 +242,47 @@ def run_flops(cfg: RunConfig) -> float | None:
     return t.epochs * (trained_images * m.train_step + n["val"] * m.forward) + test_passes * n["test"] * m.forward
 
 
+def saved_params(cfg: RunConfig) -> int | None:
+    """Parameters in a run's weights file (save_weights): the model without a frozen LLM layer, counted as timm
+    builds the ViT (CLS token, position embeddings, blocks of 12 w^2 + 13 w, norm, head) plus FE/FD with biases, and a
+    fine-tuned LLM layer's linear weights (its norms and biases left out). None for Lai et al.'s 3D backbones or
+    an LLM whose shape is unknown."""
+    v, b = cfg.vit, cfg.booster
+    if v.arch not in VIT_WIDTHS:
+        return None
+    spec = task_spec(cfg.data.task, cfg.data.size)
+    w = VIT_WIDTHS[v.arch]
+    channels = 3 if cfg.data.rgb or spec.n_channels == 3 else 1
+    size = PAPER_SIZE if v.paper_mode else spec.size
+    patch = PAPER_PATCH if v.paper_mode else (v.patch or {28: 4, 64: 8, 128: 16, 224: 16}[size])
+    dims = 3 if spec.is_3d else 2
+    n_patches = (size // patch) ** dims
+    classes = IMAGENET_CLASSES if v.head == "pretrained" else spec.n_classes
+    n = (w * channels * patch**dims + w) + w + (n_patches + 1) * w + v.depth * (12 * w * w + 13 * w) + 2 * w
+    n += w * classes + classes
+    if b.variant == "baseline":
+        return n
+    shape = llm_shape(b.source, b.revision)
+    if shape is None:
+        return None
+    h = shape.hidden
+    n += 2 * w * h + (h + w if b.bias else 0)
+    if b.variant == "rllm" and b.freeze == "finetune":
+        q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+        n += b.num_layers * (h * q + 2 * h * kv + q * h + h * shape.intermediate * (3 if shape.gated else 2))
+    return n
+
+
+def saved_bytes(runs: list[RunConfig]) -> tuple[int, int]:
+    """(bytes, runs left out) of the weights files the runs with save_weights will write: float32 tensors."""
+    total, unknown = 0, 0
+    for cfg in runs:
+        if cfg.save_weights:
+            n = saved_params(cfg)
+            total, unknown = (total + 4 * n, unknown) if n is not None else (total, unknown + 1)
+    return total, unknown
+
+
 @dataclass(frozen=True)
 class GridCost:
     flops: float  # summed over the runs whose cost is known
