@@ -31,7 +31,8 @@ def _add_cost(p: argparse.ArgumentParser) -> None:
     from bench.cost import DEFAULT_GPU, DEFAULT_UTILISATION, GPUS
 
     p.add_argument("--gpu", choices=sorted(GPUS), default=DEFAULT_GPU,
-                   help=f"the GPU the cost estimate assumes (default {DEFAULT_GPU}; bf16 dense peak)")
+                   help=f"the GPU the cost estimate assumes (default {DEFAULT_GPU}; dense peak at the precision it runs: "
+                        "bf16, or fp16 on V100/T4)")
     p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION, metavar="F",
                    help=f"the share of its peak a run sustains, for the estimate (default {DEFAULT_UTILISATION})")
 
