@@ -129,9 +129,9 @@ def paper_step(device, opts: Options, tmp: Path, say: Callable[[str], None]) -> 
     spec = task_spec("breastmnist", 28)
     splits = load_splits(spec, data, download=False, splits=("train", "val"))
     cfg = resolve(override(RunConfig(), {
-        "vit.arch": "small", "vit.paper_mode": True, "vit.depth": 1 if opts.quick else 12, "booster.variant": "rllm",
-        "booster.source": str(llm), "booster.init": "random", "train.batch_size": batch}))
-    what = (f"ViT-S{' (depth 1)' if opts.quick else ''} at 224 px + a {'tiny' if opts.quick else 'LLaMA-7B'}-shaped "
+        "vit.arch": "tiny" if opts.quick else "small", "vit.paper_mode": True, "vit.depth": 1 if opts.quick else 12,
+        "booster.variant": "rllm", "booster.source": str(llm), "booster.init": "random", "train.batch_size": batch}))
+    what = (f"ViT-{'Ti, depth 1' if opts.quick else 'S'} at 224 px + a {'tiny' if opts.quick else 'LLaMA-7B'}-shaped "
             f"frozen layer (hidden {shape['hidden_size']}, MLP {shape['intermediate_size']}), batch {batch}, "
             f"{precision(device)}")
     say(f"  building {what} ...")

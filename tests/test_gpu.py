@@ -405,3 +405,46 @@ def test_resampling_matmuls_run_without_tf32(monkeypatch):
         torch.backends.cuda.matmul.allow_tf32 = before
     assert seen == [False, False]
     assert torch.equal(out, x)
+
+
+# ------------------------------------------------------------------------------------------ bench doctor
+
+
+def test_doctor_runs_the_cpu_path_and_says_what_it_could_not_check(tiny, capsys, one_thread):
+    rc = cli.main(["doctor", "--quick", "--grid", "smoke", "--data-root", str(tiny)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = {ln[7:21].strip(): ln[:6] for ln in out.splitlines() if ln.startswith("[")}
+    assert lines["devices"] == "[ ok ]" and lines["paper step"] == "[ ok ]" and lines["memory"] == "[ ok ]"
+    assert lines["bit for bit"] == "[ ok ]" and lines["backend"] == "[ ok ]" and lines["grid inputs"] == "[ ok ]"
+    for gpu_only in ("precision", "two on one GPU", "OOM retry"):
+        assert lines[gpu_only] == "[skip]"
+    assert "TFLOP/s" in out and "identical" in out and "no GPU here" in out
+    assert out.strip().splitlines()[-1].startswith("6 checks ok, 0 failed, 3 not run")
+
+
+def test_doctor_fails_a_grid_whose_llm_is_neither_cached_nor_fetchable(tiny, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from bench import doctor
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndefaults:\n  data: {task: breastmnist, size: 28}\n"
+                    "  booster: {source: someone/not-cached-llm}\nvariants:\n  rllm: {booster.variant: rllm}\n"
+                    "seeds: [0]\n")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    c = doctor.grid_inputs(doctor.Options(grid=str(grid), data_root=str(tiny)))
+    assert c.status == "FAIL" and "someone/not-cached-llm" in c.detail and "HF_HUB_OFFLINE" in c.detail
+
+
+def test_doctor_checks_slurm_through_sinfo(tmp_path, monkeypatch):
+    from bench import doctor
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert doctor.backend(doctor.Options(backend="slurm")).status == "FAIL"  # no sinfo on PATH
+    sinfo = tmp_path / "sinfo"
+    sinfo.write_text("#!/bin/sh\necho 'gpu* up 4 gpu:h100:4'\n")
+    sinfo.chmod(0o755)
+    c = doctor.backend(doctor.Options(backend="slurm"))
+    assert c.status == "ok" and "gpu* up 4 gpu:h100:4" in c.detail
+    assert doctor.backend(doctor.Options(backend="dask")).status == "FAIL"  # no scheduler given
