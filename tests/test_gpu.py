@@ -304,6 +304,42 @@ def test_the_serial_backend_stops_the_grid_after_a_fatal_error(monkeypatch):
         next(stream)
 
 
+def test_the_pool_retires_a_gpu_after_a_fatal_error_and_goes_on_with_the_others(tmp_path, monkeypatch, capsys):
+    """The pool's bookkeeping, with joblib run in this process: the fatal run goes to another GPU, the next round has
+    one GPU fewer (and as many workers per GPU as before), every run ends ok, and one line says it."""
+    import joblib
+
+    class InProcess:  # joblib.Parallel, serially, here
+        rounds: list = []
+
+        def __init__(self, n_jobs, **kw):
+            InProcess.rounds.append(n_jobs)
+
+        def __call__(self, calls):
+            return (f(*a, **k) for f, a, k in calls)
+
+    def fake_execute(task, setup):
+        gpu = setup.gpus[task.cfg.seed % len(setup.gpus)]
+        row = {"run_id": f"r{task.cfg.seed}", "status": "ok", "cuda_visible_devices": gpu, "error": None,
+               "setup_gpus": setup.gpus}
+        if gpu == "1":
+            return {"row": {**row, "status": "failed", "error": "fatal CUDA error: illegal memory access"}, "fatal": True}
+        return {"row": row}
+
+    monkeypatch.setattr(joblib, "Parallel", InProcess)
+    monkeypatch.setattr(backends, "_pool_execute", fake_execute)
+    monkeypatch.setattr(backends, "run_id", lambda cfg: f"r{cfg.seed}")
+    tasks = [worker.Task(cfg=RunConfig(seed=s), data_root=".", live_log=None, device="cuda") for s in range(4)]
+    setup = backends.PoolSetup(slot_dir=str(tmp_path), n_slots=6, cpus=6, gpus=("0", "1", "2"))
+    outs = [out["row"] for _, out in backends.pool(tasks, 6, setup, tmp_path)]
+    assert sorted(r["run_id"] for r in outs) == ["r0", "r1", "r2", "r3"] and all(r["status"] == "ok" for r in outs)
+    assert {r["cuda_visible_devices"] for r in outs} <= {"0", "2"}
+    assert InProcess.rounds == [4, 3]  # min(jobs, runs left); then 2 per GPU on the 2 left, for the 3 runs left
+    assert [r["setup_gpus"] for r in outs][1:] == [("0", "2")] * 3
+    err = capsys.readouterr().err
+    assert err.count("GPU 1 hit a fatal CUDA error in run r1") == 1 and "GPU 1 retired" in err and "GPUs 0,2" in err
+
+
 # --------------------------------------------------------------------------------- devices, precision
 
 
