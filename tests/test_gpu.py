@@ -484,3 +484,13 @@ def test_doctor_checks_slurm_through_sinfo(tmp_path, monkeypatch):
     c = doctor.backend(doctor.Options(backend="slurm"))
     assert c.status == "ok" and "gpu* up 4 gpu:h100:4" in c.detail
     assert doctor.backend(doctor.Options(backend="dask")).status == "FAIL"  # no scheduler given
+
+
+def test_doctor_option_mistakes_and_a_missing_gpu_are_one_line(capsys):
+    assert cli.main(["doctor", "--batch", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch must be >= 1" in err
+    from bench import doctor
+
+    checks = doctor.run_checks(doctor.Options(device="cuda:7"), say=lambda s: None)
+    assert [c.status for c in checks] == ["FAIL"] and "cuda:7" in checks[0].detail
