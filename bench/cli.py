@@ -75,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
     _add_grid(p)
     _add_results(p)
     _add_cost(p)
+    p.add_argument("--cpu-estimate", action="store_true",
+                   help="also time a few real training steps of each distinct model on this machine's CPU and print "
+                        "the grid's wall clock here (seconds to minutes: one model per setting is built)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="with --cpu-estimate: the worker processes bench run --jobs N would use (threads split)")
     p.set_defaults(func=cmd_list)
 
     data = sub.add_parser("data", help="MedMNIST files: list their state, fetch them ahead of time")
@@ -217,7 +222,7 @@ def cmd_run(args) -> int:
     grid = tune_params(grid, args.params, args.results)  # --params tuned: each run gets its tuned values
     options = run.RunOptions(device=args.device, force=args.force, retry_failed=not args.skip_failed, jobs=args.jobs,
                              runs_per_gpu=args.runs_per_gpu, backend=args.backend, scheduler=args.scheduler,
-                             worker_retries=args.worker_retries).check()
+                             worker_retries=args.worker_retries, portable=grid.portable).check()
     run.check_tasks(grid.runs)
     ids = grid.run_ids()
     status = store.statuses(args.results, ids)
@@ -292,6 +297,14 @@ def cmd_list(args) -> int:
     todo = [cfg for cfg, rid in zip(grid.runs, ids) if status[rid] != "ok"]
     for cost_line in _cost_lines(grid.runs, todo, args):
         print(cost_line)
+    if args.cpu_estimate:
+        from bench.run import calibrate
+
+        if args.jobs < 1:
+            raise BenchError(f"--jobs must be >= 1, got {args.jobs}")
+        steps = 3
+        for cost_line in calibrate.describe(*calibrate.estimate(grid.runs, todo, args.jobs, steps), steps):
+            print(cost_line)
     print(line)
     return 0
 

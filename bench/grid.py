@@ -31,7 +31,7 @@ from bench.config import (NOT_IN_RUN_ID, RunConfig, added_defaults, all_keys, co
                           run_id)
 from bench.errors import BenchError
 
-TOP_KEYS = ("name", "description", "defaults", "axes", "variants", "seeds", "exclude", "include", "runs")
+TOP_KEYS = ("name", "description", "defaults", "axes", "variants", "seeds", "exclude", "include", "runs", "portable")
 ABLATIONS = Path(__file__).resolve().parents[1] / "ablations"
 
 
@@ -42,6 +42,7 @@ class Grid:
     runs: list[RunConfig]  # resolved, unique by run id, in grid order
     known: dict[int, tuple[RunConfig, str]] = field(default_factory=dict, repr=False, compare=False)  # the
     # expansion's run ids by config object, so a copy with some runs replaced (tuned params) recomputes only those
+    portable: bool = False  # rows and logs without host name or absolute paths (a store shipped in a repository)
 
     def run_ids(self) -> list[str]:
         return [_known_id(self.known, c) or run_id(c) for c in self.runs]
@@ -79,7 +80,10 @@ def load_grid(name_or_path: str, sets: Mapping[str, Any] | None = None) -> Grid:
     if not isinstance(spec, dict):
         raise BenchError(f"{path}: a grid is a YAML mapping with keys {', '.join(TOP_KEYS)}")
     runs, ids = _expand(spec, sets or {}, where=str(path))
-    return Grid(spec.get("name") or path.stem, path, runs, ids)
+    portable = spec.get("portable", False)
+    if not isinstance(portable, bool):
+        raise BenchError(f"{path}: 'portable' is true or false")
+    return Grid(spec.get("name") or path.stem, path, runs, ids, portable)
 
 
 def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid") -> list[RunConfig]:

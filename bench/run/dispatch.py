@@ -40,7 +40,7 @@ from bench.run import gpus as gpu_rule
 from bench.run.preflight import preflight
 from bench.run.worker import Task, execute, lost
 from bench.run.worker import now as worker_now
-from bench.store import layout
+from bench.store import layout, portable
 from bench.store.writer import StoreUnwritable, mb, unwritable
 
 BACKENDS = ("local", "dask")
@@ -59,6 +59,7 @@ class RunOptions:
     scheduler: str | None = None  # the Dask scheduler address
     bars: bool | None = None  # progress bars: None = when the terminal is interactive
     worker_retries: int = 1  # times a run whose worker process died (or Dask worker was lost) is started again
+    portable: bool = False  # scrub host name and absolute paths from rows and logs (the grid's `portable: true`)
 
     def check(self) -> RunOptions:
         """The options as the dispatcher uses them (runs_per_gpu turned into jobs); mistakes -> one line."""
@@ -251,6 +252,8 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
         else:
             stream = backends.dask(tasks, client, opts.worker_retries)
         for task, out in stream:
+            if opts.portable:
+                out = portable.scrub_outcome(out, Path(task.data_root), results)
             row = out["row"]
             committing = row
             try:
