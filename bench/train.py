@@ -205,7 +205,7 @@ def build_engine(cfg: RunConfig, spec: TaskSpec, device: torch.device) -> tuple[
     dtype = precision(device)
     autocast = torch.autocast("cuda", dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[dtype])) \
         if dtype != "fp32" else nullcontext()
-    scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
     return Engine(model, forward, optimizer, criterion, autocast, pipeline, scaler), llm_info
 
 
