@@ -166,8 +166,8 @@ def paper_step(device, opts: Options, tmp: Path, say: Callable[[str], None]) -> 
             peak = known.peak(precision(device)) if precision(device) != "fp32" else None
             speed += (f", MFU {flops / (peak * 1e12):.1%} of {known.name}'s {peak:g} TFLOP/s {precision(device)}"
                       if peak else "")
-            if not opts.quick and peak and batch >= 32 and flops / (peak * 1e12) < 0.10:
-                status, speed = "FAIL", speed + " (under 10%: check the GPU's clocks, neighbours and power)"
+            if not opts.quick and peak and flops / (peak * 1e12) < 0.10:  # a figure, not a verdict: never measured here
+                speed += " (low: a larger --batch, other processes on the GPU (nvidia-smi), clocks or power cap?)"
         else:
             speed += f" (no peak known for {name}: add it to bench/cost.py GPUS for MFU)"
     else:
