@@ -10,8 +10,9 @@ Each backend yields (task, outcome) pairs as runs finish; none of them writes th
                `worker_retries` times each (`bench run --worker-retries N`).
     dask       an existing dask.distributed cluster; a worker started with `--resources GPU=1` gets
                one run at a time, on the GPU of its rank among its host's workers (bench.run.gpus), unless
-               it was started with its own CUDA_VISIBLE_DEVICES. The scheduler moves the run of a lost worker to another one; a run
-               counts its starts (a Dask Variable) and is stored failed past `worker_retries` restarts.
+               it was started with its own CUDA_VISIBLE_DEVICES. The scheduler moves the run of a lost worker
+               to another one; a run counts its starts (a Dask Variable) and is stored failed past
+               `worker_retries` restarts.
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ def pool(tasks: list[Task], jobs: int, setup: PoolSetup, results: Path,
             setup = dataclasses.replace(setup, gpus=tuple(g for g in setup.gpus if g != gpu))
             jobs = min(jobs, per_gpu * len(setup.gpus))
             setup = dataclasses.replace(setup, n_slots=jobs)
+            for killed in left:  # the runs stopped with the pool start again from scratch
+                layout.running_log_path(results, killed).unlink(missing_ok=True)
             deaths[rid] = deaths.get(rid, 0) + 1
             if deaths[rid] > worker_retries or not setup.gpus:
                 yield left.pop(rid), retired
