@@ -24,7 +24,8 @@ def _add_grid(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--grid", metavar="NAME|PATH", required=required,
                    help="a grid in ablations/ by name (smoke, ci, paper, full) or a path to a YAML file")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
-                   help="override a config field for every run, e.g. --set train.epochs=1 (repeatable)")
+                   help="override a config field for every run, e.g. --set train.epochs=1, or for one variant's runs, "
+                        "e.g. --set rllm:vit.checkpoint=PATH (repeatable)")
 
 
 def _add_cost(p: argparse.ArgumentParser) -> None:
@@ -239,6 +240,8 @@ def cmd_run(args) -> int:
         why = {rid: {"ok": "forced", "failed": "retry failed"}.get(status[rid], "new") for rid in todo_ids}
         if todo:
             _run_table(todo, todo_ids, status, why)
+        for line in _start_lines(grid.runs):
+            print(line)
         for cost_line in _cost_lines(grid.runs, todo, args):
             print(cost_line)
         return 0
@@ -260,6 +263,17 @@ def cmd_run(args) -> int:
     print(f"done: {len(summary.rows) - n_failed} ok, {n_failed} failed, {summary.skipped} skipped; "
           f"results in {args.results}")
     return 1 if n_failed else 0
+
+
+def _start_lines(grid_runs) -> list[str]:
+    """'start: LABELS (N runs): WHERE' per starting point, so a dry run says which weights each variant begins from."""
+    from bench.models.checkpoint2d import describe_start
+
+    groups: dict[str, dict[str, int]] = {}
+    for cfg in grid_runs:
+        labels = groups.setdefault(describe_start(cfg), {})
+        labels[cfg.label] = labels.get(cfg.label, 0) + 1
+    return [f"start: {', '.join(labels)} ({sum(labels.values())} runs): {where}" for where, labels in groups.items()]
 
 
 def _cost_lines(grid_runs, todo, args) -> list[str]:

@@ -58,6 +58,12 @@ class VitConfig:
     weights: str = knob("", added=True)  # a timm pretrained tag, e.g. deit_small_patch16_224.fb_in1k (2D only)
     head: str = knob("task", choices=("task", "pretrained"), added=True)  # pretrained: keep the 1000-way ImageNet
     # classifier and train it, the task's classes being its first outputs (the paper's code)
+    checkpoint: str = knob("", added=True)  # a DeiT / LM4VisualEncoding training checkpoint.pth to start from (2D; its
+    # `model` mapped onto ViT, head, FE/FD and LLM layer: bench/models/checkpoint2d.py); replaces vit.weights. Where
+    # the file is, not what it holds: never in the run id (its sha256 is)
+    checkpoint_sha256: str = knob("", added=True)  # resolved from vit.checkpoint's file: the run id keys on the content
+    checkpoint_strict: bool = knob(True, added=True)  # every checkpoint tensor maps onto the model and every model
+    # tensor comes from the checkpoint; false: map what fits, keep the rest as built
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,11 @@ class TrainConfig:
     repeated_aug: int = knob(1, ge=1, added=True)  # each image this many times per epoch, differently augmented
     audit_test: bool = knob(False, added=True)  # protocol audit: test metrics every epoch, into the history only
     deterministic: bool = knob(False, added=True)  # torch's deterministic algorithms (bench.train.set_determinism)
+    resume: bool = knob(False, added=True)  # DeiT's --resume of vit.checkpoint: when the file stores its epoch (with
+    # `optimizer` and `lr_scheduler`, the reference's condition) the lr schedule starts at epoch + 1 (train.start_epoch);
+    # optimizer state is not restored, as the reference. Dropped without vit.checkpoint
+    start_epoch: int = knob(0, ge=0, added=True)  # the schedule's epoch the run starts at: it trains `epochs` epochs,
+    # start_epoch .. start_epoch + epochs - 1, of a start_epoch + epochs long schedule (resume fills it in)
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,8 @@ class RunConfig:
     save_weights: bool = False  # keep the trained weights (for `bench explain`); what is kept, not what is computed
 
 
-NOT_IN_RUN_ID = ("label", "params_file", "save_weights")
+NOT_IN_RUN_ID = ("label", "params_file", "save_weights", "vit.checkpoint")  # where, not what: vit.checkpoint's
+# content is in the id as vit.checkpoint_sha256
 RLLM_DEFAULTS = dict(
     residual="in", llm_norm="unit", freeze="frozen", init="pretrained", pos_emb="none", mask="bidirectional"
 )
@@ -367,27 +379,55 @@ def resolve(cfg: RunConfig) -> RunConfig:
         if b.variant == "rllm" and b.num_layers < 1:
             raise BenchError(f"booster.num_layers must be >= 1, got {b.num_layers}")
     vit = _resolve_vit(cfg.vit, spec)
+    vit, train = _resolve_start(vit, cfg.train)
     _check_data(cfg.data, spec)
-    _check_train(cfg.train, spec)
-    return dataclasses.replace(cfg, vit=vit, booster=b)
+    _check_train(train, spec)
+    return dataclasses.replace(cfg, vit=vit, booster=b, train=train)
 
 
 def _resolve_vit(v: VitConfig, spec) -> VitConfig:
     if v.arch in ARCHS_3D and not spec.is_3d:
         raise BenchError(f"vit.arch={v.arch} is a 3D backbone; for a 2D task use one of {', '.join(ARCHS_2D3D)}")
     if spec.is_3d:
-        for name in ("pretrained", "paper_mode", "weights"):
+        for name in ("pretrained", "paper_mode", "weights", "checkpoint"):
             if getattr(v, name):
                 raise BenchError(f"vit.{name} applies to 2D tasks only (there are no 3D ImageNet weights or 224-px "
                                  f"images); drop vit.{name}")
     if v.pretrained and v.weights:
         raise BenchError("vit.pretrained and vit.weights both pick ImageNet weights; keep only vit.weights")
-    if v.head == "pretrained" and not (v.pretrained or v.weights):
-        raise BenchError("vit.head=pretrained keeps the checkpoint's ImageNet classifier: set vit.weights too")
+    if v.checkpoint:  # the start is the training checkpoint, not timm's weights
+        v = dataclasses.replace(v, pretrained=False, weights="")
+    if v.head == "pretrained" and not (v.pretrained or v.weights or v.checkpoint):
+        raise BenchError("vit.head=pretrained keeps the checkpoint's ImageNet classifier: set vit.weights too (or "
+                         "vit.checkpoint)")
     depth = v.depth or arch_depth(v.arch)
     if (v.pretrained or v.weights) and depth != 12:
         raise BenchError("ImageNet weights are for timm's 12-block ViTs; set vit.depth=0 (or 12)")
     return dataclasses.replace(v, depth=depth)
+
+
+def _resolve_start(v: VitConfig, t: TrainConfig) -> tuple[VitConfig, TrainConfig]:
+    """vit.checkpoint's sha256 (checked against one already recorded) and, with train.resume, the schedule's start
+    epoch read from the file; train.resume is dropped without a checkpoint (nothing to resume)."""
+    if not v.checkpoint:
+        if v.checkpoint_sha256:
+            raise BenchError("vit.checkpoint_sha256 is resolved from vit.checkpoint; set vit.checkpoint (a path to "
+                             "a checkpoint.pth) or drop vit.checkpoint_sha256")
+        return v, dataclasses.replace(t, resume=False)
+    from bench.models.checkpoint2d import inspect_checkpoint
+
+    sha, epoch = inspect_checkpoint(v.checkpoint)
+    if v.checkpoint_sha256 and v.checkpoint_sha256 != sha:
+        raise BenchError(f"vit.checkpoint={v.checkpoint} has sha256 {sha[:12]}..., not the recorded "
+                         f"{v.checkpoint_sha256[:12]}...: the file changed; restore it or drop vit.checkpoint_sha256")
+    v = dataclasses.replace(v, checkpoint_sha256=sha)
+    if t.resume:
+        start = 0 if epoch is None else epoch + 1
+        if t.start_epoch not in (0, start):
+            raise BenchError(f"train.start_epoch={t.start_epoch} but train.resume starts at {start} (the checkpoint's "
+                             "epoch + 1); drop one of them")
+        t = dataclasses.replace(t, start_epoch=start)
+    return v, t
 
 
 def _check_data(d: DataConfig, spec) -> None:
@@ -451,15 +491,21 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
     return override(RunConfig(), {k: v for k, v in flat.items() if k in keys})
 
 
+def drop_not_in_id(d: dict) -> None:
+    """Remove the NOT_IN_RUN_ID fields from a config dict (top-level or `section.name`)."""
+    for key in NOT_IN_RUN_ID:
+        section, _, name = key.rpartition(".")
+        (d[section] if section else d).pop(name)
+
+
 def run_id(cfg: RunConfig) -> str:
     """A stable hash of the resolved config (not its label, params file or save_weights): equal configs share
     one run. Fields added after the first release are left out at their default, so older ids stay valid."""
     d = to_dict(resolve(cfg))
-    for key in NOT_IN_RUN_ID:
-        d.pop(key)
+    drop_not_in_id(d)
     for key, default in added_defaults().items():
         section, name = key.split(".")
-        if d[section][name] == default:
-            del d[section][name]
+        if d[section].get(name, default) == default:
+            d[section].pop(name, None)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:16]

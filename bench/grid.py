@@ -8,7 +8,8 @@
     include:  [{variant: name, dotted.key: value}] extra runs (crossed with the seeds)
     runs:     [{dotted.key: value}] explicit points (each crossed with the axes, variants and seeds)
 
-`--set` overrides are applied last, to every run. Runs with the same run id collapse into one
+`--set` overrides are applied last, to every run (`--set VARIANT:key=value` to that variant's runs only, after the
+others). Runs with the same run id collapse into one
 (e.g. the baseline of a grid that crosses several LLMs).
 """
 
@@ -27,7 +28,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from bench.config import (NOT_IN_RUN_ID, RunConfig, added_defaults, all_keys, coerce, field_types, override, resolve,
+from bench.config import (RunConfig, added_defaults, all_keys, coerce, drop_not_in_id, field_types, override, resolve,
                           run_id)
 from bench.errors import BenchError
 
@@ -100,11 +101,14 @@ def _expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str) -> tup
         if key not in TOP_KEYS:
             raise BenchError(f"{where}: unknown grid key '{key}'{_near(key, TOP_KEYS)}")
     typed = _Typed()
-    _apply(RunConfig(), sets, "--set")  # a bad --set is the command line's fault, not the grid's
     base = _apply(RunConfig(), spec.get("defaults") or {}, f"{where} defaults")
     variants = spec.get("variants") or {"": {}}
     if not isinstance(variants, dict):
         raise BenchError(f"{where}: 'variants' maps names to override sets, e.g. rllm: {{booster.variant: rllm}}")
+    sets, scoped = _split_sets(sets, variants)
+    _apply(RunConfig(), sets, "--set")  # a bad --set is the command line's fault, not the grid's
+    for name, only in scoped.items():
+        _apply(RunConfig(), only, f"--set {name}:")
     seeds = spec.get("seeds", [base.seed])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise BenchError(f"{where}: 'seeds' is a list of integers, e.g. seeds: [0, 1, 2]")
@@ -136,9 +140,13 @@ def _expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str) -> tup
         if label not in labels:
             labels[label] = _apply(RunConfig(), {"label": label}, ctx).label
         cfg = typed.apply(dataclasses.replace(cfg, label=labels[label]), sets, ctx)
+        if name in scoped:
+            cfg = typed.apply(cfg, scoped[name], ctx)
         try:
             res = resolve(cfg)
         except BenchError as e:
+            if not included and any(_matches(rule, cfg) for rule in per_combo):
+                continue  # excluded anyway (a scoped --set meets runs the grid drops, e.g. 2D keys on 3D points)
             raise BenchError(f"{ctx}: {e}") from None
         if not included and any(_matches(rule, res) for rule in per_combo):
             continue
@@ -155,6 +163,23 @@ def _expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str) -> tup
     if not runs:
         raise BenchError(f"{where}: the grid has no runs (check axes, variants, seeds and exclude rules)")
     return runs, ids
+
+
+def _split_sets(sets: Mapping[str, Any], variants: Mapping[str, Any]) -> tuple[dict, dict[str, dict]]:
+    """--set overrides for every run, and those scoped to one variant (`--set rllm:vit.checkpoint=PATH`), which
+    apply to that variant's runs after the others: {variant: {key: value}}."""
+    plain: dict = {}
+    scoped: dict[str, dict] = {}
+    for key, value in sets.items():
+        name, sep, rest = key.partition(":")
+        if not sep:
+            plain[key] = value
+        elif name in variants and name:
+            scoped.setdefault(name, {})[rest] = value
+        else:
+            raise BenchError(f"--set {key}=...: the grid has no variant '{name}' (its variants: "
+                             f"{', '.join(v for v in variants if v) or 'none'}); use VARIANT:key=value or key=value")
+    return plain, scoped
 
 
 def _points(spec: Mapping[str, Any], where: str) -> list[dict]:
@@ -241,12 +266,11 @@ def _id_parts(resolved: RunConfig) -> dict[str, str]:
     """What `config.run_id` hashes for a resolved config (its dict less the fields left out of run ids), as
     the JSON text of each top-level value, the seed aside: encoded once for all the seeds."""
     d = _as_dict(resolved)
-    for key in NOT_IN_RUN_ID:
-        d.pop(key)
+    drop_not_in_id(d)
     for key, default in added_defaults().items():
         section, name = key.split(".")
-        if d[section][name] == default:
-            del d[section][name]
+        if d[section].get(name, default) == default:
+            d[section].pop(name, None)
     d.pop("seed")
     return {json.dumps(k): json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in d.items()}
 

@@ -117,25 +117,34 @@ def _fused_adamw(device: torch.device) -> bool:
 
 
 def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """The lr of optimizer step `step` (0-based) under `train.schedule`.
+    """The lr of optimizer step `step` (0-based, of this run) under `train.schedule`.
 
+    The schedule is train.start_epoch + train.epochs long and the run trains its epochs from train.start_epoch on
+    (the tail of it when resuming a checkpoint's schedule; all of it from 0).
     cosine        per step: linear warm-up from warmup_lr over warmup_epochs, then cosine to min_lr
     cosine_epoch  per epoch, as DeiT drives timm's CosineLRScheduler (the paper's 2D code): the cosine runs over
-                  all epochs (warm-up included, t_initial = epochs), and `scheduler.step(e)` after epoch e sets the
-                  lr of epoch e + 1, so epoch e trains at the schedule's value for e - 1 (epoch 0 at warmup_lr)
+                  all epochs (warm-up included, t_initial = the schedule's length), and `scheduler.step(e)` after
+                  epoch e sets the lr of epoch e + 1, so epoch e trains at the schedule's value for e - 1 and the
+                  first epoch trained at the scheduler's initial lr (warmup_lr with a warm-up, else lr), also when
+                  it starts at start_epoch > 0 (the reference's resume: a fresh scheduler, not the checkpoint's)
     constant      lr throughout, after the linear warm-up if warmup_epochs > 0
     """
+    total = t.start_epoch + t.epochs
     if t.schedule == "cosine_epoch":
-        e = max(step // steps_per_epoch - 1, 0)
+        first = step // steps_per_epoch == 0
+        if first and t.warmup_epochs > 0:
+            return t.warmup_lr
+        e = 0 if first else t.start_epoch + step // steps_per_epoch - 1
         if e < t.warmup_epochs:
             return t.warmup_lr + e * (t.lr - t.warmup_lr) / t.warmup_epochs
-        return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * e / t.epochs))
+        return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * e / total))
+    step += t.start_epoch * steps_per_epoch
     warmup = round(t.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return t.warmup_lr + (t.lr - t.warmup_lr) * (step + 1) / warmup
     if t.schedule == "constant":
         return t.lr
-    progress = (step - warmup) / max(1, t.epochs * steps_per_epoch - warmup)
+    progress = (step - warmup) / max(1, total * steps_per_epoch - warmup)
     return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from bench.config import run_id
 from bench.errors import BenchError
-from bench.grid import load_grid
+from bench.grid import expand, load_grid
 
 
 def write(tmp_path, text):
@@ -111,7 +111,7 @@ def assert_same_expansion(grid, spec, sets=None):
     assert grid.runs == runs  # same configs (labels included), same order
 
 
-@pytest.mark.parametrize("name", ["smoke", "ci", "paper", "layers",
+@pytest.mark.parametrize("name", ["smoke", "ci", "paper", "beyond-paper", "layers",
                                   pytest.param("full", marks=pytest.mark.slow),
                                   pytest.param("scratch28", marks=pytest.mark.slow)])
 def test_shipped_grids_expand_as_their_definition(name):
@@ -169,3 +169,19 @@ def test_unnamed_variant_labels_and_run_ids_of_replaced_runs(tmp_path):
     tuned = [override(c, {"train.lr": 0.5}) if c.label == "rllm" else c for c in grid.runs]
     copy = dataclasses.replace(grid, runs=tuned)
     assert copy.run_ids() == [run_id(c) for c in tuned] and copy.run_ids()[:2] == grid.run_ids()[:2]
+
+
+def test_set_scoped_to_a_variant_reaches_only_its_runs():
+    spec = {"defaults": {"data.task": "breastmnist"}, "seeds": [0, 1],
+            "variants": {"base": {"booster.variant": "baseline"}, "other": {"booster.variant": "baseline", "train.lr": 0.01}},
+            "exclude": [{"variant": "other", "train.epochs": 7}]}
+    runs = expand(spec, {"other:train.epochs": "3", "train.weight_decay": "0.1"})
+    assert {(c.label, c.train.epochs, c.train.lr, c.train.weight_decay) for c in runs} == {
+        ("base", 10, 1e-3, 0.1), ("other", 3, 0.01, 0.1)}
+    # the scoped value wins over the variant's own and the grid-wide --set
+    assert {c.train.lr for c in expand(spec, {"other:train.lr": "0.5", "train.lr": "0.2"}) if c.label == "other"} == {0.5}
+    assert not [c for c in expand(spec, {"other:train.epochs": "7"}) if c.label == "other"]  # excluded all the same
+    with pytest.raises(BenchError, match=r"^--set nope:train.lr=\.\.\.: the grid has no variant 'nope' \(its variants: base, other\)"):
+        expand(spec, {"nope:train.lr": "0.5"})
+    with pytest.raises(BenchError, match=r"--set other:.*train.lrr"):
+        expand(spec, {"other:train.lrr": "0.5"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -81,3 +82,53 @@ def test_bench_list_cpu_estimate_times_each_setting(tmp_path, fixture_root):
 
 def _env(root: Path) -> dict:
     return {**os.environ, "BENCH_DATA_ROOT": str(root)}
+
+
+RECORD = Path(__file__).parents[1] / "reports" / "record"
+
+
+@pytest.mark.slow
+def test_the_committed_record_report_is_its_store_rendered_now(tmp_path):
+    """reports/record/ is what `bench report` makes of reports/record/store today: every planned cell stored ok, from
+    the real MedMNIST files (MD5 as medmnist.INFO), none from fixtures, portable, and the committed numbers equal to
+    a fresh render. A change to the grid, the statistics or the report that is not re-rendered fails here."""
+    import medmnist
+
+    from bench.grid import load_grid
+    from bench.store import read_runs
+    from bench.store.portable import leaks
+
+    store = RECORD / "store"
+    if not (RECORD / "summary.md").is_file():
+        pytest.fail("reports/record/summary.md is missing: render it with "
+                    "bench report --results reports/record/store --grid record --out reports/record")
+    grid = load_grid("record")
+    rows = read_runs(store).set_index("run_id")
+    planned = grid.run_ids()
+    missing = [rid for rid in planned if rid not in rows.index or rows.loc[rid, "status"] != "ok"]
+    assert not missing, f"{len(missing)} planned runs of the record grid are not stored ok"
+    for rid in planned:
+        row = rows.loc[rid]
+        info = medmnist.INFO[row["data.task"]]
+        assert row["data.md5"] == (info["MD5"] if row["data.size"] == 28 else info[f"MD5_{row['data.size']}"])
+        assert not row["data.fixture"]
+    for f in [*store.glob("runs/*.parquet"), *store.glob("logs/*.log")]:
+        assert not leaks(f.read_bytes().decode("utf-8", "replace")), f"{f} names this machine"
+    out = tmp_path / "render"
+    proc = subprocess.run([*BENCH, "report", "--results", str(store), "--grid", "record", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    committed = sorted(p.relative_to(RECORD) for p in RECORD.rglob("*")
+                       if p.is_file() and p.suffix in (".md", ".csv", ".tex") and "store" not in p.parts
+                       and p.name != "pilot_val_auc.csv")
+    assert committed, "nothing rendered is committed"
+    for rel in committed:
+        assert (out / rel).is_file(), f"{rel} is committed but no longer rendered"
+        assert (out / rel).read_text() == (RECORD / rel).read_text(), f"{rel} differs from a fresh render"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    findings = readme.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    report_text = " ".join((RECORD / rel).read_text() for rel in committed)
+    numbers = set(re.findall(r"[-+−]?\d+\.\d{2,}", findings))
+    assert numbers, "the README's Findings cite no number"
+    absent = sorted(n for n in numbers if n.replace("−", "-").lstrip("+") not in report_text)
+    assert not absent, f"numbers in the README's Findings that the committed report does not hold: {absent}"

@@ -477,7 +477,7 @@ def test_paper_grid_is_the_papers_tables_and_dry_runs_offline(tmp_path, capsys, 
     cells = {(c.data.task, c.vit.arch, c.booster.variant, c.booster.residual, c.booster.freeze) for c in grid.runs}
     rllm, mlp, out, hybrid, tuned = ("rllm", "in", "frozen"), ("mlp", None, None), ("rllm", "out", "frozen"), \
         ("rllm", "hybrid", "frozen"), ("rllm", "in", "finetune")
-    expected = {(t, "small", *v) for t in TABLE1_2D for v in [("baseline", None, None), rllm, mlp, out, hybrid, tuned]}
+    expected = {(t, "small", *v) for t in TABLE1_2D for v in [("baseline", None, None), rllm]}  # Table 1: no more
     expected |= {(t, a, *v) for t in TABLE3_3D for a in ("vit3d-m", "vivit-s", "vivit-m")
                  for v in [("baseline", None, None), rllm]}
     expected |= {(t, "vivit-m", *v) for t in ("fracturemnist3d", "adrenalmnist3d") for v in [mlp, tuned, out, hybrid]}
@@ -490,6 +490,7 @@ def test_paper_grid_is_the_papers_tables_and_dry_runs_offline(tmp_path, capsys, 
     two_d = [c for c in grid.runs if not c.data.task.endswith("3d")]
     assert {(c.vit.weights, c.vit.head, c.vit.paper_mode, c.train.schedule, c.train.mixup, c.train.randaug_ops)
             for c in two_d} == {("deit_small_patch16_224.fb_in1k", "pretrained", True, "cosine_epoch", 0.8, 2)}
+    assert {c.label for c in two_d} == {"baseline-2d", "rllm-2d"}
     three_d = [c for c in grid.runs if c.data.task.endswith("3d")]
     assert {(c.train.optimizer, c.train.lr, c.train.schedule, c.train.batch_size, c.data.std) for c in three_d} == {
         ("adam", 1e-5, "constant", 32, (1.0,))}
@@ -503,7 +504,41 @@ def test_paper_grid_is_the_papers_tables_and_dry_runs_offline(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert f"{len(grid.runs)} to run" in out and "hub model huggyllama/llama-7b is checked and fetched" in out
     assert "breastmnist_224" not in out and "breastmnist.npz is not in" in out
+    # without the paper's checkpoints the dry run says Table 1 starts from DeiT-S (the second reading)
+    assert "start: baseline-2d, rllm-2d (36 runs): timm deit_small_patch16_224.fb_in1k (no vit.checkpoint)" in out
     assert not results.exists()
+
+
+def test_paper_grid_with_the_papers_checkpoints_starts_table1_from_them(tmp_path, capsys, monkeypatch):
+    """Given LM4VisualEncoding's two files (here: stand-ins storing epoch 299 as theirs do), Table 1's baseline
+    starts from ViT-Small and its R-LLM from ViT-Small-LLaMA, at epoch 300 of the 400-epoch schedule; 3D unchanged."""
+    import argparse
+
+    import torch
+
+    _no_network(monkeypatch)
+    files = {}
+    for name, tensor in (("vit-small", torch.zeros(1)), ("vit-llama-small", torch.ones(1))):
+        (tmp_path / name).mkdir()
+        files[name] = tmp_path / name / "checkpoint.pth"
+        torch.save({"model": {"x": tensor}, "optimizer": {}, "lr_scheduler": {}, "epoch": 299, "scaler": {},
+                    "args": argparse.Namespace(epochs=300)}, files[name])
+    sets = [f"baseline-2d:vit.checkpoint={files['vit-small']}", f"rllm-2d:vit.checkpoint={files['vit-llama-small']}"]
+    plain = load_grid("paper")
+    grid = load_grid("paper", {k: v for k, _, v in (s.partition("=") for s in sets)})
+    two_d = {(c.label, c.vit.checkpoint, c.vit.weights, c.train.start_epoch, c.train.epochs) for c in grid.runs
+             if c.vit.arch == "small"}
+    assert two_d == {("baseline-2d", str(files["vit-small"]), "", 300, 100),
+                     ("rllm-2d", str(files["vit-llama-small"]), "", 300, 100)}
+    three_d = [rid for c, rid in zip(grid.runs, grid.run_ids()) if c.vit.arch != "small"]
+    assert three_d == [rid for c, rid in zip(plain.runs, plain.run_ids()) if c.vit.arch != "small"]
+    argv = [x for s in sets for x in ("--set", s)]
+    assert cli.main(["run", "--grid", "paper", "--results", str(tmp_path / "r"), "--data-root", str(tmp_path / "nd"),
+                     "--dry-run", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "start: baseline-2d (18 runs): checkpoint vit-small/checkpoint.pth" in out
+    assert "start: rllm-2d (18 runs): checkpoint vit-llama-small/checkpoint.pth" in out
+    assert "schedule epochs 300-399 of 400" in out
 
 
 def test_full_grid_structure(monkeypatch):

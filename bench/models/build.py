@@ -12,6 +12,7 @@ from bench.config import BoosterConfig, RunConfig
 from bench.data import TaskSpec
 from bench.models.backbones import build_backbone
 from bench.models.booster import Booster
+from bench.models.checkpoint2d import head_rows, load_start
 from bench.models.llm import LLMBlock, block_key, llm_hidden_size, load_llm_block
 
 
@@ -66,7 +67,8 @@ def build_model(cfg: RunConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
     v, b = cfg.vit, cfg.booster
     torch.manual_seed(cfg.seed)
     channels = 3 if cfg.data.rgb else spec.n_channels  # data.rgb repeats grey images to 3 channels
-    backbone = build_backbone(v, spec.size, channels, spec.n_classes, spec.is_3d)
+    outputs = head_rows(v.checkpoint) if v.checkpoint and v.head == "pretrained" else spec.n_classes
+    backbone = build_backbone(v, spec.size, channels, outputs, spec.is_3d)
     info: dict = {}
     booster = None
     if b.variant in ("adapters", "mlp"):
@@ -77,6 +79,8 @@ def build_model(cfg: RunConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
         info = dict(block.info)
         booster = Booster(backbone.embed_dim, block.hidden_size, b.residual, block, b.bias, b.adapter_init)
     model = RLLMViT(backbone, booster, frozen_llm=b.variant == "rllm" and b.freeze == "frozen")
+    if v.checkpoint:  # a training checkpoint's weights over everything just built (the reference's --resume)
+        load_start(model, v.checkpoint, v.checkpoint_strict)
     if type(backbone.head) is nn.Linear:  # same parameters and state-dict keys, fp32 outputs
         backbone.head.__class__ = FP32Linear
     for p in model.llm_parameters():

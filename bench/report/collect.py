@@ -21,6 +21,9 @@ SECTIONS = ("data", "vit", "booster", "train")
 
 # Settings that define the comparison (pairing and table rows); booster.* is what the variants change.
 SETTING_PREFIXES = ("data.", "vit.", "train.")
+# ...except the starting checkpoint, which is the variant's in the paper: baseline from ViT-Small, R-LLM from
+# ViT-Small-LLaMA (LM4VisualEncoding), one recipe; a variant pairs with its baseline across the two files.
+VARIANT_START = ("vit.checkpoint", "vit.checkpoint_sha256")
 NEEDED = ["status", "error", "label", "task", "size", "seed", "booster.variant", "test_acc", "test_auc",
           "llm.source", "llm.layers", "llm.params", "booster.source"]
 
@@ -109,7 +112,7 @@ def _setting(grid: pd.DataFrame) -> pd.Series:
     only between tasks (`full`'s 2D recipe vs its 3D one) separates nothing and stays out of the row's name.
     Empty when nothing else varies.
     """
-    keys = [k for k in all_keys() if k.startswith(SETTING_PREFIXES) and k in grid.columns
+    keys = [k for k in all_keys() if k.startswith(SETTING_PREFIXES) and k in grid.columns and k not in VARIANT_START
             and k not in ("data.task", "data.size") and grid[k].astype(str).nunique(dropna=False) > 1]
     shown = {k: grid[k].map(_text) for k in keys}
     task_size = [grid["task"], grid["size"]]
@@ -130,6 +133,8 @@ def _text(value) -> str:
 
 
 def pair_keys(columns: Iterable[str]) -> list[str]:
-    """The columns a variant run and its baseline must share: data.*, vit.*, train.* and the seed."""
+    """The columns a variant run and its baseline must share: data.*, vit.*, train.* (not the starting checkpoint:
+    VARIANT_START) and the seed."""
     columns = set(columns)
-    return [k for k in all_keys() if k.startswith(SETTING_PREFIXES) and k in columns] + ["seed"]
+    return [k for k in all_keys() if k.startswith(SETTING_PREFIXES) and k in columns and k not in VARIANT_START
+            ] + ["seed"]

@@ -52,6 +52,21 @@ def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True)
             check_block(b)
         else:
             llm_hidden_size(b.source, b.revision)
+    check_starts(runs, download)
+
+
+def check_starts(runs: list[RunConfig], download: bool = True) -> None:
+    """Each distinct model started from a vit.checkpoint is built once and the file mapped onto it, so a key or a
+    shape that does not fit fails here, before any training (offline: not those whose LLM is a hub id)."""
+    from bench.models.build import build_model
+
+    seen = set()
+    for c in runs:
+        key = (c.vit, c.booster, c.data.task, c.data.size, c.data.rgb)
+        offline_hub = not download and c.booster.variant == "rllm" and _is_hub_id(c.booster.source)
+        if c.vit.checkpoint and key not in seen and not offline_hub:
+            seen.add(key)
+            build_model(c, task_spec(c.data.task, c.data.size))
 
 
 def check_offline(runs: Iterable[RunConfig], data_root: Path) -> list[str]:
