@@ -32,7 +32,8 @@ def _add_cost(p: argparse.ArgumentParser) -> None:
     from bench.cost import DEFAULT_GPU, DEFAULT_UTILISATION, GPUS
 
     p.add_argument("--gpu", choices=sorted(GPUS), default=DEFAULT_GPU,
-                   help=f"the GPU the cost estimate assumes (default {DEFAULT_GPU}; bf16 dense peak)")
+                   help=f"the GPU the cost estimate assumes (default {DEFAULT_GPU}; dense peak at the precision it runs: "
+                        "bf16, or fp16 on V100/T4)")
     p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION, metavar="F",
                    help=f"the share of its peak a run sustains, for the estimate (default {DEFAULT_UTILISATION})")
 
@@ -267,6 +268,27 @@ def parser() -> argparse.ArgumentParser:
     _add_data_root(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("doctor", help="check this machine for the path `bench run` takes, before spending GPU-days",
+                       description="Checks, in a few minutes: the devices and the precision each gets, one paper-mode "
+                                   "step with a LLaMA-7B-shaped layer (FLOP/s, MFU, peak memory, the --runs-per-gpu "
+                                   "that fits), a grid's data and weights cached or reachable (--grid), the backend "
+                                   "reachable, the same tiny run twice bit for bit; on a GPU also two workers on one "
+                                   "GPU and a forced out-of-memory with its retry. Exit 0 when every check that could "
+                                   "run passed.")
+    p.add_argument("--grid", metavar="NAME|PATH", help="also check this grid's data files, timm and LLM weights")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="the --set overrides the grid will run with")
+    _add_data_root(p)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=("local", "dask", "slurm"), default="local",
+                   help="the backend to check: local, dask (with --scheduler) or slurm (`sinfo`)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
+    p.add_argument("--batch", type=int, metavar="N", help="the paper-mode step's batch (default 32 on GPU, 1 on CPU)")
+    p.add_argument("--steps", type=int, metavar="N", help="its timed steps (default 10 on GPU, 1 on CPU)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny LLM layer and a depth-1 ViT: checks in seconds, figures that mean nothing")
+    p.set_defaults(func=cmd_doctor)
     return ap
 
 
@@ -552,6 +574,21 @@ def cmd_analyze(args) -> int:
                      + [f"--set {kv}" for kv in args.sets])
     print(f"done: {len(done)} runs analysed into {args.results}/analyze/{args.analyze_command}; `{again}` shows them")
     return 0
+
+def cmd_doctor(args) -> int:
+    from bench import doctor
+    from bench.config import parse_sets
+
+    for flag in ("batch", "steps"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    opts = doctor.Options(device=args.device, grid=args.grid, sets=tuple(parse_sets(args.sets).items()),
+                          data_root=args.data_root, backend=args.backend, scheduler=args.scheduler, quick=args.quick,
+                          steps=args.steps, batch=args.batch)
+    print("bench doctor: checking this machine for `bench run`" + (" (--quick: tiny shapes)" if args.quick else ""))
+    checks = doctor.run_checks(opts, say=lambda s: print(s, flush=True))
+    print(doctor.summary(checks))
+    return 1 if any(c.status == "FAIL" for c in checks) else 0
 
 
 QUIET_WARNINGS = (  # library warnings that say nothing the user can act on

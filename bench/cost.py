@@ -41,10 +41,19 @@ MINILM = "minilm-l6"
 @dataclass(frozen=True)
 class GPU:
     name: str
-    tflops: float  # dense bf16 tensor-core peak (no sparsity)
+    tflops: float  # dense tensor-core peak (no sparsity) at `precision`
+    precision: str = "bf16"  # what a run on it uses (bench.train.precision): bf16 where native, else fp16
+
+    def peak(self, precision: str) -> float:
+        """TFLOP/s at `precision`: bf16 and fp16 tensor-core peaks are equal on the bf16 GPUs listed; a GPU without
+        native bf16 has no bf16 peak here (its emulation is several times slower)."""
+        if precision == self.precision or (precision == "fp16" and self.precision == "bf16"):
+            return self.tflops
+        raise ValueError(f"{self.name} has no native {precision}")
 
 
-GPUS = {g.name: g for g in (GPU("H200", 989.0), GPU("H100", 989.0), GPU("A100", 312.0), GPU("L40S", 362.0))}
+GPUS = {g.name: g for g in (GPU("H200", 989.0), GPU("H100", 989.0), GPU("A100", 312.0), GPU("L40S", 362.0),
+                            GPU("V100", 125.0, "fp16"), GPU("T4", 65.0, "fp16"))}
 DEFAULT_GPU, DEFAULT_UTILISATION = "H200", 0.40
 
 
@@ -307,7 +316,7 @@ def grid_cost(runs: list[RunConfig]) -> GridCost:
 
 def describe(whole: GridCost, todo: GridCost, gpu: GPU, utilisation: float) -> list[str]:
     """Lines for `bench list` and `bench run --dry-run`: FLOPs and GPU time, the assumption beside them."""
-    where = f"{gpu.name}, {gpu.tflops:g} TFLOP/s bf16 dense, at {utilisation:.0%} utilisation (assumed)"
+    where = f"{gpu.name}, {gpu.tflops:g} TFLOP/s {gpu.precision} dense, at {utilisation:.0%} utilisation (assumed)"
     lines = []
     for what, c in (("to run", todo), ("whole grid", whole)):
         hours = c.gpu_hours(gpu, utilisation)
