@@ -32,7 +32,8 @@ def _add_cost(p: argparse.ArgumentParser) -> None:
     from bench.cost import DEFAULT_GPU, DEFAULT_UTILISATION, GPUS
 
     p.add_argument("--gpu", choices=sorted(GPUS), default=DEFAULT_GPU,
-                   help=f"the GPU the cost estimate assumes (default {DEFAULT_GPU}; bf16 dense peak)")
+                   help=f"the GPU the cost estimate assumes (default {DEFAULT_GPU}; dense peak at the precision it runs: "
+                        "bf16, or fp16 on V100/T4)")
     p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION, metavar="F",
                    help=f"the share of its peak a run sustains, for the estimate (default {DEFAULT_UTILISATION})")
 
@@ -229,6 +230,65 @@ def parser() -> argparse.ArgumentParser:
     _add_data_root(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_explain)
+
+    analyze = sub.add_parser("analyze", help="probe a grid's saved models: robustness to corruptions, token maps",
+                             description="Rebuild the ok 2D runs of a grid that were trained with save_weights=true "
+                                         "and measure them again; the results go into the store "
+                                         "(<results>/analyze/<kind>/) and into the next `bench report` of the grid. "
+                                         "Runs already analysed the same way are skipped (--force redoes them).")
+    asub = analyze.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
+    p = asub.add_parser("robustness", help="ACC/AUC on MedMNIST-C's corruptions of the test set, severities 1-5",
+                        description="Test every saved 2D run on MedMNIST-C's corruptions of its test images (the "
+                                    "medmnistc package's own, severities 1-5; the extra `robustness`) and store ACC, "
+                                    "AUC and MedMNIST-C's balanced error per corruption and severity.")
+    _add_grid(p)
+    _add_results(p)
+    p.add_argument("--task", action="append", default=[], metavar="T",
+                   help="only this task (repeatable; default: every 2D task of the grid)")
+    p.add_argument("--corruption", action="append", default=[], metavar="NAME",
+                   help="only this corruption (repeatable; default: every one MedMNIST-C defines for the task)")
+    p.add_argument("--images", type=int, metavar="N",
+                   help="use N test images spread evenly over the test split (default: all); for time")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the random corruptions (default 0)")
+    p.add_argument("--force", action="store_true", help="analyse again runs already analysed the same way")
+    _add_data_root(p)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_analyze)
+    p = asub.add_parser("tokens", help="patch-token activation maps before and after the booster, and their focus",
+                        description="For a fixed sample of test images, map the L2 norm of each patch token at the "
+                                    "booster's input and output (the same place in runs without one), and score how "
+                                    "concentrated each map is and how it overlaps the run's Grad-CAM.")
+    _add_grid(p)
+    _add_results(p)
+    p.add_argument("--task", action="append", default=[], metavar="T",
+                   help="only this task (repeatable; default: every 2D task of the grid)")
+    p.add_argument("--images", type=int, default=16, metavar="N",
+                   help="test images spread evenly over the test split (default 16)")
+    p.add_argument("--force", action="store_true", help="analyse again runs already analysed the same way")
+    _add_data_root(p)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("doctor", help="check this machine for the path `bench run` takes, before spending GPU-days",
+                       description="Checks, in a few minutes: the devices and the precision each gets, one paper-mode "
+                                   "step with a LLaMA-7B-shaped layer (FLOP/s, MFU, peak memory, the --runs-per-gpu "
+                                   "that fits), a grid's data and weights cached or reachable (--grid), the backend "
+                                   "reachable, the same tiny run twice bit for bit; on a GPU also two workers on one "
+                                   "GPU and a forced out-of-memory with its retry. Exit 0 when every check that could "
+                                   "run passed.")
+    p.add_argument("--grid", metavar="NAME|PATH", help="also check this grid's data files, timm and LLM weights")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="the --set overrides the grid will run with")
+    _add_data_root(p)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=("local", "dask", "slurm"), default="local",
+                   help="the backend to check: local, dask (with --scheduler) or slurm (`sinfo`)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
+    p.add_argument("--batch", type=int, metavar="N", help="the paper-mode step's batch (default 32 on GPU, 1 on CPU)")
+    p.add_argument("--steps", type=int, metavar="N", help="its timed steps (default 10 on GPU, 1 on CPU)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny LLM layer and a depth-1 ViT: checks in seconds, figures that mean nothing")
+    p.set_defaults(func=cmd_doctor)
     return ap
 
 
@@ -353,6 +413,22 @@ def _cost_lines(grid_runs, todo, args) -> list[str]:
     return cost.describe(cost.grid_cost(grid_runs), cost.grid_cost(todo), cost.GPUS[args.gpu], args.utilisation)
 
 
+def _weights_line(grid_runs) -> str:
+    """The disk the grid's weights files take (save_weights), or would take with --set save_weights=true."""
+    import dataclasses
+
+    from bench.cost import saved_bytes
+
+    saving = [c for c in grid_runs if c.save_weights]
+    runs = saving or [dataclasses.replace(c, save_weights=True) for c in grid_runs]
+    size, unknown = saved_bytes(runs)
+    what = (f"{len(saving)} runs save their weights (save_weights)" if saving else
+            f"save_weights is off; with --set save_weights=true the {len(runs)} runs")
+    left = f"; {unknown} runs of unknown size left out" if unknown else ""
+    amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+    return f"weights on disk: {what}: {amount} (float32, the frozen LLM layers not saved){left}"
+
+
 def cmd_list(args) -> int:
     from collections import Counter
 
@@ -380,6 +456,7 @@ def cmd_list(args) -> int:
     todo = [cfg for cfg, rid in zip(grid.runs, ids) if status[rid] != "ok"]
     for cost_line in _cost_lines(grid.runs, todo, args):
         print(cost_line)
+    print(_weights_line(grid.runs))
     if args.cpu_estimate:
         from bench.run import calibrate
 
@@ -463,7 +540,7 @@ def cmd_explain(args) -> int:
     from bench.config import parse_sets
     from bench.grid import load_grid
     from bench.report import expected_runs
-    from bench.report.explain import explain
+    from bench.analyze.explain import explain
 
     expected, name = None, "all"
     if args.grid:
@@ -477,6 +554,44 @@ def cmd_explain(args) -> int:
                      + (["--grid", args.grid] if args.grid else []) + [f"--set {kv}" for kv in args.sets])
     print(f"`{again}` shows them in {folder}/index.html (section Explanations)")
     return 0
+
+
+def cmd_analyze(args) -> int:
+    from bench.config import parse_sets
+    from bench.grid import load_grid
+    from bench.report import expected_runs
+
+    grid = load_grid(args.grid, parse_sets(args.sets))
+    expected = expected_runs(grid)
+    if args.analyze_command == "robustness":
+        from bench.analyze.robustness import robustness
+
+        done = robustness(args.results, expected, tasks=args.task, names=args.corruption, images=args.images,
+                          seed=args.seed, data_root=args.data_root, device=args.device, force=args.force)
+    else:
+        from bench.analyze.tokens import tokens
+
+        done = tokens(args.results, expected, tasks=args.task, images=args.images, data_root=args.data_root,
+                      device=args.device, force=args.force)
+    again = " ".join(["bench report --results", str(args.results), "--grid", args.grid]
+                     + [f"--set {kv}" for kv in args.sets])
+    print(f"done: {len(done)} runs analysed into {args.results}/analyze/{args.analyze_command}; `{again}` shows them")
+    return 0
+
+def cmd_doctor(args) -> int:
+    from bench import doctor
+    from bench.config import parse_sets
+
+    for flag in ("batch", "steps"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    opts = doctor.Options(device=args.device, grid=args.grid, sets=tuple(parse_sets(args.sets).items()),
+                          data_root=args.data_root, backend=args.backend, scheduler=args.scheduler, quick=args.quick,
+                          steps=args.steps, batch=args.batch)
+    print("bench doctor: checking this machine for `bench run`" + (" (--quick: tiny shapes)" if args.quick else ""))
+    checks = doctor.run_checks(opts, say=lambda s: print(s, flush=True))
+    print(doctor.summary(checks))
+    return 1 if any(c.status == "FAIL" for c in checks) else 0
 
 
 QUIET_WARNINGS = (  # library warnings that say nothing the user can act on

@@ -120,6 +120,7 @@ class TrainConfig:
     eval_crop: float = knob(1.0, gt=0, le=1, added=True)  # eval: resize to size / eval_crop, centre crop (DeiT 0.875)
     repeated_aug: int = knob(1, ge=1, added=True)  # each image this many times per epoch, differently augmented
     audit_test: bool = knob(False, added=True)  # protocol audit: test metrics every epoch, into the history only
+    deterministic: bool = knob(False, added=True)  # torch's deterministic algorithms (bench.train.set_determinism)
     resume: bool = knob(False, added=True)  # DeiT's --resume of vit.checkpoint: when the file stores its epoch (with
     # `optimizer` and `lr_scheduler`, the reference's condition) the lr schedule starts at epoch + 1 (train.start_epoch);
     # optimizer state is not restored, as the reference. Dropped without vit.checkpoint

@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.config import ResolvedConfig
+from bench.config import ResolvedConfig, RunConfig
 from bench.data.info import task_spec
 from bench.models.families import FAMILIES
 from bench.models.registry import BACKBONES, PAPER_PATCH, PAPER_SIZE, VARIANTS, auto_patch
@@ -38,10 +38,19 @@ MINILM = "minilm-l6"
 @dataclass(frozen=True)
 class GPU:
     name: str
-    tflops: float  # dense bf16 tensor-core peak (no sparsity)
+    tflops: float  # dense tensor-core peak (no sparsity) at `precision`
+    precision: str = "bf16"  # what a run on it uses (bench.train.precision): bf16 where native, else fp16
+
+    def peak(self, precision: str) -> float:
+        """TFLOP/s at `precision`: bf16 and fp16 tensor-core peaks are equal on the bf16 GPUs listed; a GPU without
+        native bf16 has no bf16 peak here (its emulation is several times slower)."""
+        if precision == self.precision or (precision == "fp16" and self.precision == "bf16"):
+            return self.tflops
+        raise ValueError(f"{self.name} has no native {precision}")
 
 
-GPUS = {g.name: g for g in (GPU("H200", 989.0), GPU("H100", 989.0), GPU("A100", 312.0), GPU("L40S", 362.0))}
+GPUS = {g.name: g for g in (GPU("H200", 989.0), GPU("H100", 989.0), GPU("A100", 312.0), GPU("L40S", 362.0),
+                            GPU("V100", 125.0, "fp16"), GPU("T4", 65.0, "fp16"))}
 DEFAULT_GPU, DEFAULT_UTILISATION = "H200", 0.40
 
 
@@ -228,6 +237,49 @@ def run_flops(cfg: ResolvedConfig) -> float | None:
     return t.epochs * (trained_images * m.train_step + n["val"] * m.forward) + test_passes * n["test"] * m.forward
 
 
+def saved_params(cfg: RunConfig) -> int | None:
+    """Parameters in a run's weights file (save_weights): the model without a frozen LLM layer, counted as timm
+    builds the ViT (CLS token, position embeddings, blocks, norm, head) plus FE/FD with biases, and a
+    fine-tuned LLM layer's linear weights (its norms and biases left out). None for Lai et al.'s 3D backbones or
+    an LLM whose shape is unknown."""
+    v, b = cfg.vit, cfg.booster
+    entry = BACKBONES[v.arch]
+    if entry.embed_input_grad or entry.factorised:  # Lai et al.'s 3D backbones: not timm's layout
+        return None
+    spec = task_spec(cfg.data.task, cfg.data.size)
+    w, attn, mlp = entry.width, entry.attention, entry.mlp
+    channels = 3 if cfg.data.rgb or spec.n_channels == 3 else 1
+    size = PAPER_SIZE if v.paper_mode else spec.size
+    patch = PAPER_PATCH if v.paper_mode else (v.patch or auto_patch(size))
+    dims = 3 if spec.is_3d else 2
+    n_patches = (size // patch) ** dims
+    classes = IMAGENET_CLASSES if v.head == "pretrained" else spec.n_classes
+    block = 3 * w * attn + 3 * attn + attn * w + w + 2 * w * mlp + mlp + w + 4 * w  # qkv, proj, MLP, two norms
+    n = (w * channels * patch**dims + w) + w + (n_patches + 1) * w + v.depth * block + 2 * w
+    n += w * classes + classes
+    if b.variant == "baseline":
+        return n
+    shape = llm_shape(b.source, b.revision)
+    if shape is None:
+        return None
+    h = shape.hidden
+    n += 2 * w * h + (h + w if b.bias else 0)
+    if b.variant == "rllm" and b.freeze == "finetune":
+        q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+        n += b.num_layers * (h * q + 2 * h * kv + q * h + h * shape.intermediate * (3 if shape.gated else 2))
+    return n
+
+
+def saved_bytes(runs: list[RunConfig]) -> tuple[int, int]:
+    """(bytes, runs left out) of the weights files the runs with save_weights will write: float32 tensors."""
+    total, unknown = 0, 0
+    for cfg in runs:
+        if cfg.save_weights:
+            n = saved_params(cfg)
+            total, unknown = (total + 4 * n, unknown) if n is not None else (total, unknown + 1)
+    return total, unknown
+
+
 @dataclass(frozen=True)
 class GridCost:
     flops: float  # summed over the runs whose cost is known
@@ -252,7 +304,7 @@ def grid_cost(runs: list[ResolvedConfig]) -> GridCost:
 
 def describe(whole: GridCost, todo: GridCost, gpu: GPU, utilisation: float) -> list[str]:
     """Lines for `bench list` and `bench run --dry-run`: FLOPs and GPU time, the assumption beside them."""
-    where = f"{gpu.name}, {gpu.tflops:g} TFLOP/s bf16 dense, at {utilisation:.0%} utilisation (assumed)"
+    where = f"{gpu.name}, {gpu.tflops:g} TFLOP/s {gpu.precision} dense, at {utilisation:.0%} utilisation (assumed)"
     lines = []
     for what, c in (("to run", todo), ("whole grid", whole)):
         hours = c.gpu_hours(gpu, utilisation)

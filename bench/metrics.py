@@ -80,12 +80,12 @@ def loss_fn(task_type: str, label_smoothing: float = 0.0) -> Callable[[torch.Ten
     if task_type == MULTI_LABEL:
 
         def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            target = labels.to(logits.dtype) * (1 - label_smoothing) + label_smoothing / 2
-            return F.binary_cross_entropy_with_logits(logits[:, : labels.shape[1]], target)
+            target = labels.float() * (1 - label_smoothing) + label_smoothing / 2  # fp32: 0.95/0.05 stay exact
+            return F.binary_cross_entropy_with_logits(logits[:, : labels.shape[1]].float(), target)
 
         return bce
 
     def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, labels[:, 0], label_smoothing=label_smoothing)
+        return F.cross_entropy(logits.float(), labels[:, 0], label_smoothing=label_smoothing)
 
     return cross_entropy

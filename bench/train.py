@@ -7,6 +7,7 @@ all when `splits.test` is None (tuning). Knows nothing about grids or files.
 from __future__ import annotations
 
 import math
+import os
 import random
 import resource
 import time
@@ -48,9 +49,38 @@ def pick_device(name: str | None = None) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BenchError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu or auto")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise BenchError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise BenchError(f"--device {name}: there is no GPU {device.index}, torch sees {n} (cuda:0"
+                         + (f" to cuda:{n - 1}" if n > 1 else "") + "; CUDA_VISIBLE_DEVICES narrows them); use one of "
+                         "those or --device cuda")
+    return device
+
+
+def precision(device: torch.device) -> str:
+    """The autocast dtype of a run on `device`: bf16 where the GPU computes it natively (compute capability >= 8.0:
+    A100, H100, L40S, RTX 30xx+), fp16 with a GradScaler on older tensor-core GPUs (V100, T4: there bf16 is only
+    emulated, several times slower), fp32 on CPU and on GPUs without tensor cores."""
+    if device.type != "cuda":
+        return "fp32"
+    with torch.cuda.device(device):
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16"
+        return "fp16" if torch.cuda.get_device_capability() >= (7, 0) else "fp32"
+
+
+def set_determinism(on: bool) -> None:
+    """train.deterministic: torch's deterministic algorithms (an op without one raises), cuDNN without autotuning,
+    and cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts: set here before a run's first
+    matmul, or in the environment). Off again for a run without it."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
 
 
 def seed_everything(seed: int) -> None:
@@ -134,9 +164,10 @@ class Engine:
     model: RLLMViT
     forward: Callable  # the model, or its torch.compile wrapper (train.compile)
     optimizer: torch.optim.Optimizer
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # on the pipeline's targets
-    autocast: object  # bf16 autocast on CUDA (fp32 master weights), a null context elsewhere
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # on the pipeline's targets, in fp32
+    autocast: object  # `precision`'s autocast on CUDA (fp32 master weights), a null context elsewhere
     pipeline: Pipeline  # uint8 batches -> model inputs (and targets), on the device
+    scaler: torch.amp.GradScaler | None = None  # fp16 only: loss scaling against underflowing gradients
 
     def step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, lr: float,
              generator: torch.Generator | None, chunk: int | None = None) -> torch.Tensor:
@@ -157,11 +188,16 @@ class Engine:
             sub = idx[j : j + chunk]
             inputs, targets = self.pipeline.train(x[sub], y[sub], generator)
             with self.autocast:
-                loss = self.criterion(self.forward(inputs), targets)
-            (loss * (len(sub) / batch)).backward()
-            part = loss.detach() * (len(sub) / batch)
-            total = part if total is None else total + part
-        self.optimizer.step()
+                logits = self.forward(inputs)  # fp32: the head runs outside autocast (FP32Linear)
+            loss = self.criterion(logits, targets)
+            scaled = loss * (len(sub) / batch)
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total = scaled.detach() if total is None else total + scaled.detach()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         return total
 
 
@@ -176,8 +212,11 @@ def build_engine(cfg: RunConfig, spec: TaskSpec, device: torch.device) -> tuple[
     # soft targets (mixup / cutmix) carry the label smoothing already, as with timm's Mixup + SoftTargetCrossEntropy
     smoothing = cfg.train.label_smoothing
     criterion = SoftTargetCrossEntropy() if pipeline.soft_targets else loss_fn(spec.task_type, smoothing)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    return Engine(model, forward, optimizer, criterion, autocast, pipeline), llm_info
+    dtype = precision(device)
+    autocast = torch.autocast("cuda", dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[dtype])) \
+        if dtype != "fp32" else nullcontext()
+    scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
+    return Engine(model, forward, optimizer, criterion, autocast, pipeline, scaler), llm_info
 
 
 def model_io(model: RLLMViT, spec: TaskSpec) -> tuple[int, int]:
@@ -216,6 +255,7 @@ def fit(
     `micro_batch` splits each batch with gradient accumulation (same effective batch, less memory)."""
     cfg = resolve(cfg)
     t = cfg.train
+    set_determinism(t.deterministic)
     seed_everything(cfg.seed)
     engine, llm_info = build_engine(cfg, spec, device)
     model, forward, autocast, pipeline = engine.model, engine.forward, engine.autocast, engine.pipeline

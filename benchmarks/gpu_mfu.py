@@ -59,19 +59,9 @@ from bench.models.registry import BACKBONES  # noqa: E402
 from bench.train import build_engine, seed_everything  # noqa: E402
 from train_throughput import DEFAULT_DATA, Naive, load1, machine  # noqa: E402
 
-LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
-                num_hidden_layers=32, vocab_size=32000, rms_norm_eps=1e-5, max_position_embeddings=4096)
-TINY_LLM = dict(hidden_size=128, intermediate_size=344, num_attention_heads=4, num_key_value_heads=4,
-                num_hidden_layers=2, vocab_size=256, rms_norm_eps=1e-5, max_position_embeddings=512)
-
-
-def write_config_dir(d: Path, shape: dict) -> Path:
-    """A config-only LLaMA directory: enough for load_llm_block(init="random")."""
-    import transformers
-
-    d.mkdir(parents=True, exist_ok=True)
-    transformers.LlamaConfig(**shape).save_pretrained(d)
-    return d
+from bench.doctor import LLAMA_7B  # noqa: E402
+from bench.doctor import TINY_LLAMA as TINY_LLM  # noqa: E402
+from bench.doctor import write_llama_config as write_config_dir  # noqa: E402
 
 
 def analytic_flops(cfg: RunConfig, spec, llm: dict, tokens: int, patch: int) -> dict[str, float]:

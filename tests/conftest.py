@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = (Path(__file__).parents[1] / "../shared/data/medmnist").resolve()
+SHARED_DATA = Path(os.environ.get("BENCH_TEST_DATA") or (Path(__file__).parents[1] / "../shared/data/medmnist")).resolve()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -17,6 +17,15 @@ from bench.models.llm import LLMBlock, block_key, llm_hidden_size, load_llm_bloc
 from bench.models.registry import BACKBONES, VARIANTS
 
 
+class FP32Linear(nn.Linear):
+    """The classifier, computed in fp32 even under autocast: a bf16 logit keeps 8 bits of mantissa, which no later
+    `.float()` restores (ties in the AUC ranking, losses that differ between CPU and GPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 class RLLMViT(nn.Module):
     """A ViT whose booster site ends with the booster, if any: blocks -> [FE -> FL -> FD] -> final norm -> head
     (ViViT: temporal blocks -> norm -> [FE -> FL -> FD] -> head).
@@ -73,6 +82,8 @@ def build_model(cfg: ResolvedConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
                     site=BACKBONES[v.arch].booster_site)
     if v.checkpoint:  # a training checkpoint's weights over everything just built (the reference's --resume)
         load_start(model, v.checkpoint, v.checkpoint_strict)
+    if type(backbone.head) is nn.Linear:  # same parameters and state-dict keys, fp32 outputs
+        backbone.head.__class__ = FP32Linear
     for p in model.llm_parameters():
         p.requires_grad_(not model.frozen_llm)
     return model, info

@@ -17,10 +17,12 @@ from bench.report.effects import CONTRASTS, add_arms, axis_deltas, cell_effects
 from bench.report.explain import explain_sections
 from bench.report.html import render_html, render_markdown
 from bench.report.published import NOT_SHIPPED, load_published, paper_model, paper_variant
+from bench.report.robustness import robustness_section
 from bench.report.stats import AXES, METRICS, ROW, ablation_runs, pairs, summary
 from bench.report.tables import (NAMES, Callout, Section, Table, ablation_table, audit_table, delta_table,
                                  effects_table, findings_table, label_order, metric_matrix, paper_table, runs_table, sources_table,
                                  summary_csv, to_latex, verdict_table)
+from bench.report.tokens import tokens_section
 from bench.report.tuned import tuned_section
 from bench.report.verdict import RULES, verdicts
 from bench.store import read_history
@@ -141,6 +143,7 @@ def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.Dat
     studies = plots.optuna_plots(results, folder)
     if studies:
         sections.append(Section("Optuna studies", studies))
+    sections += [s for s in (robustness_section(results, ok, folder), tokens_section(results, ok, folder)) if s]
     sections += explain_sections(folder)  # the heatmaps `bench explain` wrote into this folder
     return sections
 

@@ -3,14 +3,16 @@
 Each backend yields (task, outcome) pairs as runs finish; none of them writes the store.
 
     serial     in the dispatcher itself (with an epoch progress bar)
-    pool       joblib's loky processes. On GPUs each worker owns one device through
-               CUDA_VISIBLE_DEVICES (round-robin slots); on CPU the cores are split between workers.
+    pool       joblib's loky processes. Worker k (its slot) owns its GPU and its share of the CPUs by the
+               rule of bench.run.gpus (CUDA_VISIBLE_DEVICES set before CUDA starts).
                A worker exits when the dispatcher is gone and leaves SIGTERM to the dispatcher (which
                stops it cleanly); the runs of a worker that died are started again, at most
                `worker_retries` times each (`bench run --worker-retries N`).
     dask       an existing dask.distributed cluster; a worker started with `--resources GPU=1` gets
-               one run at a time. The scheduler moves the run of a lost worker to another one; a run
-               counts its starts (a Dask Variable) and is stored failed past `worker_retries` restarts.
+               one run at a time, on the GPU of its rank among its host's workers (bench.run.gpus), unless
+               it was started with its own CUDA_VISIBLE_DEVICES. The scheduler moves the run of a lost worker
+               to another one; a run counts its starts (a Dask Variable) and is stored failed past
+               `worker_retries` restarts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -31,14 +34,27 @@ from pathlib import Path
 from bench.config import run_id
 from bench.crashsafe import pid_alive
 from bench.errors import BenchError, one_line
+from bench.run import gpus as gpu_rule
 from bench.run.worker import Task, execute, lost
 from bench.store import layout
 from bench.upstream import keep_loky_worker
 
 
 def serial(tasks: list[Task], epoch_bar: Callable[[Task], Callable | None]) -> Iterator[tuple[Task, dict]]:
-    for t in tasks:
-        yield t, execute(t, progress=epoch_bar(t))
+    """In this process; a fatal CUDA error leaves its GPU unusable to the process: the grid stops (a new process,
+    the same command, resumes)."""
+    for i, t in enumerate(tasks):
+        out = execute(t, progress=epoch_bar(t))
+        yield t, out
+        if out.get("fatal") and i + 1 < len(tasks):
+            raise BenchError(f"stopped: {fatal_line(out)}; this process cannot use the GPU any more, {len(tasks) - i - 1} "
+                             "runs not started; rerun the same command to resume (or on other GPUs)")
+
+
+def fatal_line(out: dict) -> str:
+    row = out["row"]
+    gpu = row.get("cuda_visible_devices") or row.get("device") or "?"
+    return f"GPU {gpu} hit a fatal CUDA error in run {row['run_id']} ({row.get('error')})"[:400]
 
 
 # ------------------------------------------------------------------------------------------ joblib pool
@@ -46,13 +62,17 @@ def serial(tasks: list[Task], epoch_bar: Callable[[Task], Callable | None]) -> I
 
 @dataclasses.dataclass(frozen=True)
 class PoolSetup:
-    """What a pool worker process sets up once: its slot (which picks its GPU), torch threads, the parent watch."""
+    """What a pool worker process sets up once: its slot (which picks its GPU and threads), the parent watch."""
 
     slot_dir: str  # where workers claim their slot (flock)
     n_slots: int
-    threads: int | None  # torch threads per worker on CPU
-    gpus: tuple[str, ...] = ()  # device ids shared round-robin between workers
+    cpus: int  # the CPUs the workers split between them
+    gpus: tuple[str, ...] = ()  # device ids: slot k owns gpus[k mod len(gpus)]
     dispatcher_pid: int | None = None  # a worker exits when this process is gone
+
+    @property
+    def threads(self) -> int:
+        return gpu_rule.worker_env(0, self.n_slots, (), self.cpus).threads
 
 
 _POOL_STATE: dict = {}  # per worker process
@@ -95,32 +115,44 @@ def _pool_execute(task: Task, setup: PoolSetup) -> dict:
         if setup.dispatcher_pid and not state.get("watching"):
             state["watching"] = True
             threading.Thread(target=_watch_dispatcher, args=(setup.dispatcher_pid, os.getppid()), daemon=True).start()
-        if setup.gpus and not torch.cuda.is_initialized():
-            state["gpu"] = setup.gpus[state["slot"] % len(setup.gpus)]
-            os.environ["CUDA_VISIBLE_DEVICES"] = state["gpu"]
-    if setup.threads:
-        torch.set_num_threads(setup.threads)
-    if setup.gpus and "gpu" in state:
+        env = gpu_rule.worker_env(state["slot"], setup.n_slots, setup.gpus, setup.cpus)
+        if not env.gpus or not torch.cuda.is_initialized():
+            gpu_rule.apply(env)
+            state["gpu"] = ",".join(env.gpus)
+        state["threads"] = env.threads
+    torch.set_num_threads(state["threads"])
+    if setup.gpus and state.get("gpu"):
         task = dataclasses.replace(task, device="cuda")
     return execute(task)
 
 
 def pool(tasks: list[Task], jobs: int, setup: PoolSetup, results: Path,
          worker_retries: int = 1) -> Iterator[tuple[Task, dict]]:
-    """joblib (loky processes); re-dispatches the runs of a worker that died, at most `worker_retries` times."""
+    """joblib (loky processes); re-dispatches the runs of a worker that died, at most `worker_retries` times.
+
+    A fatal CUDA error retires its GPU: the pool restarts on the others (the runs in flight start again, uncounted)
+    and the failed run goes to another GPU, counted as a worker death."""
     from joblib import Parallel, delayed, parallel_config
 
     deaths: dict[str, int] = {}
     left = {run_id(t.cfg): t for t in tasks}
+    per_gpu = -(-jobs // len(setup.gpus)) if setup.gpus else jobs
     while left:
         batch = list(left.values())
+        retired = None
         try:
             with parallel_config(backend="loky", inner_max_num_threads=setup.threads):
                 par = Parallel(n_jobs=min(jobs, len(batch)), return_as="generator_unordered", batch_size=1,
                                pre_dispatch="n_jobs")
-                for out in par(delayed(_pool_execute)(t, setup) for t in batch):
-                    t = left.pop(out["row"]["run_id"])
-                    yield t, out
+                stream = par(delayed(_pool_execute)(t, setup) for t in batch)
+                for out in stream:
+                    if out.get("fatal") and setup.gpus:
+                        retired = out
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")  # joblib's note that it cancelled the running tasks
+                            stream.close()  # joblib stops the workers
+                        break
+                    yield left.pop(out["row"]["run_id"]), out
         except BrokenProcessPool as e:
             started = [rid for rid in left if layout.running_log_path(results, rid).exists()]
             for rid in started:
@@ -131,24 +163,25 @@ def pool(tasks: list[Task], jobs: int, setup: PoolSetup, results: Path,
                     yield t, lost(t, f"the worker process running it died {deaths[rid]} times ({one_line(e)}); "
                                      "often the OS killing it for memory")
             print(f"bench: a worker process died ({one_line(e)}); re-dispatching {len(left)} runs", file=sys.stderr)
+        if retired is not None:
+            rid = retired["row"]["run_id"]
+            gpu = retired["row"].get("cuda_visible_devices")
+            setup = dataclasses.replace(setup, gpus=tuple(g for g in setup.gpus if g != gpu))
+            jobs = min(jobs, per_gpu * len(setup.gpus))
+            setup = dataclasses.replace(setup, n_slots=jobs)
+            for killed in left:  # the runs stopped with the pool start again from scratch
+                layout.running_log_path(results, killed).unlink(missing_ok=True)
+            deaths[rid] = deaths.get(rid, 0) + 1
+            if deaths[rid] > worker_retries or not setup.gpus:
+                yield left.pop(rid), retired
+            if not setup.gpus:
+                raise BenchError(f"stopped: {fatal_line(retired)}; no GPU left to run on, {len(left)} runs not "
+                                 "finished; rerun the same command to resume")
+            print(f"bench: {fatal_line(retired)}; GPU {gpu} retired, the grid goes on with GPUs "
+                  f"{','.join(setup.gpus)} ({len(left)} runs to go)", file=sys.stderr)
 
 
-def visible_gpus() -> tuple[str, ...]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return ()
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [s.strip() for s in env.split(",") if s.strip()] if env else []
-    n = torch.cuda.device_count()
-    return tuple(ids[:n]) if ids else tuple(str(i) for i in range(n))
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+visible_gpus, cores = gpu_rule.visible_gpus, gpu_rule.usable_cpus
 
 
 # ------------------------------------------------------------------------------------------------- Dask
@@ -163,15 +196,38 @@ def connect(scheduler: str):
         return Client(scheduler, timeout="20s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
         raise BenchError(f"cannot reach the Dask scheduler at {scheduler} ({one_line(e)}); start one "
-                         "(`dask scheduler`, then `dask worker ADDRESS --resources GPU=1 --nthreads 1` per GPU) "
+                         "(`dask scheduler`, then per GPU i: `CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --resources GPU=1 "
+                         "--nthreads 1`; a worker without CUDA_VISIBLE_DEVICES takes the GPU of its rank on its host) "
                          "or fix --scheduler") from None
 
 
-def _dask_execute(task: Task, starts_key: str, worker_retries: int) -> dict:
-    """Inside a Dask worker: count this start of the run (a restart means its last worker was lost), split
-    the worker's cores between its threads (each may run one run), then run."""
+def dask_worker_setup(ranks: dict[str, tuple[int, int]]) -> None:
+    """Once per Dask worker process: its GPU (rank on its host; kept if the worker was started with its own
+    CUDA_VISIBLE_DEVICES, which `visible_gpus` then returns alone) and its CPUs split between the host's workers
+    and each worker's threads (each may run one run). A worker that joined after the grid started ranks itself."""
     import torch
-    from distributed import Variable, get_worker
+    from distributed import get_client, get_worker
+
+    worker = get_worker()
+    if _POOL_STATE.get("dask") == worker.address:
+        return
+    if worker.address not in ranks:
+        ranks = gpu_rule.dask_layout(get_client().scheduler_info(n_workers=-1)["workers"])
+    rank, on_host = ranks.get(worker.address, (0, 1))
+    gpu = "GPU" in (worker.state.total_resources or {})
+    env = gpu_rule.worker_env(rank, on_host, gpu_rule.visible_gpus() if gpu and not torch.cuda.is_initialized() else ())
+    gpu_rule.apply(gpu_rule.WorkerEnv(env.gpus, max(1, env.threads // max(1, worker.state.nthreads))))
+    _POOL_STATE["dask"] = worker.address
+
+
+def _dask_execute(task: Task, starts_key: str, worker_retries: int, ranks: dict | None = None) -> dict:
+    """Inside a Dask worker: count this start of the run (a restart means its last worker was lost), set the
+    worker's GPU and threads up (`dask_worker_setup`), then run. After a fatal CUDA error the worker closes (with
+    its nanny: not restarted onto the same GPU); a run that reaches it meanwhile is rescheduled."""
+    from distributed import Reschedule, Variable, get_worker
+
+    if _POOL_STATE.get("retired"):
+        raise Reschedule()
 
     starts = Variable(starts_key)
     try:
@@ -182,36 +238,55 @@ def _dask_execute(task: Task, starts_key: str, worker_retries: int) -> dict:
     if n > worker_retries + 1:
         return lost(task, f"its Dask worker was lost {n - 1} times (--worker-retries {worker_retries}); often the "
                           "worker killed for memory, or its machine gone")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, get_worker().state.nthreads)))
-    return execute(task)
+    dask_worker_setup(ranks or {})
+    out = execute(task)
+    if out.get("fatal"):
+        _POOL_STATE["retired"] = True
+        worker = get_worker()
+        worker.loop.add_callback(worker.close, nanny=True, reason="fatal CUDA error")
+    return out
 
 
 def dask(tasks: list[Task], client, worker_retries: int = 1) -> Iterator[tuple[Task, dict]]:
+    """A run whose worker hit a fatal CUDA error (that worker closes itself) is submitted again, for another worker."""
     from distributed import Variable, as_completed
 
-    workers = client.scheduler_info().get("workers", {})
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    ranks = gpu_rule.dask_layout(workers)
     gpu = any("GPU" in (w.get("resources") or {}) for w in workers.values())
     if not workers:
         print("bench: the Dask scheduler has no workers yet; runs wait until one joins", file=sys.stderr)
     token = uuid.uuid4().hex[:8]
-    by_key = {}
+    by_key: dict[str, tuple[Task, str]] = {}
+
+    def submit(t: Task, starts: str, key: str):
+        fut = client.submit(_dask_execute, t, starts, worker_retries, ranks, key=key, pure=False,
+                            resources={"GPU": 1} if gpu else None)
+        by_key[fut.key] = (t, starts)
+        return fut
+
     futures = []
     for t in tasks:
         key = f"bench-run-{run_id(t.cfg)}-{token}"
-        fut = client.submit(_dask_execute, t, f"{key}-starts", worker_retries, key=key, pure=False,
-                            resources={"GPU": 1} if gpu else None)
-        by_key[fut.key] = t
-        futures.append(fut)
+        futures.append(submit(t, f"{key}-starts", key))
+    pending = as_completed(futures, loop=client.loop)
     try:
-        for fut in as_completed(futures, loop=client.loop):
-            t = by_key[fut.key]
+        for fut in pending:
+            t, starts = by_key.pop(fut.key)
             try:
                 out = fut.result()
             except Exception as e:  # noqa: BLE001 - KilledWorker, a lost worker, unpicklable result...
                 out = lost(t, f"the Dask task failed ({one_line(e)})")
             fut.release()
+            if out.get("fatal"):
+                print(f"bench: {fatal_line(out)} on Dask worker {out['row'].get('hostname')} (pid "
+                      f"{out['row'].get('worker_pid')}); that worker closed, the run goes to another", file=sys.stderr)
+                again = submit(t, starts, f"{fut.key}-again-{uuid.uuid4().hex[:4]}")
+                futures.append(again)
+                pending.add(again)
+                continue
             with contextlib.suppress(Exception):  # the start counter lives on the scheduler: drop it
-                Variable(f"{fut.key}-starts", client=client).delete()
+                Variable(starts, client=client).delete()
             yield t, out
     finally:
         client.cancel([f for f in futures if not f.done()])

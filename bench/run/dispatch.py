@@ -36,6 +36,7 @@ from bench.config import RunConfig, run_id
 from bench.data import resolve_root
 from bench.errors import BenchError
 from bench.run import backends, slurm
+from bench.run import gpus as gpu_rule
 from bench.run.preflight import preflight
 from bench.run.worker import Task, execute, lost
 from bench.run.worker import now as worker_now
@@ -72,6 +73,8 @@ class RunOptions:
                 raise BenchError("--runs-per-gpu K needs K >= 1, CUDA GPUs, the local backend and --device auto or "
                                  "cuda; on CPU use --jobs N")
             jobs = self.runs_per_gpu * len(gpus)
+        elif self.jobs > 1 and self.backend == "local" and self.device in (None, "", "auto", "cuda"):
+            gpu_rule.check_workers(self.jobs, len(backends.visible_gpus()), None)
         if self.backend not in BACKENDS:
             raise BenchError(f"unknown backend '{self.backend}': use one of {', '.join(BACKENDS)}")
         if self.backend == "dask" and not self.scheduler:
@@ -250,12 +253,13 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
             jobs = min(opts.jobs, n)
             slot_dir = tempfile.mkdtemp(prefix="bench-slots-")
             gpus = backends.visible_gpus() if opts.device in (None, "", "auto", "cuda") else ()
-            threads = max(1, backends.cores() // jobs)
-            if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-                threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
-            setup = backends.PoolSetup(slot_dir=slot_dir, n_slots=jobs, threads=threads, gpus=gpus,
-                                       dispatcher_pid=os.getpid())
-            echo(f"{jobs} worker processes, " + (f"GPUs {','.join(gpus)} round-robin" if gpus else f"{threads} torch threads each"))
+            cpus = gpu_rule.usable_cpus()
+            if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # a cap on each worker's threads
+                cpus = max(1, min(cpus, int(os.environ["OMP_NUM_THREADS"]) * jobs))
+            setup = backends.PoolSetup(slot_dir=slot_dir, n_slots=jobs, cpus=cpus, gpus=gpus, dispatcher_pid=os.getpid())
+            share = f"{-(-jobs // len(gpus))} per GPU" if gpus and jobs > len(gpus) else "one each"
+            echo(f"{jobs} worker processes, " + (f"GPUs {','.join(gpus)} ({share}), " if gpus else "")
+                 + f"{setup.threads} torch threads each")
             stream = backends.pool(tasks, jobs, setup, results, opts.worker_retries)
         elif opts.backend == "slurm":
             stream = slurm.runs(tasks, client.cluster, client, opts.slurm, opts.worker_retries)

@@ -107,18 +107,57 @@ class RunLog:
         return self.buf.getvalue()
 
 
-def _is_oom(e: BaseException) -> bool:
+# A GPU in one of these states fails every later kernel of the process (CUDA's sticky errors) or is broken:
+# its worker is retired, its run started again elsewhere.
+FATAL_CUDA = ("illegal memory access", "device-side assert", "ecc error", "uncorrectable ecc", "unspecified launch failure",
+              "misaligned address", "illegal instruction", "launch timed out", "gpu has fallen off the bus",
+              "gpu is lost", "cuda error: unknown error", "cublas_status_execution_failed",
+              "cudnn_status_execution_failed", "cuda driver error", "cudaerrorlaunchfailure", "hardware stack error")
+# The allocator's other spellings of out of memory (cuBLAS handles and workspaces, cuDNN, cuFFT, cuSOLVER).
+OOM = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed", "cudnn_status_not_enough_workspace",
+       "cufft_alloc_failed", "cusolver_status_alloc_failed", "failed to allocate memory")
+
+
+def failure_kind(e: BaseException) -> str | None:
+    """'fatal' (the GPU is unusable for this process), 'oom' (retry smaller), or None (an ordinary failure),
+    from the exception and the ones it was raised from."""
     import torch
 
-    return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    seen, texts = set(), []
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            return "oom"
+        texts.append(str(e).lower())
+        e = e.__cause__ or e.__context__
+    text = " ".join(texts)
+    if any(s in text for s in FATAL_CUDA):
+        return "fatal"
+    return "oom" if any(s in text for s in OOM) else None
+
+
+def _is_oom(e: BaseException) -> bool:
+    return failure_kind(e) == "oom"
+
+
+def _reserved() -> int | None:
+    import torch
+
+    try:
+        return torch.cuda.memory_reserved() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    except RuntimeError:  # a GPU in a fatal state
+        return None
 
 
 def free_memory() -> None:
+    """Collect what the run left (its model, batches, optimizer state) and hand the GPU's cached blocks back, so a
+    second process on the GPU (--runs-per-gpu) gets them. Call it where no traceback holds the run's frames."""
     import torch
 
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+        with contextlib.suppress(RuntimeError):  # a GPU in a fatal state
+            torch.cuda.empty_cache()
 
 
 def _fit_with_oom_retry(cfg, splits, spec, device, log, progress, flags: dict):
@@ -159,13 +198,14 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
     import torch
 
     from bench.models import build, restore
-    from bench.train import pick_device
+    from bench.train import pick_device, precision
 
     cfg = resolve(task.cfg)
     rid = run_id(cfg)
     _RUNS_IN_PROCESS[0] += 1
     log = RunLog(task.live_log)
     flags = {"oom_retry": False}
+    reserved = None
     t0 = time.perf_counter()
     row: dict[str, Any] = {
         "run_id": rid, "status": "ok", "error": None, "label": cfg.label, "task": cfg.data.task, "size": cfg.data.size,
@@ -188,10 +228,11 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
         warnings.simplefilter("default")
         try:
             dev = pick_device(task.device)
+            row["precision"] = precision(dev)
             if dev.type == "cuda":
                 row["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
             log(f"device {dev}" + (f" (CUDA_VISIBLE_DEVICES={row['cuda_visible_devices']})" if dev.type == "cuda" else "")
-                + f", torch threads {torch.get_num_threads()}")
+                + f", {row['precision']}, torch threads {torch.get_num_threads()}")
             hits = _cached_splits.cache_info().hits
             t_data = time.perf_counter()
             spec, splits = _splits(cfg.data.task, cfg.data.size, Path(task.data_root))
@@ -200,6 +241,7 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
             llm_hits = build._cached_block.cache_info().hits
             t_fit = time.perf_counter()
             result = _fit_with_oom_retry(cfg, splits, spec, dev, log, on_epoch, flags)
+            reserved = _reserved()
             row["fit_s"] = time.perf_counter() - t_fit
             if cfg.booster.variant == "rllm":
                 row["llm_cached"] = build._cached_block.cache_info().hits > llm_hits
@@ -208,6 +250,7 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
             out.update(history=result.history, y_score=result.y_score, y_true=result.y_true)
             if cfg.save_weights:  # bytes, so a worker that cannot see the results directory sends them too
                 out["weights"] = restore.weights_bytes(result.model, row)
+            result = None  # the model: released below
             log("done " + " ".join(f"{k}={row.get(k)}" for k in ("best_epoch", "val_auc", "val_acc", "test_auc", "test_acc",
                                                                  "train_s", "micro_batch", "oom_retry")))
         except KeyboardInterrupt:
@@ -215,9 +258,18 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
             log.close()
             raise
         except Exception as e:  # noqa: BLE001 - a failed run is a result; the grid goes on
-            row.update(status="failed", error=one_line(e), traceback=traceback.format_exc(), oom_retry=flags["oom_retry"])
+            reserved = _reserved()
+            kind = failure_kind(e)
+            row.update(status="failed", error=("fatal CUDA error: " if kind == "fatal" else "") + one_line(e),
+                       traceback=traceback.format_exc(), oom_retry=flags["oom_retry"])
+            out["fatal"] = kind == "fatal"
             log(f"FAILED {row['error']}\n{row['traceback']}")
-            free_memory()
+        # here, outside the handler, no traceback holds the run's frames: its model and batches can go
+        free_memory()
+        after = _reserved()
+        if reserved is not None and after is not None:
+            log(f"GPU memory reserved {reserved / 2**20:.0f} MiB at the end of the run, {after / 2**20:.0f} MiB after "
+                "releasing it")
         for w in caught:
             log(f"warning: {w.category.__name__}: {w.message} ({Path(w.filename).name}:{w.lineno})")
     row["finished_at"] = now()

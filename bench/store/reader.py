@@ -77,3 +77,27 @@ def read_history(results: Path, run_ids: Iterable[str] | None = None) -> pd.Data
 def read_predictions(results: Path, run_id: str) -> dict[str, np.ndarray]:
     with np.load(layout.predictions_path(results, run_id)) as z:
         return {k: z[k] for k in z.files}
+
+
+def read_analysis(results: Path, kind: str, run_ids: Iterable[str]) -> pd.DataFrame:
+    """The rows `bench analyze <kind>` stored for `run_ids` (runs without them are left out), with their run_id and
+    the table's metadata as `attrs` per run (`attrs["meta"][run_id]`)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    parts, meta = [], {}
+    for rid in run_ids:
+        path = layout.analysis_path(results, kind, rid)
+        if path.is_file():
+            table = pq.read_table(path)
+            meta[rid] = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
+                         if not k.startswith(b"pandas")}
+            parts.append(table.to_pandas().assign(run_id=rid))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"run_id": []})
+    out.attrs["meta"] = meta
+    return out
+
+
+def read_analysis_arrays(results: Path, kind: str, run_id: str) -> dict[str, np.ndarray]:
+    with np.load(layout.analysis_path(results, kind, run_id, ".npz")) as z:
+        return {k: z[k] for k in z.files}

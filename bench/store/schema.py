@@ -26,6 +26,7 @@ METRICS = {
     "epochs_run": pa.int64(), "train_s": pa.float64(), "train_img_per_s": pa.float64(),
     "peak_mem_bytes": pa.int64(), "params_trainable": pa.int64(), "params_frozen": pa.int64(),
     "device": pa.string(), "micro_batch": pa.int64(),
+    "precision": pa.string(),  # the autocast dtype the device got: bf16 (native), fp16 + GradScaler, fp32
 }
 LLM = {  # what was loaded, whatever the config said (bench.models.llm)
     "llm.source": pa.string(), "llm.file_hash": pa.string(), "llm.model_type": pa.string(),

@@ -122,6 +122,20 @@ def write_run(results: Path, row: Mapping[str, Any]) -> None:
     write_atomic(layout.run_path(results, row["run_id"]), _row_bytes(row))
 
 
+def write_analysis(results: Path, kind: str, run_id: str, table: pa.Table,
+                   arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    """Store what `bench analyze <kind>` measured on one run: its arrays (if any) first, then the table, which
+    readers take as the analysis being there. Analyses only add files beside the runs, so they need no lock."""
+    try:
+        if arrays is not None:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **arrays)
+            write_atomic(layout.analysis_path(results, kind, run_id, ".npz"), buf.getvalue())
+        write_atomic(layout.analysis_path(results, kind, run_id), _parquet_bytes(table))
+    except OSError as e:
+        raise unwritable(results, e, layout.analysis_path(results, kind, run_id)) from e
+
+
 def commit(results: Path, outcome: Mapping[str, Any], previous: str | None) -> str:
     """Write one run's outcome (row, history, predictions, weights, log). Returns what happened: ok | failed | kept.
 
@@ -176,7 +190,8 @@ def _refresh(results: Path) -> None:
 def clean_stale(results: Path) -> int:
     """Remove what a killed process left: hidden temp files (never read) and live logs of unfinished runs."""
     n = 0
-    for sub in (layout.RUNS, layout.HISTORY, layout.PREDICTIONS, layout.LOGS, layout.INDEX, layout.WEIGHTS):
+    for sub in (layout.RUNS, layout.HISTORY, layout.PREDICTIONS, layout.LOGS, layout.INDEX, layout.WEIGHTS,
+                *(f"{layout.ANALYZE}/{k}" for k in layout.ANALYSES)):
         folder = Path(results) / sub
         if not folder.is_dir():
             continue

@@ -84,18 +84,19 @@ def run_studies(setups: Sequence[TuneSetup], *, jobs: int = 1, backend: str = "l
 
 
 def _local(setups: list[TuneSetup], jobs: int, say: Callable[[str], None]) -> None:
-    from bench.run.backends import cores, visible_gpus
+    from bench.run.gpus import visible_gpus, worker_env
 
     device = pick_device(setups[0].device)
     gpus = visible_gpus() if device.type == "cuda" and setups[0].device in (None, "", "auto", "cuda") else ()
-    threads = max(1, cores() // jobs) if jobs > 1 and device.type == "cpu" else None
+    threads = worker_env(0, jobs, ()).threads if jobs > 1 and device.type == "cpu" else None
     children = []
     if jobs > 1:
         ctx = multiprocessing.get_context("spawn")
         children = [ctx.Process(target=_worker_entry, daemon=False,
-                                args=(setups, i, jobs, f"w{i}", threads, gpus[i % len(gpus)] if gpus else None))
+                                args=(setups, i, jobs, f"w{i}", threads, ",".join(worker_env(i, jobs, gpus).gpus) or None))
                     for i in range(1, jobs)]
-        say(f"{jobs} worker processes, " + (f"GPUs {','.join(gpus)} round-robin" if gpus else f"{threads} torch threads each"))
+        share = f" ({-(-jobs // len(gpus))} workers per GPU)" if gpus and jobs > len(gpus) else ""
+        say(f"{jobs} worker processes, " + (f"GPUs {','.join(gpus)}{share}" if gpus else f"{threads} torch threads each"))
         for c in children:
             c.start()
     old_threads = None
@@ -236,10 +237,12 @@ def _absolute(setup: TuneSetup) -> TuneSetup:
 
 
 def _dask_work(setups: list[TuneSetup], index: int, loops: int, stop_name: str) -> None:
-    """Inside a Dask worker: split its cores between its threads, then the loop (no tuned files from here)."""
-    import torch
-    from distributed import Event, get_worker
+    """Inside a Dask worker: its GPU and threads (bench.run.gpus, as for runs), then the loop (no tuned files from
+    here)."""
+    from distributed import Event
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, get_worker().state.nthreads)))
+    from bench.run.backends import dask_worker_setup
+
+    dask_worker_setup({})
     stop = Event(stop_name)
     work_all(setups, index, loops, f"d{index}", export_best=False, stop=stop.is_set)

@@ -3,11 +3,12 @@
 Images here are float tensors holding uint8 values (0..255), as the paper's PIL pipeline holds them between ops:
 every op rounds and clips its output to 0..255 as PIL does. Resizing is PIL's separable convolution resize
 (bilinear: triangle filter; bicubic: Keys a=-0.5; widened by the scale when shrinking), built as one weight matrix per
-sample and axis, so a batch of differently cropped images is two batched matmuls.
+sample and axis, so a batch of differently cropped images is two batched matmuls (in fp32: TF32 off, `exact_matmul`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -51,10 +52,24 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
     return x.add_(0.5).floor_().clamp_(0, 255)
 
 
+@contextlib.contextmanager
+def exact_matmul():
+    """TF32 off for the block: the resampling's rounding to whole grey levels (PIL's) needs fp32 products, which
+    TF32 (10-bit mantissa on Ampere and later GPUs, if a user or library turned it on) would not give."""
+    flags = torch.backends.cuda.matmul
+    before = flags.allow_tf32
+    flags.allow_tf32 = False
+    try:
+        yield
+    finally:
+        flags.allow_tf32 = before
+
+
 def resize_windows(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Apply per-sample weights: horizontal pass first, rounded, then vertical (PIL's order)."""
-    x = to_pixels(x @ cols.transpose(1, 2)[:, None])
-    return to_pixels(rows[:, None] @ x)
+    with exact_matmul():
+        x = to_pixels(x @ cols.transpose(1, 2)[:, None])
+        return to_pixels(rows[:, None] @ x)
 
 
 def rrc_params(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
