@@ -102,3 +102,17 @@ def mounts():
     yield mount
     while done:
         mount.undo()
+
+
+CI_TASKS = ("breastmnist", "adrenalmnist3d")  # the fixture tasks of ablations/ci.yaml
+
+
+@pytest.fixture(scope="module")
+def ci_env(tmp_path_factory, tiny_llm):
+    """(fixture data root, tiny LLM dir) for the `ci` grid."""
+    from bench.data import write_fixture
+
+    base = tmp_path_factory.mktemp("ci-env")
+    for task in CI_TASKS:
+        write_fixture(base / "medmnist", task, 28, n=(32, 16, 16))
+    return base / "medmnist", tiny_llm("llama")

@@ -33,8 +33,11 @@ def test_the_report_imports_no_model_training_or_data_loading_code():
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 cwd=ROOT).stdout.split())
     assert "bench.report.robustness" in loaded and "bench.report.tokens" in loaded  # the walk did import them
-    banned = {m for m in loaded if m == "torch" or m.startswith(("bench.train", "bench.models", "bench.analyze"))
-              or m in ("bench.data.loading", "bench.data.files", "bench.data.augment")}
+    # what bench.config reads is allowed: the task metadata and the torch-free tables of what can be built
+    metadata = ("bench.models", "bench.models.registry", "bench.models.families")
+    banned = {m for m in loaded if m == "torch" or m.startswith(("bench.train", "bench.analyze", "bench.data.loading",
+                                                                  "bench.data.augment"))
+              or (m.startswith("bench.models") and m not in metadata)}
     assert not banned
     for path in (ROOT / "bench" / "report").glob("*.py"):  # nor inside a function
         for node in ast.walk(ast.parse(path.read_text())):

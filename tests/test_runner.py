@@ -24,20 +24,11 @@ from process_helpers import stored_ids, wait_for
 from bench import cli, store
 from bench.run import backends
 from bench.config import run_id
-from bench.data import write_fixture
 from bench.grid import load_grid
 
-CI_TASKS = ("breastmnist", "adrenalmnist3d")
+from conftest import CI_TASKS
 BENCH = str(Path(sys.executable).with_name("bench"))
 
-
-@pytest.fixture(scope="module")
-def ci_env(tmp_path_factory, tiny_llm):
-    """(fixture data root, tiny LLM dir) for the `ci` grid."""
-    base = tmp_path_factory.mktemp("ci-env")
-    for task in CI_TASKS:
-        write_fixture(base / "medmnist", task, 28, n=(32, 16, 16))
-    return base / "medmnist", tiny_llm("llama")
 
 
 def ci_args(env, results, *extra) -> list[str]:

@@ -15,13 +15,12 @@ import pytest
 
 from bench import store
 from bench.config import run_id
-from bench.data import write_fixture
 from bench.grid import load_grid
 from bench.run import run_one
 
+from process_helpers import wait_for
 from slurm_helpers import slurm_cluster, why_not
 
-CI_TASKS = ("breastmnist", "adrenalmnist3d")
 BENCH = str(Path(sys.executable).with_name("bench"))
 REPO = Path(__file__).resolve().parents[1]
 JOB = ["--gpus-per-job", "0", "--cpus-per-job", "1", "--mem", "3GB", "--device", "cpu"]
@@ -36,13 +35,6 @@ def slurm(tmp_path_factory):
         yield {**env, "PYTHONPATH": f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
                "PYTHONUNBUFFERED": "1"}
 
-
-@pytest.fixture(scope="module")
-def ci_env(tmp_path_factory, tiny_llm):
-    base = tmp_path_factory.mktemp("ci-env")
-    for task in CI_TASKS:
-        write_fixture(base / "medmnist", task, 28, n=(32, 16, 16))
-    return base / "medmnist", tiny_llm("llama")
 
 
 def _grid(env, *sets):
@@ -61,16 +53,6 @@ def _jobs(slurm) -> list[str]:
     return subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, capture_output=True, text=True,
                           check=True).stdout.split()
 
-
-def _wait(cond, proc, timeout=300.0):
-    t0 = time.monotonic()
-    while not cond():
-        if proc.poll() is not None:
-            raise AssertionError(f"bench exited {proc.returncode} early:\n{proc.stdout.read()}")
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            raise AssertionError(f"timed out waiting:\n{proc.stdout.read()}")
-        time.sleep(0.2)
 
 
 def _training(results: Path) -> dict[str, str]:
@@ -104,7 +86,7 @@ def test_ci_grid_on_slurm_survives_a_scancel_mid_run(slurm, ci_env, tmp_path, on
     expected = set(_grid(ci_env, "train.epochs=3").run_ids())
     p = _start(ci_env, slurm, results, "--max-jobs", "2", "--time", "00:30:00", "--worker-retries", "1",
                "--set", "train.epochs=3")
-    _wait(lambda: _training(results), p)
+    wait_for(lambda: _training(results), p, timeout=300.0)
     rid, job = next(iter(_training(results).items()))
     subprocess.run(["scancel", job], env=slurm, check=True)
     out = _finish(p)
@@ -134,7 +116,7 @@ def test_a_run_is_not_started_in_a_job_whose_time_is_too_short(slurm, ci_env, tm
     results = tmp_path / "results"
     expected = set(_grid(ci_env).run_ids())
     p = _start(ci_env, slurm, results, "--max-jobs", "1", "--time", "00:10:00")
-    _wait(lambda: list((results / store.RUNS).glob("*.parquet")), p)
+    wait_for(lambda: list((results / store.RUNS).glob("*.parquet")), p, timeout=300.0)
     (job,) = _jobs(slurm)
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=2"], env=slurm, check=True)
     cut = time.time()

@@ -20,13 +20,11 @@ import pytest
 
 from bench import cli
 from bench.config import flatten, resolve, run_id
-from bench.data import write_fixture
 from bench.grid import load_grid
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is an optional extra: pip install -e '.[mlflow]' (CI does)")
 
 pytestmark = pytest.mark.slow
-CI_TASKS = ("breastmnist", "adrenalmnist3d")
 
 
 def _free_port() -> int:
@@ -66,13 +64,6 @@ def mlflow_uri(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
-
-@pytest.fixture(scope="module")
-def ci_env(tmp_path_factory, tiny_llm):
-    base = tmp_path_factory.mktemp("ci-env")
-    for task in CI_TASKS:
-        write_fixture(base / "medmnist", task, 28, n=(32, 16, 16))
-    return base / "medmnist", tiny_llm("llama")
 
 
 def _runs(uri: str, experiment: str) -> list:

@@ -60,10 +60,9 @@ def token_norms(model, x) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from bench.models.booster import Booster
-    from bench.models.build import booster_site
 
     vit = model.backbone
-    site = booster_site(vit)
+    site = getattr(vit, model.site)  # the module list the booster is appended to (its registry entry's)
     last_block = [b for b in site if not isinstance(b, Booster)][-1]
     seen: dict = {}
     hooks = [last_block.register_forward_hook(lambda m, i, o: seen.__setitem__("before", o))]

@@ -52,3 +52,19 @@ def control_deltas(values: pd.DataFrame, ok: pd.DataFrame, measures: list[str]) 
                 res = paired_test(g[m].to_numpy(float), g[f"{m}_c"].to_numpy(float))
                 rows.append({**dict(zip(ROW, row)), "arm": arm, "control": control, "measure": m, **res})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def level_table(title: str, runs: pd.DataFrame, values: pd.DataFrame, measures: dict[str, str]):
+    """Per task row and variant: each measure averaged per seed, then mean ± sd over seeds."""
+    from bench.report.tables import Table, fmt_stat, label_order, row_name
+
+    joined = runs[["task", "size", "setting", "label", "seed"]].join(values)
+    labels = label_order(joined["label"])
+    lines = []
+    for (task, size, setting), grp in joined.groupby(["task", "size", "setting"], sort=True):
+        for lab in [x for x in labels if x in set(grp["label"])]:
+            seeds = grp[grp["label"] == lab].groupby("seed")[list(measures)].mean()
+            lines.append({"task": row_name(task, size, setting), "variant": lab,
+                          **{name: fmt_stat(seeds[m].mean(), seeds[m].std(), seeds[m].count())
+                             for m, name in measures.items()}})
+    return Table(title, pd.DataFrame(lines))

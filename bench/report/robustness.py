@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report.controls import control_deltas
+from bench.report.controls import control_deltas, level_table
 from bench.report.plots import Plot, _save, plt, sns
-from bench.report.tables import MISSING, Section, Table, fmt_delta, fmt_p, fmt_stat, label_order, row_name
+from bench.report.tables import MISSING, Section, Table, fmt_delta, fmt_p, label_order, row_name
 from bench.store import read_analysis
 
 KIND = "robustness"
@@ -57,7 +57,8 @@ def robustness_section(results: Path, ok: pd.DataFrame, folder: Path) -> Section
         "mBE: mean over corruptions of the mean balanced error (1 - balanced accuracy, threshold 0.5) over the five "
         "severities, divided by AlexNet's (MedMNIST-C's reference); rBE: the same increase over the clean error, "
         "relative to AlexNet's increase; both lower is better. Written by `bench analyze robustness`.",
-        _level_table(runs, values),
+        level_table("Clean and corrupted test metrics, mBE and rBE (mean ± sd over seeds)", runs, values,
+                    MEASURES),
         _curves(rows.merge(runs[["task", "size", "setting", "label", "seed"]], left_on="run_id", right_index=True),
                 folder),
     ]
@@ -66,18 +67,6 @@ def robustness_section(results: Path, ok: pd.DataFrame, folder: Path) -> Section
         blocks.append(delta_table("Paired Δ on corrupted data (arm − control)", deltas, MEASURES))
     return Section("Robustness (MedMNIST-C)", blocks)
 
-
-def _level_table(runs: pd.DataFrame, values: pd.DataFrame) -> Table:
-    joined = runs[["task", "size", "setting", "label", "seed"]].join(values)
-    labels = label_order(joined["label"])
-    lines = []
-    for (task, size, setting), grp in joined.groupby(["task", "size", "setting"], sort=True):
-        for lab in [x for x in labels if x in set(grp["label"])]:
-            seeds = grp[grp["label"] == lab].groupby("seed")[list(MEASURES)].mean()
-            lines.append({"task": row_name(task, size, setting), "variant": lab,
-                          **{name: fmt_stat(seeds[m].mean(), seeds[m].std(), seeds[m].count())
-                             for m, name in MEASURES.items()}})
-    return Table("Clean and corrupted test metrics, mBE and rBE (mean ± sd over seeds)", pd.DataFrame(lines))
 
 
 def delta_table(title: str, deltas: pd.DataFrame, names: dict) -> Table:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.controls import control_deltas
+from bench.report.controls import control_deltas, level_table
 from bench.report.plots import Plot, _save, plt
 from bench.report.robustness import delta_table
-from bench.report.tables import Section, Table, fmt_stat, label_order, row_name
+from bench.report.tables import Section, label_order, row_name
 from bench.store import read_analysis, read_analysis_arrays
 
 KIND = "tokens"
@@ -41,7 +41,8 @@ def tokens_section(results: Path, ok: pd.DataFrame, folder: Path) -> Section | N
         "Concentration: the share of an image's map in its top 10% of tokens (1/number of tokens for a flat map). "
         "CAM overlap: the share of those top tokens that are also among the top 10% of the run's Grad-CAM (last "
         "ViT block, true class). Written by `bench analyze tokens`.",
-        _level_table(runs, values),
+        level_table("Activation concentration and CAM overlap (mean over images, then mean ± sd over seeds)", runs,
+                    values, MEASURES),
     ]
     deltas = control_deltas(values, ok, ["conc_after", "overlap_after"])
     if not deltas.empty:
@@ -49,19 +50,6 @@ def tokens_section(results: Path, ok: pd.DataFrame, folder: Path) -> Section | N
     blocks += _maps(results, runs, folder)
     return Section("Token activations", blocks)
 
-
-def _level_table(runs: pd.DataFrame, values: pd.DataFrame) -> Table:
-    joined = runs[["task", "size", "setting", "label", "seed"]].join(values)
-    labels = label_order(joined["label"])
-    lines = []
-    for (task, size, setting), grp in joined.groupby(["task", "size", "setting"], sort=True):
-        for lab in [x for x in labels if x in set(grp["label"])]:
-            seeds = grp[grp["label"] == lab].groupby("seed")[list(MEASURES)].mean()
-            lines.append({"task": row_name(task, size, setting), "variant": lab,
-                          **{name: fmt_stat(seeds[m].mean(), seeds[m].std(), seeds[m].count())
-                             for m, name in MEASURES.items()}})
-    return Table("Activation concentration and CAM overlap (mean over images, then mean ± sd over seeds)",
-                 pd.DataFrame(lines))
 
 
 def _maps(results: Path, runs: pd.DataFrame, folder: Path) -> list[Plot]:
