@@ -114,7 +114,7 @@ def test_the_committed_record_report_is_its_store_rendered_now(tmp_path):
         assert not row["data.fixture"]
     for f in [*store.glob("runs/*.parquet"), *store.glob("logs/*.log")]:
         assert not leaks(f.read_bytes().decode("utf-8", "replace")), f"{f} names this machine"
-    out = tmp_path / "render"
+    out = tmp_path / "record"  # named after the grid: the report goes into it, as into reports/record
     proc = subprocess.run([*BENCH, "report", "--results", str(store), "--grid", "record", "--out", str(out)],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr

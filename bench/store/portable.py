@@ -50,9 +50,16 @@ def scrub_outcome(out: dict[str, Any], data_root: Path, results: Path) -> dict[s
     return {**out, "row": row, "log": scrub(log) if isinstance(log, str) else log}
 
 
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except OSError:  # not a path at all (e.g. base64 in a parquet footer): too long a name
+        return False
+
+
 def leaks(text: str) -> list[str]:
     """The host name or absolute paths of this machine found in `text` (empty when it is portable)."""
-    found = [m for m in re.findall(r"(?<![\w<>.])/(?:[\w.+-]+/)+[\w.+-]*", text) if Path(m).exists()]
+    found = [m for m in re.findall(r"(?<![\w<>.])/(?:[\w.+-]+/)+[\w.+-]*", text) if _exists(m)]
     host = socket.gethostname()
     if host and re.search(rf"\b{re.escape(host)}\b", text) and host not in ("localhost",):
         found.append(host)
