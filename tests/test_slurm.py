@@ -97,7 +97,7 @@ def test_ci_grid_on_slurm_survives_a_scancel_mid_run(slurm, ci_env, tmp_path, on
     assert not list(results.rglob(f"*{store.RUNNING_SUFFIX}")) and not list(results.rglob("*.tmp"))
     by_id = rows.set_index("run_id")
     assert by_id.loc[rid, "slurm_job_id"] not in (None, job)  # rerun on another job
-    assert rows["slurm_job_id"].notna().all() and rows["slurm_job_id"].nunique() >= 2
+    assert rows["slurm_job_id"].notna().all()  # (which job took the others is the scheduler's choice)
     # the rerun's numbers are those of the same run trained here, in this process
     cfg = next(c for c in _grid(ci_env, "train.epochs=3").runs if run_id(c) == rid)
     here = run_one(cfg, ci_env[0], tmp_path / "here", device="cpu")

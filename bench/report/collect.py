@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from bench.config import RunConfig, all_keys, flatten, run_id
+from bench.config import RunConfig, added_defaults, all_keys, flatten, run_id
 from bench.errors import BenchError
 from bench.grid import Grid
 from bench.store import read_runs
@@ -54,9 +54,19 @@ def expected_runs(configs: Iterable[RunConfig] | Grid) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _with_added_defaults(runs: pd.DataFrame) -> pd.DataFrame:
+    flat = flatten(RunConfig())
+    for key in added_defaults():
+        if flat[key] is not None and key in runs.columns and runs[key].isna().any():
+            runs[key] = runs[key].fillna(flat[key])
+    return runs
+
+
 def collect(results: Path, expected: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per planned run (unique run_id); stored values win, the plan fills in missing runs."""
-    runs = read_runs(results)
+    """One row per planned run (unique run_id); stored values win, the plan fills in missing runs. A config field
+    added after a run was stored reads as its default there: the run did what the default does (the rule that
+    keeps such fields out of the run id), so settings do not split on a missing value."""
+    runs = _with_added_defaults(read_runs(results))
     if expected is None:
         if runs.empty:
             raise BenchError(f"no runs stored under {Path(results) / 'runs'}: "

@@ -29,23 +29,9 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
 
 
 def read_runs(results: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """One row per stored run, sorted by run id, with every schema column (or `columns`, plus run_id).
-
-    A config field added after a run was stored reads as its default there: the run did what the default does
-    (the rule that keeps such fields out of the run id at their default, bench.config.knob(added=True))."""
+    """One row per stored run, sorted by run id, with every schema column (or `columns`, plus run_id)."""
     table, _ = index.snapshot(results, layout.RUNS, columns)
-    df = _to_pandas(table)
-    for key, default in _added_defaults().items():
-        if default is not None and key in df.columns and df[key].isna().any():
-            df[key] = df[key].fillna(default)
-    return df
-
-
-def _added_defaults() -> dict:
-    from bench.config import RunConfig, added_defaults, flatten
-
-    flat = flatten(RunConfig())
-    return {key: flat[key] for key in added_defaults()}
+    return _to_pandas(table)
 
 
 def read_run(results: Path, run_id: str) -> dict | None:
