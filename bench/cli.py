@@ -250,10 +250,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, metavar="N",
                    help="use N test images spread evenly over the test split (default: all); for time")
     p.add_argument("--seed", type=int, default=0, help="the seed of the random corruptions (default 0)")
-    p.add_argument("--force", action="store_true", help="analyse again runs already analysed the same way")
-    _add_data_root(p)
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.set_defaults(func=cmd_analyze)
+    _add_analyze_common(p)
     p = asub.add_parser("tokens", help="patch-token activation maps before and after the booster, and their focus",
                         description="For a fixed sample of test images, map the L2 norm of each patch token at the "
                                     "booster's input and output (the same place in runs without one), and score how "
@@ -264,10 +261,7 @@ def parser() -> argparse.ArgumentParser:
                    help="only this task (repeatable; default: every 2D task of the grid)")
     p.add_argument("--images", type=int, default=16, metavar="N",
                    help="test images spread evenly over the test split (default 16)")
-    p.add_argument("--force", action="store_true", help="analyse again runs already analysed the same way")
-    _add_data_root(p)
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.set_defaults(func=cmd_analyze)
+    _add_analyze_common(p)
 
     p = sub.add_parser("doctor", help="check this machine for the path `bench run` takes, before spending GPU-days",
                        description="Checks, in a few minutes: the devices and the precision each gets, one paper-mode "
@@ -554,6 +548,14 @@ def cmd_explain(args) -> int:
                      + (["--grid", args.grid] if args.grid else []) + [f"--set {kv}" for kv in args.sets])
     print(f"`{again}` shows them in {folder}/index.html (section Explanations)")
     return 0
+
+
+def _add_analyze_common(p: argparse.ArgumentParser) -> None:
+    """What every `bench analyze` analysis takes last: --force, the data root, the device."""
+    p.add_argument("--force", action="store_true", help="analyse again runs already analysed the same way")
+    _add_data_root(p)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_analyze)
 
 
 def cmd_analyze(args) -> int:
