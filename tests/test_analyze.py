@@ -261,6 +261,12 @@ def test_analyze_errors_are_one_line(tmp_path, capsys, trained):
                      "--corruption", "nope"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and err.count("\n") == 1
+    before = sorted(p.relative_to(results) for p in results.rglob("*"))
+    assert cli.main(["analyze", "robustness", "--grid", str(grid), "--results", str(results), "--data-root", str(root),
+                     "--images", "0"]) == 2
+    out = capsys.readouterr()
+    assert "--images 0" in out.err and out.err.count("\n") == 1 and not out.out  # refused before any work
+    assert sorted(p.relative_to(results) for p in results.rglob("*")) == before
 
 
 @pytest.mark.slow

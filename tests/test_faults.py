@@ -34,20 +34,15 @@ from process_helpers import stored_ids, wait_for
 
 import bench.store
 from bench import cli, store
-from bench.data import write_fixture
 from bench.grid import load_grid
 
 BENCH = str(Path(sys.executable).with_name("bench"))
-TASKS = ("breastmnist", "adrenalmnist3d")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, tiny_llm):
-    """(fixture data root, tiny LLaMA dir)."""
-    base = tmp_path_factory.mktemp("faults-env")
-    for task in TASKS:
-        write_fixture(base / "medmnist", task, 28, n=(32, 16, 16))
-    return base / "medmnist", tiny_llm("llama")
+def env(ci_env):
+    """(fixture data root, tiny LLaMA dir): conftest's, for the `ci` grid."""
+    return ci_env
 
 
 def run_args(env, results, *extra, grid="ci") -> list[str]:

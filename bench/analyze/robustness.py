@@ -40,6 +40,7 @@ def robustness(results: Path, expected: pd.DataFrame | None = None, *, tasks: li
     from bench.train import pick_device
 
     results = Path(results)
+    sample(10, images)  # a bad --images is an error before any work
     runs = saved_runs(results, expected, KIND, tasks)
     for task in runs["task"].unique():
         corrupt.corruptions(task)  # every task is one MedMNIST-C covers, before any work
