@@ -289,15 +289,19 @@ def parser() -> argparse.ArgumentParser:
 def _run_table(grid_runs, ids: list[str], status: dict, why: dict | None = None) -> None:
     from bench.models.registry import VARIANTS
 
-    head = (f"{'run_id':<16}  {'status':<7} {'label':<14} {'task':<20} {'size':>4} {'vit':<8} {'llm':<22} {'layer':>5} "
+    head = (f"{'run_id':<16}  {'status':<7} {'label':<14} {'task':<20} {'size':>4} {'vit':<8} {'llm':<32} {'layer':>5} "
             f"{'seed':>4}")
     print(head + ("  why" if why else ""))
     for cfg, rid in zip(grid_runs, ids):
         b, variant = cfg.booster, VARIANTS[cfg.booster.variant]
         llm = Path(b.source).name if b.source and variant.llm != "none" else "-"
+        if b.source_sha256 and variant.has_layer:  # a GGUF file: its architecture and the layer's storage type
+            from bench.models.gguf_file import describe
+
+            llm = describe(b.source, b.layer, b.num_layers)
         layer = str(b.layer) if variant.has_layer else "-"
         line = (f"{rid:<16}  {status.get(rid) or '-':<7} {cfg.label[:14]:<14} {cfg.data.task:<20} {cfg.data.size:>4} "
-                f"{cfg.vit.arch[:8]:<8} {llm[:22]:<22} {layer:>5} {cfg.seed:>4}")
+                f"{cfg.vit.arch[:8]:<8} {llm[:32]:<32} {layer:>5} {cfg.seed:>4}")
         print(line + (f"  {why[rid]}" if why else ""))
 
 

@@ -71,7 +71,10 @@ class BoosterConfig:
 
     variant: str = knob("baseline", choices=VARIANTS)  # bench/models/registry.py; adapters: FD(FE z) + z and
     # mlp: FD(FE z), both without an LLM layer (capacity controls)
-    source: str | None = "minilm-l6"  # hub id, local directory, or minilm-l6 (packaged offline copy)
+    source: str | None = "minilm-l6"  # hub id, local directory, a GGUF file (or a folder holding one), or a packaged
+    # model: minilm-l6 (all-MiniLM-L6-v2) or smollm2-135m (SmolLM2-135M-Instruct, Q4_1 GGUF)
+    source_sha256: str = knob("", added=True)  # resolved from a GGUF source's file: the run id keys on its content,
+    # not on where it is
     revision: str | None = None  # hub revision; None = main
     layer: int | str = -1  # first layer of the block: an index (negative from the end), first | middle | last,
     # or a fraction of the depth in [0, 1] (0.5 = the middle layer)
@@ -400,6 +403,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
             raise BenchError(f"variant={b.variant} needs booster.source (a hub id, a local directory or minilm-l6)")
         if variant.has_layer and b.num_layers < 1:
             raise BenchError(f"booster.num_layers must be >= 1, got {b.num_layers}")
+    b = _resolve_source(b)
     vit = _resolve_vit(cfg.vit, spec)
     vit, train = _resolve_start(vit, cfg.train)
     _check_data(cfg.data, spec)
@@ -434,6 +438,25 @@ def _resolve_vit(v: VitConfig, spec) -> VitConfig:
     if (v.pretrained or v.weights) and depth != 12:
         raise BenchError("ImageNet weights are for timm's 12-block ViTs; set vit.depth=0 (or 12)")
     return dataclasses.replace(v, depth=depth)
+
+
+def _resolve_source(b: BoosterConfig) -> BoosterConfig:
+    """A GGUF source's sha256 (checked against one already recorded); nothing for other sources."""
+    from bench.models.gguf_file import find
+
+    path = find(b.source)
+    if path is None:
+        if b.source_sha256:
+            raise BenchError("booster.source_sha256 is resolved from a GGUF booster.source; set booster.source to the "
+                             ".gguf file or drop booster.source_sha256")
+        return b
+    from bench.models.llm.checkpoint import sha256
+
+    sha = sha256(path)
+    if b.source_sha256 and b.source_sha256 != sha:
+        raise BenchError(f"booster.source={b.source} has sha256 {sha[:12]}..., not the recorded {b.source_sha256[:12]}...: "
+                         "the file changed; restore it or drop booster.source_sha256")
+    return dataclasses.replace(b, source_sha256=sha)
 
 
 def _resolve_start(v: VitConfig, t: TrainConfig) -> tuple[VitConfig, TrainConfig]:
@@ -540,6 +563,8 @@ def id_parts(resolved: ResolvedConfig) -> dict[str, str]:
     as the JSON text of each top-level value by its JSON key. A grid encodes them once for all its seeds."""
     d = _as_dict(resolved)
     drop_not_in_id(d)
+    if d["booster"]["source_sha256"]:  # a GGUF file: its content is the id's, not its path or short name
+        d["booster"].pop("source")
     for key, default in added_defaults().items():
         section, name = key.split(".")
         if d[section].get(name, default) == default:

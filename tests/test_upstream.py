@@ -104,3 +104,51 @@ def test_loky_replaces_a_grown_worker_unless_told_to_keep_it(keep):
     with ProcessPoolExecutor(max_workers=1) as pool:
         pids = [pool.submit(_task, step).result() for step in ("keep" if keep else "first", "grow", "after")]
     assert (pids[0] == pids[1] == pids[2]) is keep and pids[0] == pids[1]
+
+
+def _gguf_with_arrays(path):
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(2)
+    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" * (i % 5) for i in range(300)])
+    w.add_array("tokenizer.ggml.scores", [float(i) for i in range(300)])
+    w.add_rope_freq_base(123.0)
+    w.add_tensor("blk.0.attn_norm.weight", np.arange(8, dtype=np.float32))
+    w.add_tensor("blk.1.attn_q.weight", np.ones((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_header_reader_skips_arrays_and_finds_the_same_tensors(tmp_path):
+    import gguf
+
+    path = _gguf_with_arrays(tmp_path / "a.gguf")
+    fast, full = upstream.gguf_header_reader(path), gguf.GGUFReader(path)
+    assert fast.data_offset == full.data_offset
+    assert [(t.name, t.data_offset, t.tensor_type) for t in fast.tensors] == \
+        [(t.name, t.data_offset, t.tensor_type) for t in full.tensors]
+    assert (fast.tensors[0].data == full.tensors[0].data).all()
+    assert fast.fields["llama.rope.freq_base"].contents() == full.fields["llama.rope.freq_base"].contents() == 123.0
+    assert len(full.fields["tokenizer.ggml.tokens"].contents()) == 300
+    assert fast.fields["tokenizer.ggml.tokens"].contents() == []  # skipped: read as empty
+
+
+def test_gguf_unpermute_undoes_llama_cpps_q_k_permutation():
+    import numpy as np
+
+    heads, kv, dim = 4, 2, 8
+    q = np.arange(heads * dim * 16, dtype=np.float32).reshape(heads * dim, 16)
+    k = q[: kv * dim]
+
+    def permute(w, n):  # llama.cpp convert_hf_to_gguf.py's LlamaModel.permute
+        return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    config = {"num_attention_heads": heads, "num_key_value_heads": kv}
+    assert (upstream.gguf_unpermute("llama", config, "blk.0.attn_q.weight", permute(q, heads)) == q).all()
+    assert (upstream.gguf_unpermute("llama", config, "blk.0.attn_k.weight", permute(k, kv)) == k).all()
+    assert (upstream.gguf_unpermute("qwen2", config, "blk.0.attn_q.weight", q) == q).all()  # stored as is

@@ -7,7 +7,10 @@ shapes) all read this one table, so adding a family is one entry here. No torch:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from bench.errors import BenchError
 
 
 @dataclass(frozen=True)
@@ -91,3 +94,24 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 SUPPORTED = tuple(FAMILIES)
+
+
+def resolve_layers(layer: int | str, num_layers: int, n: int, label: str) -> list[int]:
+    """Indices of the block's layers. Relative layers place the block's start in 0..n-num_layers: first = 0,
+    last = the end, middle = 0.5, a fraction f = round(f * (n - num_layers)), halves rounding up."""
+    asked = layer
+    if isinstance(layer, str):
+        fraction = {"first": 0.0, "middle": 0.5, "last": 1.0}.get(layer)
+        fraction = float(layer) if fraction is None else fraction
+        layer = max(0, math.floor(fraction * (n - num_layers) + 0.5))
+    first = layer + n if layer < 0 else layer
+    if first < 0 or first + num_layers > n:
+        if isinstance(asked, str):  # a relative start is always in range: the block is longer than the model
+            raise BenchError(f"booster.num_layers={num_layers} is more than the {n} layers of {label}; "
+                             f"use booster.num_layers <= {n}")
+        span = f"layers {layer}..{layer + num_layers - 1}" if num_layers > 1 else f"layer {layer}"
+        raise BenchError(
+            f"booster.layer={layer} (num_layers={num_layers}) is out of range: {label} has {n} layers, "
+            f"so {span} does not exist; use booster.layer in 0..{n - num_layers} or {-n}..{-num_layers} (from the end)"
+        )
+    return list(range(first, first + num_layers))

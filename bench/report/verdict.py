@@ -14,6 +14,7 @@ count as a reproduction.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -205,4 +206,8 @@ def deviations(run: pd.Series, task: str, model: str, variant: str) -> str:
                 if k in ref.index and _same(run.get(k)) != _same(ref[k])]
         if diff:
             out.append(f"{group}: " + ", ".join(diff[:3]) + (f" +{len(diff) - 3} more" if len(diff) > 3 else ""))
+    quant = _same(run.get("llm.quant"))
+    bits = re.match(r"I?Q(\d)", quant)
+    if bits:  # a GGUF layer stored quantized; the paper's LLaMA-7B layer is fp16
+        out.append(f"LLM weights: {bits.group(1)}-bit quantized weights ({quant}; paper fp16)")
     return "; ".join(out)

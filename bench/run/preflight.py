@@ -13,9 +13,10 @@ from bench.models.registry import VARIANTS
 
 
 def _is_hub_id(source: str) -> bool:
+    from bench.models.gguf_file import PACKAGED
     from bench.models.llm import MINILM
 
-    return source != MINILM and not Path(source).expanduser().exists()
+    return source != MINILM and source not in PACKAGED and not Path(source).expanduser().exists()
 
 
 def check_tasks(runs: Iterable[RunConfig]) -> None:

@@ -32,6 +32,8 @@ LLM = {  # what was loaded, whatever the config said (bench.models.llm)
     "llm.source": pa.string(), "llm.file_hash": pa.string(), "llm.model_type": pa.string(),
     "llm.layers": pa.string(), "llm.hidden_size": pa.int64(), "llm.num_hidden_layers": pa.int64(),
     "llm.params": pa.int64(),
+    # GGUF files: general.name / organization / license, and the storage type of the layer's weights (e.g. Q4_1)
+    "llm.gguf_name": pa.string(), "llm.organization": pa.string(), "llm.license": pa.string(), "llm.quant": pa.string(),
 }
 DATA = {"data.md5": pa.string(), "data.fixture": pa.bool_(), "data_cached": pa.bool_(), "data_s": pa.float64()}
 EXECUTION = {

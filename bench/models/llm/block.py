@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import math
 
 import torch
 from torch import nn
 
 from bench.config import BoosterConfig
 from bench.errors import BenchError
-from bench.models.llm.checkpoint import Checkpoint, count_params, read_block_tensors
-from bench.models.families import Family
+from bench.models import gguf_file
+from bench.models.llm.checkpoint import Checkpoint, count_params, read_block_tensors, sha256
+from bench.models.families import Family, resolve_layers
 from bench.models.llm.source import Source, load_config
 from bench.models.registry import VARIANTS
 from bench.upstream import hf_init_weights, opt_final_norm
@@ -158,27 +158,6 @@ def _head_dim(config) -> int:
     return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
 
-def _resolve_layers(layer: int | str, num_layers: int, n: int, label: str) -> list[int]:
-    """Indices of the block's layers. Relative layers place the block's start in 0..n-num_layers: first = 0,
-    last = the end, middle = 0.5, a fraction f = round(f * (n - num_layers)), halves rounding up."""
-    asked = layer
-    if isinstance(layer, str):
-        fraction = {"first": 0.0, "middle": 0.5, "last": 1.0}.get(layer)
-        fraction = float(layer) if fraction is None else fraction
-        layer = max(0, math.floor(fraction * (n - num_layers) + 0.5))
-    first = layer + n if layer < 0 else layer
-    if first < 0 or first + num_layers > n:
-        if isinstance(asked, str):  # a relative start is always in range: the block is longer than the model
-            raise BenchError(f"booster.num_layers={num_layers} is more than the {n} layers of {label}; "
-                             f"use booster.num_layers <= {n}")
-        span = f"layers {layer}..{layer + num_layers - 1}" if num_layers > 1 else f"layer {layer}"
-        raise BenchError(
-            f"booster.layer={layer} (num_layers={num_layers}) is out of range: {label} has {n} layers, "
-            f"so {span} does not exist; use booster.layer in 0..{n - num_layers} or {-n}..{-num_layers} (from the end)"
-        )
-    return list(range(first, first + num_layers))
-
-
 def _random_init(block: LLMBlock, family: Family, config, seed: int) -> None:
     """The family's own `_init_weights`, post-order like transformers, under a private RNG state."""
     pre_cls = getattr(importlib.import_module(family.module), family.pretrained_cls)
@@ -206,7 +185,7 @@ def _plan(b: BoosterConfig):
         raise ValueError(f"an LLM block needs an rllm BoosterConfig resolved by bench.config.resolve, got {b}")
     src = Source(b.source, b.revision)
     config, family = load_config(src)
-    indices = _resolve_layers(b.layer, b.num_layers, int(config.num_hidden_layers), src.label)
+    indices = resolve_layers(b.layer, b.num_layers, int(config.num_hidden_layers), src.label)
     no_final = family.final_norm is None or (config.model_type == "opt" and not opt_final_norm(config))
     if b.llm_norm == "pretrained" and no_final:
         why = ("BERT has no final norm: each of its layers already ends in a LayerNorm"
@@ -226,22 +205,27 @@ def load_llm_block(b: BoosterConfig, seed: int = 0) -> LLMBlock:
     `b` is resolved (`bench.config.resolve` validates every field and fills the R-LLM defaults). init=pretrained
     reads only these layers' tensors (and the final norm or position table, if asked for); init=random reads
     none and uses the family's own `_init_weights`, seeded with `seed` without touching the global RNG.
-    `info` records llm.source (hub id@commit sha, or the absolute directory), llm.file_hash (sha256 of the shard
-    file(s) read, comma-joined; "" for init=random), llm.model_type, llm.layers ("30,31"), llm.hidden_size,
-    llm.num_hidden_layers and llm.params (the whole checkpoint's, from safetensors headers; None if unreachable).
+    `info` records llm.source (hub id@commit sha, or the absolute directory or GGUF file), llm.file_hash (sha256 of
+    the shard file(s) read, comma-joined; "" for init=random), llm.model_type, llm.layers ("30,31"), llm.hidden_size,
+    llm.num_hidden_layers and llm.params (the whole checkpoint's, from safetensors headers; None if unreachable);
+    a GGUF file adds its general.name, organization and license, and llm.quant (the layer's weight storage types).
     """
     src, config, family, indices = _plan(b)
     dtype = DTYPES[b.dtype]
     block = LLMBlock(family, config, indices, b)
-    ckpt = None
+    ckpt, quant = None, ""
     if b.init == "random":
         _random_init(block, family, config, seed)
         block.to(dtype)
         file_hash = ""
     else:
-        ckpt = Checkpoint(src)
         shapes = {k: t.shape for k, t in block.state_dict(keep_vars=True).items()}
-        sd, file_hash = read_block_tensors(src, ckpt, family, indices, shapes, dtype)
+        if src.gguf is not None:
+            sd, quant = gguf_file.read_block_tensors(src.header, indices, shapes, dtype)
+            file_hash = sha256(src.gguf)
+        else:
+            ckpt = Checkpoint(src)
+            sd, file_hash = read_block_tensors(src, ckpt, family, indices, shapes, dtype)
         block.load_state_dict(sd, strict=True, assign=True)
     left = [k for k, t in list(block.named_parameters()) + list(block.named_buffers()) if t.is_meta]
     if left:
@@ -253,6 +237,10 @@ def load_llm_block(b: BoosterConfig, seed: int = 0) -> LLMBlock:
         "llm.layers": ",".join(map(str, indices)),
         "llm.hidden_size": int(config.hidden_size),
         "llm.num_hidden_layers": int(config.num_hidden_layers),
-        "llm.params": count_params(src, ckpt, family),
+        "llm.params": src.header.params if src.gguf is not None else count_params(src, ckpt, family),
     }
+    if src.gguf is not None:  # provenance of a GGUF file: its own metadata and how the layer's weights are stored
+        h = src.header
+        block.info.update({"llm.gguf_name": h.name, "llm.organization": h.organization, "llm.license": h.license,
+                           "llm.quant": quant})
     return block

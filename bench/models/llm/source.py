@@ -1,4 +1,4 @@
-"""Where an LLM comes from: the packaged MiniLM, a local folder or a hub repo pinned to one commit.
+"""Where an LLM comes from: the packaged MiniLM, a GGUF file, a local folder or a hub repo pinned to one commit.
 
 Every file the other modules read goes through `Source.path`, so a hub model downloads only the files asked
 for (config.json, the index, the shards holding the wanted tensors), and every user mistake about a source
@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
 
 from bench.errors import BenchError
+from bench.models import gguf_file
 from bench.models.llm.checkpoint import SINGLE_FILE
 from bench.models.families import FAMILIES, SUPPORTED
 
@@ -58,7 +59,8 @@ def _download_hint(repo_id: str) -> str:
 
 
 class Source:
-    """`minilm-l6`, a local directory, or a hub id pinned to one commit; `path(name)` gives a local file.
+    """`minilm-l6`, a GGUF file (`smollm2-135m`, a .gguf path, a folder holding one), a local directory, or a hub id
+    pinned to one commit; `path(name)` gives a local file (none for a GGUF source: `gguf` is its one file).
 
     A directory holds config.json + model.safetensors, or model-0000x-of-0000y.safetensors shards +
     model.safetensors.index.json (what `save_pretrained` / `hf download` write), or the same as PyTorch files
@@ -71,6 +73,12 @@ class Source:
         self.commit: str | None = None
         self.root: Path | None = None
         self.fetched: dict[str, Path] = {}  # hub files downloaded so far
+        self.gguf = gguf_file.find(source)
+        if self.gguf is not None:
+            if revision:
+                raise BenchError(f"booster.revision applies to hub ids only; drop it for booster.source={source} (GGUF)")
+            self.header = gguf_file.read_header(self.gguf)
+            return
         if source == MINILM:
             if revision:
                 raise BenchError("booster.revision applies to hub ids only; drop it for booster.source=minilm-l6")
@@ -90,7 +98,7 @@ class Source:
             what = "is a file, not a directory" if p.exists() else "does not exist"
             raise BenchError(
                 f"booster.source={source} {what}; give a directory with config.json + *.safetensors (or *.bin), "
-                "a hub id (org/name) or minilm-l6"
+                f"a .gguf file, a hub id (org/name), or one of {', '.join([MINILM, *gguf_file.PACKAGED])}"
             )
         self.repo_id = source
         cfg = self._fetch(CONFIG_FILE, revision)
@@ -101,10 +109,14 @@ class Source:
 
     @property
     def label(self) -> str:
+        if self.gguf is not None:
+            return str(self.gguf)
         return f"{self.repo_id}@{self.commit}" if self.repo_id else str(self.root)
 
     def path(self, name: str) -> Path | None:
         """The local path of file `name` of the model, or None when the model has no such file."""
+        if self.gguf is not None:
+            return None
         if self.root is not None:
             f = self.root / name
             return f if f.is_file() else None
@@ -156,6 +168,8 @@ class Source:
             ) from None
 
     def config_dict(self) -> dict:
+        if self.gguf is not None:
+            return dict(self.header.config)
         p = self.path(CONFIG_FILE)
         if p is None:
             raise BenchError(f"booster.source={self.label} has no config.json; it must be a transformers model folder")
