@@ -36,64 +36,83 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+FAMILIES = {"llama": ("llama", "LlamaConfig", "tiny llama"), "qwen2": ("qwen2", "Qwen2Config", "tiny qwen2"),
+            "mistral": ("llama", "MistralConfig", "tiny Mistral")}  # llama.cpp writes Mistral as llama
+
+
 @pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory):
-    """(gguf file, save_pretrained folder) of one random 3-layer LLaMA: its matrices stored Q4_1 in the GGUF, and
-    their dequantized values in the folder."""
+def make_pair(tmp_path_factory):
+    """`make_pair(family) -> (gguf file, save_pretrained folder)` of one random 3-layer model: its matrices stored
+    Q4_1 in the GGUF (q/k rows in llama.cpp's order for llama files), their dequantized values in the folder."""
     import transformers
 
-    base = tmp_path_factory.mktemp("tiny-gguf")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(**DIMS)
-    model = transformers.LlamaForCausalLM(config)
-    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    w = gguf.GGUFWriter(base / "tiny.gguf", "llama")
-    w.add_name("tiny llama")
-    w.add_organization("bench tests")
-    w.add_license("apache-2.0")
-    w.add_context_length(DIMS["max_position_embeddings"])
-    w.add_embedding_length(DIMS["hidden_size"])
-    w.add_block_count(DIMS["num_hidden_layers"])
-    w.add_feed_forward_length(DIMS["intermediate_size"])
-    w.add_head_count(DIMS["num_attention_heads"])
-    w.add_head_count_kv(DIMS["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(DIMS["rms_norm_eps"])
-    w.add_rope_freq_base(DIMS["rope_theta"])
-    w.add_rope_dimension_count(DIMS["head_dim"])
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-    saved = {}
-    for hf, value in sd.items():
-        if hf == "lm_head.weight":
-            continue
-        if hf == "model.embed_tokens.weight":
-            gname = "token_embd.weight"
-        elif hf == "model.norm.weight":
-            gname = "output_norm.weight"
-        else:
-            i, rest = hf.removeprefix("model.layers.").split(".", 1)
-            gname = f"blk.{i}.{names[rest.removesuffix('.weight')]}.weight"
-        if value.ndim == 2 and "token_embd" not in gname:  # matrices quantized, as in the packaged file
-            stored = value
-            if gname.endswith("attn_q.weight"):
-                stored = llama_cpp_permute(value, DIMS["num_attention_heads"])
-            elif gname.endswith("attn_k.weight"):
-                stored = llama_cpp_permute(value, DIMS["num_key_value_heads"])
-            w.add_tensor(gname, gguf.quants.quantize(stored, QUANT), raw_dtype=QUANT)
-            # what the file holds, in transformers' row order: Q4_1 blocks run along rows, so they commute with
-            # llama.cpp's row permutation
-            value = gguf.quants.dequantize(gguf.quants.quantize(value, QUANT), QUANT)
-        else:
-            w.add_tensor(gname, value)
-        saved[hf] = torch.from_numpy(np.ascontiguousarray(value))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    model.load_state_dict({**saved, "lm_head.weight": saved["model.embed_tokens.weight"]})
-    model.save_pretrained(base / "hf")
-    return base / "tiny.gguf", base / "hf"
+    made = {}
+
+    def make(family: str):
+        if family in made:
+            return made[family]
+        arch, cls, title = FAMILIES[family]
+        base = tmp_path_factory.mktemp(f"tiny-gguf-{family}")
+        torch.manual_seed(0)
+        config = getattr(transformers, cls)(**DIMS)
+        model = transformers.AutoModelForCausalLM.from_config(config)
+        sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        w = gguf.GGUFWriter(base / "tiny.gguf", arch)
+        w.add_name(title)
+        w.add_organization("bench tests")
+        w.add_license("apache-2.0")
+        w.add_context_length(DIMS["max_position_embeddings"])
+        w.add_embedding_length(DIMS["hidden_size"])
+        w.add_block_count(DIMS["num_hidden_layers"])
+        w.add_feed_forward_length(DIMS["intermediate_size"])
+        w.add_head_count(DIMS["num_attention_heads"])
+        w.add_head_count_kv(DIMS["num_key_value_heads"])
+        w.add_layer_norm_rms_eps(DIMS["rms_norm_eps"])
+        w.add_rope_freq_base(DIMS["rope_theta"])
+        w.add_rope_dimension_count(DIMS["head_dim"])
+        names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                 "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                 "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+        saved = {}
+        for hf, value in sd.items():
+            if hf == "lm_head.weight":
+                continue
+            if hf == "model.embed_tokens.weight":
+                gname = "token_embd.weight"
+            elif hf == "model.norm.weight":
+                gname = "output_norm.weight"
+            else:
+                i, rest = hf.removeprefix("model.layers.").split(".", 1)
+                stem, kind = rest.rsplit(".", 1)
+                gname = f"blk.{i}.{names[stem]}.{kind}"
+            if value.ndim == 2 and "token_embd" not in gname:  # matrices quantized, as in the packaged file
+                stored = value
+                if arch == "llama" and ".attn_q." in gname:
+                    stored = llama_cpp_permute(value, DIMS["num_attention_heads"])
+                elif arch == "llama" and ".attn_k." in gname:
+                    stored = llama_cpp_permute(value, DIMS["num_key_value_heads"])
+                w.add_tensor(gname, gguf.quants.quantize(stored, QUANT), raw_dtype=QUANT)
+                # what the file holds, in transformers' row order: Q4_1 blocks run along rows, so they commute with
+                # llama.cpp's row permutation
+                value = gguf.quants.dequantize(gguf.quants.quantize(value, QUANT), QUANT)
+            else:
+                w.add_tensor(gname, value)
+            saved[hf] = torch.from_numpy(np.ascontiguousarray(value))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        model.load_state_dict({**saved, "lm_head.weight": saved["model.embed_tokens.weight"]})
+        model.save_pretrained(base / "hf")
+        made[family] = base / "tiny.gguf", base / "hf"
+        return made[family]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(make_pair):
+    return make_pair("llama")
 
 
 @pytest.mark.parametrize("knobs", [
@@ -101,8 +120,10 @@ def tiny_pair(tmp_path_factory):
     dict(layer=-1, pos_emb="rope"), dict(layer=0, mask="causal"), dict(layer=-1, llm_norm="pretrained"),
     dict(layer=-1, init="random"), dict(layer=-1, freeze="finetune", lr_mult=0.1),
 ])
-def test_gguf_layer_equals_the_same_tensors_saved_by_save_pretrained(tiny_pair, knobs):
-    path, hf = tiny_pair
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gguf_layer_equals_the_same_tensors_saved_by_save_pretrained(make_pair, family, knobs):
+    path, hf = make_pair(family)
+    knobs = dict(knobs)
     layer = knobs.pop("layer")
     a, b = load_llm_block(booster(path, layer, **knobs), seed=3), load_llm_block(booster(hf, layer, **knobs), seed=3)
     sa, sb = a.state_dict(), b.state_dict()
@@ -114,8 +135,8 @@ def test_gguf_layer_equals_the_same_tensors_saved_by_save_pretrained(tiny_pair, 
         assert torch.equal(a(x), b(x))
     assert a.info["llm.layers"] == b.info["llm.layers"]
     assert a.info["llm.quant"] == ("" if knobs.get("init") == "random" else "Q4_1")
-    assert a.info["llm.gguf_name"] == "tiny llama" and a.info["llm.organization"] == "bench tests"
-    assert a.info["llm.license"] == "apache-2.0" and a.info["llm.model_type"] == "llama"
+    assert a.info["llm.gguf_name"] == FAMILIES[family][2] and a.info["llm.organization"] == "bench tests"
+    assert a.info["llm.license"] == "apache-2.0" and a.info["llm.model_type"] == family == b.info["llm.model_type"]
 
 
 def test_gguf_reads_only_the_layer(tiny_pair, monkeypatch):
@@ -184,7 +205,7 @@ def test_bad_gguf_sources_are_one_line_and_write_nothing(tiny_pair, tmp_path, fi
     gemma = _write_gguf(tmp_path / "gemma.gguf", "gemma3", {"blk.0.attn_norm.weight": np.ones(8, np.float32)})
     cases = {
         str(truncated): "truncated",
-        str(gemma): "architecture gemma3; supported GGUF architectures: llama, qwen2, mistral",
+        str(gemma): "architecture gemma3; supported GGUF architectures: llama (Mistral files included), qwen2",
         f"{path}:layer=7": "out of range",
     }
     for spec, words in cases.items():

