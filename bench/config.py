@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from bench.data.info import task_spec
 from bench.errors import BenchError
-from bench.models.registry import BACKBONES, VARIANTS, archs
+from bench.models.registry import BACKBONES, RESIDUALS, VARIANTS, archs
 
 
 def knob(default, *, choices: tuple = (), gt: float | None = None, ge: float | None = None,
@@ -76,7 +76,7 @@ class BoosterConfig:
     layer: int | str = -1  # first layer of the block: an index (negative from the end), first | middle | last,
     # or a fraction of the depth in [0, 1] (0.5 = the middle layer)
     num_layers: int = knob(1, ge=0)  # consecutive layers starting at `layer`
-    residual: str | None = knob(None, choices=("in", "out", "hybrid", "none"))  # rllm; default in
+    residual: str | None = knob(None, choices=RESIDUALS)  # rllm; default in
     llm_norm: str | None = knob(None, choices=("none", "unit", "pretrained"))  # rllm; default unit
     freeze: str | None = knob(None, choices=("frozen", "finetune"))  # rllm; default frozen
     lr_mult: float | None = knob(None, gt=0)  # layer lr multiplier (finetune only; default 1.0)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.models.registry import VARIANTS
-
-RESIDUALS = ("in", "out", "hybrid", "none")
+from bench.models.registry import RESIDUALS, VARIANTS
 
 
 class Booster(nn.Module):

@@ -86,6 +86,9 @@ def archs(dims: int | None = None) -> list[str]:
     return [name for name, b in BACKBONES.items() if dims is None or dims in b.dims]
 
 
+RESIDUALS = ("in", "out", "hybrid", "none")  # booster.residual: how FL's input and output join (bench/models/booster.py)
+
+
 @dataclass(frozen=True)
 class Variant:
     """One booster variant: what it takes from an LLM and how its booster is wired.
@@ -100,7 +103,23 @@ class Variant:
 
     @property
     def has_layer(self) -> bool:
+        """Its booster runs LLM layers (FL): the booster.* LLM knobs (layer, init, freeze, residual...) apply."""
         return self.llm == "layers"
+
+    @property
+    def is_baseline(self) -> bool:
+        """No booster at all: the ViT alone, what every other variant is compared with."""
+        return self.llm == "none"
+
+    @property
+    def needs_llm(self) -> bool:
+        """It reads an LLM (booster.source): its width for FE/FD, and its layers if `has_layer`."""
+        return self.llm != "none"
+
+    @property
+    def is_capacity_control(self) -> bool:
+        """FE/FD sized to an LLM's width with no LLM layer: what a layer variant is compared with for capacity."""
+        return self.llm == "width"
 
 
 VARIANTS: dict[str, Variant] = {
@@ -109,3 +128,29 @@ VARIANTS: dict[str, Variant] = {
     "mlp": Variant("width", "none", note="FD(FE z): the paper's +MLP control"),
     "rllm": Variant("layers", note="FD(FL(FE z) ...) wired by booster.residual"),
 }
+
+
+def variants(test: Callable[[Variant], bool]) -> list[str]:
+    """The names of the registered variants that pass `test`, e.g. variants(lambda v: v.has_layer)."""
+    return [name for name, v in VARIANTS.items() if test(v)]
+
+
+def baseline() -> str:
+    """The name of the variant without a booster (booster.variant's default)."""
+    return variants(lambda v: v.is_baseline)[0]
+
+
+def wiring_without_layer(residual: str) -> str:
+    """What a residual wiring becomes with FL = identity: FD is linear, so FD(FE z + FE z) is FD(FE z) up to a
+    factor; only the outer residual (+ z after FD, out/hybrid) is left: "out" for out/hybrid, else "none"."""
+    if residual not in RESIDUALS:
+        raise ValueError(f"residual {residual!r} is not one of {', '.join(RESIDUALS)}")
+    return "out" if residual in ("out", "hybrid") else "none"
+
+
+def capacity_control(residual: str) -> str | None:
+    """The capacity control of a layer variant wired by `residual`: the variant with the same FE/FD and no LLM
+    layer whose wiring is `residual`'s without the layer (mlp for in/none, adapters for out/hybrid); None if
+    none is registered."""
+    wiring = wiring_without_layer(residual)
+    return next(iter(variants(lambda v: v.is_capacity_control and v.wiring == wiring)), None)
