@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from bench.data.info import task_spec
 from bench.errors import BenchError
-from bench.models.registry import BACKBONES, RESIDUALS, VARIANTS, archs
+from bench.models.registry import BACKBONES, RESIDUALS, VARIANTS, archs, variants
 
 
 def knob(default, *, choices: tuple = (), gt: float | None = None, ge: float | None = None,
@@ -379,9 +379,9 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         if set_knobs:
             raise BenchError(
                 f"booster.{set_knobs[0]} has no meaning for variant={b.variant} (no LLM layer); "
-                f"remove it or use booster.variant={next(n for n, v in VARIANTS.items() if v.has_layer)}"
+                f"remove it or use booster.variant={variants(lambda v: v.has_layer)[0]}"
             )
-        if variant.llm == "none":
+        if variant.is_baseline:
             b = dataclasses.replace(b, source=None, revision=None, layer=0, num_layers=0, dtype="fp32", bias=True,
                                     adapter_init="default")
         else:  # adapters and mlp take only the LLM's width: one run per LLM, whatever layer the grid sweeps
@@ -395,7 +395,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
             raise BenchError("booster.lr_mult only applies to a fine-tuned layer; set booster.freeze=finetune or drop it")
         if b.init == "random" and b.llm_norm == "pretrained":
             raise BenchError("booster.llm_norm=pretrained loads trained weights into a random-init block; use unit or none")
-    if variant.llm != "none":
+    if variant.needs_llm:
         if not b.source:
             raise BenchError(f"variant={b.variant} needs booster.source (a hub id, a local directory or minilm-l6)")
         if variant.has_layer and b.num_layers < 1:

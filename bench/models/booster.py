@@ -30,7 +30,7 @@ class Booster(nn.Module):
         own wiring and takes neither."""
         super().__init__()
         v = VARIANTS[variant]
-        if v.llm == "none" or (llm is not None) != v.has_layer or (residual is not None) != v.has_layer:
+        if v.is_baseline or (llm is not None) != v.has_layer or (residual is not None) != v.has_layer:
             takes = "an LLM layer and a residual" if v.has_layer else "neither an LLM layer nor a residual"
             raise ValueError(f"variant {variant} takes {takes}")
         residual = residual if v.has_layer else v.wiring
