@@ -23,7 +23,7 @@ def toy_vit(vit, size, patch, in_chans, num_classes, is_3d):
                              embed_dim=48, depth=vit.depth, num_heads=2, mlp_ratio=2.0)
 
 
-TOY = Backbone(toy_vit, dims=(2,), width=48, heads=2, attention=48, mlp=96, depth=3, sizes=(28,))
+TOY = Backbone(f"{__name__}:toy_vit", dims=(2,), width=48, heads=2, attention=48, mlp=96, depth=3, sizes=(28,))
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 The config's rules (`vit.arch`, `booster.variant`, the 2D/3D rule, the default depth, the sizes), the cost
 estimate (bench/cost.py), the model builder and `bench list` all read these tables, so adding a backbone is one
 `Backbone` entry in BACKBONES and adding a variant one `Variant` in VARIANTS (LLM families: one `Family` in
-bench/models/families.py). No torch here: the config and the
-cost estimate import this module; a builder imports its model code when it is called.
+bench/models/families.py). No torch here, and no import of the model code: the config and the
+cost estimate import this module, and a backbone names its builder ("module:function"), which
+bench/models/backbones.py imports when it builds one.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ def auto_patch(size: int) -> int:
 class Backbone:
     """One backbone: how to build it and everything the config and the cost estimate need to know about it.
 
-    `build(vit, size, patch, in_chans, num_classes, is_3d)` gets the resolved `VitConfig` (depth filled) and
-    returns a module with timm's interface (`forward_features`, `forward_head`, `embed_dim`) whose attribute
-    `booster_site` names an `nn.Sequential` the booster is appended to."""
+    `build` names its builder as "module:function" (imported only when a model is built, so this table imports
+    no model code): `function(vit, size, patch, in_chans, num_classes, is_3d)` gets the resolved `VitConfig`
+    (depth filled) and returns a module with timm's interface (`forward_features`, `forward_head`, `embed_dim`)
+    whose attribute `booster_site` names an `nn.Sequential` the booster is appended to."""
 
-    build: Callable
+    build: str
     dims: tuple[int, ...]  # (2, 3): images and (with 3D patches) volumes; (3,): volumes only
     width: int  # embedding width
     heads: int
@@ -43,27 +45,13 @@ class Backbone:
     note: str = ""  # for the docs and `bench list`
 
 
-def _timm_vit(vit, size, patch, in_chans, num_classes, is_3d):
-    from bench.models.backbones import timm_vit
-
-    return timm_vit(vit, size, patch, in_chans, num_classes, is_3d)
-
-
-def _lai(vit, size, patch, in_chans, num_classes, is_3d):
-    from bench.models.backbones3d import build_lai_backbone
-
-    entry = BACKBONES[vit.arch]
-    return build_lai_backbone(entry.width, entry.factorised, vit.depth, size, patch, in_chans, num_classes,
-                              vit.drop_path)
-
-
 def _timm(width: int, weights: str) -> Backbone:
-    return Backbone(_timm_vit, (2, 3), width, width // 64, width, 4 * width, 12, weights=weights,
+    return Backbone("bench.models.backbones:timm_vit", (2, 3), width, width // 64, width, 4 * width, 12, weights=weights,
                     note="timm ViT (2D; 3D over Conv3d patches)")
 
 
 def _lai_entry(width: int, depth: int, factorised: bool) -> Backbone:
-    return Backbone(_lai, (3,), width, 8, 8 * 64, width, depth, sizes=(28, 64), embed_input_grad=True,
+    return Backbone("bench.models.backbones3d:lai_backbone", (3,), width, 8, 8 * 64, width, depth, sizes=(28, 64), embed_input_grad=True,
                     factorised=factorised, booster_site="booster_site" if factorised else "blocks",
                     note="Lai et al.'s " + ("factorised ViViT" if factorised else "3D ViT"))
 
