@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from bench.data.info import task_spec
 from bench.errors import BenchError
-from bench.models.registry import BACKBONES, RESIDUALS, VARIANTS, archs, variants
+from bench.models.registry import BACKBONES, RESIDUALS, VARIANTS, archs, layer_variants
 
 
 def knob(default, *, choices: tuple = (), gt: float | None = None, ge: float | None = None,
@@ -379,7 +379,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         if set_knobs:
             raise BenchError(
                 f"booster.{set_knobs[0]} has no meaning for variant={b.variant} (no LLM layer); "
-                f"remove it or use booster.variant={variants(lambda v: v.has_layer)[0]}"
+                f"remove it or use booster.variant={layer_variants()[0]}"
             )
         if variant.is_baseline:
             b = dataclasses.replace(b, source=None, revision=None, layer=0, num_layers=0, dtype="fp32", bias=True,

@@ -11,7 +11,6 @@ bench/models/backbones.py imports when it builds one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 PAPER_SIZE, PAPER_PATCH = 224, 16  # vit.paper_mode: the paper's ViT-S sees 224-px images in 16-px patches
 
@@ -118,27 +117,26 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def variants(test: Callable[[Variant], bool]) -> list[str]:
-    """The names of the registered variants that pass `test`, e.g. variants(lambda v: v.has_layer)."""
-    return [name for name, v in VARIANTS.items() if test(v)]
+def baselines() -> list[str]:
+    """The variants without a booster (booster.variant's default among them)."""
+    return [name for name, v in VARIANTS.items() if v.is_baseline]
 
 
-def baseline() -> str:
-    """The name of the variant without a booster (booster.variant's default)."""
-    return variants(lambda v: v.is_baseline)[0]
+def layer_variants() -> list[str]:
+    """The variants whose booster runs LLM layers, in registry order (the paper's R-LLM first)."""
+    return [name for name, v in VARIANTS.items() if v.has_layer]
 
 
-def wiring_without_layer(residual: str) -> str:
-    """What a residual wiring becomes with FL = identity: FD is linear, so FD(FE z + FE z) is FD(FE z) up to a
-    factor; only the outer residual (+ z after FD, out/hybrid) is left: "out" for out/hybrid, else "none"."""
-    if residual not in RESIDUALS:
-        raise ValueError(f"residual {residual!r} is not one of {', '.join(RESIDUALS)}")
-    return "out" if residual in ("out", "hybrid") else "none"
+def without_layer(residual: str) -> str:
+    """The wiring a residual leaves when FL is the identity: FD is linear, so FD(FE z + FE z) is FD(FE z) up to a
+    factor and only the outer residual (+ z after FD) is left: in -> none, hybrid -> out (out, none and anything
+    else, e.g. a missing value, unchanged)."""
+    return {"in": "none", "hybrid": "out"}.get(residual, residual)
 
 
 def capacity_control(residual: str) -> str | None:
     """The capacity control of a layer variant wired by `residual`: the variant with the same FE/FD and no LLM
     layer whose wiring is `residual`'s without the layer (mlp for in/none, adapters for out/hybrid); None if
-    none is registered."""
-    wiring = wiring_without_layer(residual)
-    return next(iter(variants(lambda v: v.is_capacity_control and v.wiring == wiring)), None)
+    none is registered (or `residual` is not a residual)."""
+    wiring = without_layer(residual)
+    return next((name for name, v in VARIANTS.items() if v.is_capacity_control and v.wiring == wiring), None)
