@@ -294,7 +294,7 @@ def _run_table(grid_runs, ids: list[str], status: dict, why: dict | None = None)
     print(head + ("  why" if why else ""))
     for cfg, rid in zip(grid_runs, ids):
         b, variant = cfg.booster, VARIANTS[cfg.booster.variant]
-        llm = Path(b.source).name if b.source and variant.needs_llm else "-"
+        llm = Path(b.source).name if b.source and variant.llm != "none" else "-"
         layer = str(b.layer) if variant.has_layer else "-"
         line = (f"{rid:<16}  {status.get(rid) or '-':<7} {cfg.label[:14]:<14} {cfg.data.task:<20} {cfg.data.size:>4} "
                 f"{cfg.vit.arch[:8]:<8} {llm[:22]:<22} {layer:>5} {cfg.seed:>4}")
