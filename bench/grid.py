@@ -134,7 +134,7 @@ def _extended(entry: Any, folder: Path, where: str, chain: tuple[Path, ...]) -> 
 
 
 def _dotted(overrides: Mapping) -> dict:
-    """Sections as dotted keys ({train: {lr: x}} -> {train.lr: x}), so a recipe and the keys over it merge key by key."""
+    """Sections as dotted keys ({train: {lr: x}} -> {train.lr: x}): a recipe and the keys over it merge key by key."""
     out: dict = {}
     for key, value in overrides.items():
         if isinstance(value, Mapping):

@@ -94,7 +94,8 @@ def deep(monkeypatch):
 
 def test_a_new_variant_is_a_choice_with_its_rules_and_its_registry_properties(made_up, tiny_llm):
     assert (MADE_UP.needs_llm, MADE_UP.has_layer, MADE_UP.is_baseline) == (True, False, False)
-    with pytest.raises(BenchError, match=r"booster.variant='nope' is not one of baseline, adapters, mlp, rllm, made-up$"):
+    with pytest.raises(BenchError, match=r"booster.variant='nope' is not one of baseline, adapters, mlp, rllm, "
+                                         r"made-up$"):
         override(RunConfig(), {"booster.variant": "nope"})
     with pytest.raises(BenchError, match=r"^variant=made-up needs booster.source"):
         resolve(override(RunConfig(), {"booster.variant": made_up, "booster.source": None}))
@@ -147,3 +148,24 @@ def test_a_new_layer_variant_is_priced_listed_and_described_as_one(deep, tiny_ll
     assert cli.main(["list", "--grid", str(grid), "--results", str(tmp_path / "results")]) == 0
     row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.split()[1:3] == ["-", "mine"])
     assert row[6:8] == [src.name[:22], "-1"]
+
+
+@pytest.mark.parametrize("residual", ["in", "out", "hybrid", "none"])
+def test_a_capacity_control_is_its_layer_variant_with_the_layer_the_identity(residual):
+    """capacity_control(residual), derived from the wirings, computes what the layer variant wired by `residual`
+    computes with FL = identity, once FE is scaled for the inner residual (FL(h) + h = 2h)."""
+    from torch import nn
+
+    from bench.models.booster import Booster
+
+    torch.manual_seed(0)
+    z = torch.randn(2, 5, 8)
+    layered = Booster(8, 4, "rllm", residual, nn.Identity())
+    control = Booster(8, 4, capacity_control(residual))
+    scale = 2.0 if residual in ("in", "hybrid") else 1.0
+    with torch.no_grad():
+        control.fe.weight.copy_(scale * layered.fe.weight)
+        control.fe.bias.copy_(scale * layered.fe.bias)
+        control.fd.load_state_dict(layered.fd.state_dict())
+    torch.testing.assert_close(control(z), layered(z))
+    assert capacity_control(residual) == {"in": "mlp", "none": "mlp", "out": "adapters", "hybrid": "adapters"}[residual]

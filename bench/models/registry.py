@@ -45,13 +45,14 @@ class Backbone:
 
 
 def _timm(width: int, weights: str) -> Backbone:
-    return Backbone("bench.models.backbones:timm_vit", (2, 3), width, width // 64, width, 4 * width, 12, weights=weights,
-                    note="timm ViT (2D; 3D over Conv3d patches)")
+    return Backbone("bench.models.backbones:timm_vit", (2, 3), width, width // 64, width, 4 * width, 12,
+                    weights=weights, note="timm ViT (2D; 3D over Conv3d patches)")
 
 
 def _lai_entry(width: int, depth: int, factorised: bool) -> Backbone:
-    return Backbone("bench.models.backbones3d:lai_backbone", (3,), width, 8, 8 * 64, width, depth, sizes=(28, 64), embed_input_grad=True,
-                    factorised=factorised, booster_site="booster_site" if factorised else "blocks",
+    return Backbone("bench.models.backbones3d:lai_backbone", (3,), width, 8, 8 * 64, width, depth, sizes=(28, 64),
+                    embed_input_grad=True, factorised=factorised,
+                    booster_site="booster_site" if factorised else "blocks",
                     note="Lai et al.'s " + ("factorised ViViT" if factorised else "3D ViT"))
 
 
@@ -73,7 +74,7 @@ def archs(dims: int | None = None) -> list[str]:
     return [name for name, b in BACKBONES.items() if dims is None or dims in b.dims]
 
 
-RESIDUALS = ("in", "out", "hybrid", "none")  # booster.residual: how FL's input and output join (bench/models/booster.py)
+RESIDUALS = ("in", "out", "hybrid", "none")  # booster.residual: how FL's input and output join (models/booster.py)
 
 
 @dataclass(frozen=True)
