@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from bench.data.info import task_spec
 from bench.errors import BenchError
-from bench.models.registry import BACKBONES, VARIANTS, archs
+from bench.models.registry import BACKBONES, RESIDUALS, VARIANTS, archs, layer_variants
 
 
 def knob(default, *, choices: tuple = (), gt: float | None = None, ge: float | None = None,
@@ -79,7 +79,7 @@ class BoosterConfig:
     layer: int | str = -1  # first layer of the block: an index (negative from the end), first | middle | last,
     # or a fraction of the depth in [0, 1] (0.5 = the middle layer)
     num_layers: int = knob(1, ge=0)  # consecutive layers starting at `layer`
-    residual: str | None = knob(None, choices=("in", "out", "hybrid", "none"))  # rllm; default in
+    residual: str | None = knob(None, choices=RESIDUALS)  # rllm; default in
     llm_norm: str | None = knob(None, choices=("none", "unit", "pretrained"))  # rllm; default unit
     freeze: str | None = knob(None, choices=("frozen", "finetune"))  # rllm; default frozen
     lr_mult: float | None = knob(None, gt=0)  # layer lr multiplier (finetune only; default 1.0)
@@ -382,9 +382,9 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         if set_knobs:
             raise BenchError(
                 f"booster.{set_knobs[0]} has no meaning for variant={b.variant} (no LLM layer); "
-                f"remove it or use booster.variant={next(n for n, v in VARIANTS.items() if v.has_layer)}"
+                f"remove it or use booster.variant={layer_variants()[0]}"
             )
-        if variant.llm == "none":
+        if variant.is_baseline:
             b = dataclasses.replace(b, source=None, revision=None, layer=0, num_layers=0, dtype="fp32", bias=True,
                                     adapter_init="default")
         else:  # adapters and mlp take only the LLM's width: one run per LLM, whatever layer the grid sweeps
@@ -398,7 +398,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
             raise BenchError("booster.lr_mult only applies to a fine-tuned layer; set booster.freeze=finetune or drop it")
         if b.init == "random" and b.llm_norm == "pretrained":
             raise BenchError("booster.llm_norm=pretrained loads trained weights into a random-init block; use unit or none")
-    if variant.llm != "none":
+    if variant.needs_llm:
         if not b.source:
             raise BenchError(f"variant={b.variant} needs booster.source (a hub id, a local directory or minilm-l6)")
         if variant.has_layer and b.num_layers < 1:

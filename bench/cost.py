@@ -224,7 +224,7 @@ def matmuls(cfg: ResolvedConfig) -> Matmuls | None:
     bb = backbone(cfg)
     b = cfg.booster
     variant = VARIANTS[b.variant]
-    if variant.llm == "none":
+    if variant.is_baseline:
         return bb.matmuls
     shape = llm_shape(b.source, b.revision)
     if shape is None:
@@ -269,14 +269,15 @@ def saved_params(cfg: RunConfig) -> int | None:
     block = 3 * w * attn + 3 * attn + attn * w + w + 2 * w * mlp + mlp + w + 4 * w  # qkv, proj, MLP, two norms
     n = (w * channels * patch**dims + w) + w + (n_patches + 1) * w + v.depth * block + 2 * w
     n += w * classes + classes
-    if b.variant == "baseline":
+    variant = VARIANTS[b.variant]
+    if variant.is_baseline:
         return n
     shape = llm_shape(b.source, b.revision)
     if shape is None:
         return None
     h = shape.hidden
     n += 2 * w * h + (h + w if b.bias else 0)
-    if b.variant == "rllm" and b.freeze == "finetune":
+    if variant.has_layer and b.freeze == "finetune":
         q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
         n += b.num_layers * (h * q + 2 * h * kv + q * h + h * shape.intermediate * (3 if shape.gated else 2))
     return n

@@ -120,6 +120,7 @@ def paper_step(device, opts: Options, tmp: Path, say: Callable[[str], None]) -> 
     from bench.data import task_spec, write_fixture
     from bench.data.loading import load_splits
     from bench.models import build
+    from bench.models.registry import layer_variants
     from bench.train import build_engine, precision, seed_everything
 
     gpu = device.type == "cuda"
@@ -133,7 +134,8 @@ def paper_step(device, opts: Options, tmp: Path, say: Callable[[str], None]) -> 
     splits = load_splits(spec, data, download=False, splits=("train", "val"))
     cfg = resolve(override(RunConfig(), {
         "vit.arch": "tiny" if opts.quick else "small", "vit.paper_mode": True, "vit.depth": 1 if opts.quick else 12,
-        "booster.variant": "rllm", "booster.source": str(llm), "booster.init": "random", "train.batch_size": batch}))
+        "booster.variant": layer_variants()[0], "booster.source": str(llm), "booster.init": "random",
+        "train.batch_size": batch}))
     what = (f"ViT-{'Ti, depth 1' if opts.quick else 'S'} at 224 px + a {'tiny' if opts.quick else 'LLaMA-7B'}-shaped "
             f"frozen layer (hidden {shape['hidden_size']}, MLP {shape['intermediate_size']}), batch {batch}, "
             f"{precision(device)}")

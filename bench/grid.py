@@ -8,6 +8,10 @@
     include:  [{variant: name, dotted.key: value}] extra runs (crossed with the seeds)
     runs:     [{dotted.key: value}] explicit points (each crossed with the axes, variants and seeds)
 
+Any of these override mappings (defaults, a runs or include entry, a variant) may say `extends: FILE` (or a list
+of files): a recipe, a YAML mapping of config keys relative to the grid's folder (ablations/recipes/), whose keys
+the mapping's own override.
+
 `--set` overrides are applied last, to every run (`--set VARIANT:key=value` to that variant's runs only, after the
 others). Runs with the same run id collapse into one
 (e.g. the baseline of a grid that crosses several LLMs).
@@ -69,20 +73,75 @@ def grid_path(name_or_path: str) -> Path:
 
 def load_grid(name_or_path: str, sets: Mapping[str, Any] | None = None) -> Grid:
     path = grid_path(name_or_path)
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        raise BenchError(f"{path}:{mark.line + 1}:{mark.column + 1}: malformed YAML ({e.problem}); fix that line") from None
-    except yaml.YAMLError as e:
-        raise BenchError(f"{path}: malformed YAML ({e})") from None
+    spec = _read_yaml(path)
     if not isinstance(spec, dict):
         raise BenchError(f"{path}: a grid is a YAML mapping with keys {', '.join(TOP_KEYS)}")
+    spec = _with_recipes(spec, path)
     runs, ids = _expand(spec, sets or {}, where=str(path))
     portable = spec.get("portable", False)
     if not isinstance(portable, bool):
         raise BenchError(f"{path}: 'portable' is true or false")
     return Grid(spec.get("name") or path.stem, path, runs, ids, portable)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        raise BenchError(f"{path}:{mark.line + 1}:{mark.column + 1}: malformed YAML ({e.problem}); fix that line") from None
+    except yaml.YAMLError as e:
+        raise BenchError(f"{path}: malformed YAML ({e})") from None
+
+
+def _with_recipes(spec: dict, path: Path) -> dict:
+    """The grid with the `extends:` of its override mappings (defaults, each runs and include entry, each
+    variant) merged in: a recipe shared by several grids is stated once, in a file of its own."""
+    out = dict(spec)
+    if isinstance(spec.get("defaults"), Mapping):
+        out["defaults"] = _extended(spec["defaults"], path.parent, f"{path} defaults", (path.resolve(),))
+    for key in ("runs", "include"):
+        if isinstance(spec.get(key), list):
+            out[key] = [_extended(e, path.parent, f"{path} {key}", (path.resolve(),)) for e in spec[key]]
+    if isinstance(spec.get("variants"), Mapping):
+        out["variants"] = {name: _extended(ov, path.parent, f"{path} variant '{name}'", (path.resolve(),))
+                           for name, ov in spec["variants"].items()}
+    return out
+
+
+def _extended(entry: Any, folder: Path, where: str, chain: tuple[Path, ...]) -> Any:
+    """`entry` with the recipe files its `extends:` names (paths relative to `folder`, later files winning)
+    under its own keys, as dotted keys; a recipe may extend others. Any other entry is returned as it is."""
+    if not isinstance(entry, Mapping) or "extends" not in entry:
+        return entry
+    names = entry["extends"] if isinstance(entry["extends"], list) else [entry["extends"]]
+    merged: dict = {}
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise BenchError(f"{where}: 'extends' names recipe files, e.g. extends: recipes/deit2d.yaml")
+        path = (folder / name).resolve()
+        if not path.is_file():
+            raise BenchError(f"{where}: extends {name}, but {path} does not exist; fix the path (relative to {folder})")
+        if path in chain:
+            raise BenchError(f"{where}: extends {name}, which extends itself ({' -> '.join(p.name for p in chain)} "
+                             f"-> {path.name}); remove the loop")
+        recipe = _read_yaml(path)
+        if not isinstance(recipe, Mapping):
+            raise BenchError(f"{path}: a recipe is a mapping of config keys, e.g. train.lr: 1.0e-4")
+        merged.update(_dotted(_extended(recipe, path.parent, str(path), (*chain, path))))
+    merged.update(_dotted({k: v for k, v in entry.items() if k != "extends"}))
+    return merged
+
+
+def _dotted(overrides: Mapping) -> dict:
+    """Sections as dotted keys ({train: {lr: x}} -> {train.lr: x}): a recipe and the keys over it merge key by key."""
+    out: dict = {}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in _dotted(value).items()})
+        else:
+            out[key] = value
+    return out
 
 
 def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid") -> list[ResolvedConfig]:

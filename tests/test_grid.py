@@ -117,9 +117,10 @@ def assert_same_expansion(grid, spec, sets=None):
 def test_shipped_grids_expand_as_their_definition(name):
     import yaml
 
-    from bench.grid import grid_path
+    from bench.grid import _with_recipes, grid_path
 
-    assert_same_expansion(load_grid(name), yaml.safe_load(grid_path(name).read_text()))
+    path = grid_path(name)  # its recipes (`extends:`) merged in: tests/test_recipes.py checks that merge
+    assert_same_expansion(load_grid(name), _with_recipes(yaml.safe_load(path.read_text()), path))
 
 
 TRICKY = """

@@ -35,11 +35,13 @@ ADAM_STEP = (1 - 0.9) / (1 - 0.999) ** 0.5  # the most one Adam(W) step moves a 
 
 
 def paper_2d() -> dict:
-    """paper.yaml's BreastMNIST entry (its 2D recipe) over the grid's defaults, as dotted keys."""
+    """paper.yaml's BreastMNIST entry over its 2D recipe (the file it extends) over the grid's defaults, as dotted
+    keys."""
     grid = yaml.safe_load(PAPER.read_text())
-    entry = next(r for r in grid["runs"] if r["data.task"] == "breastmnist")
+    entry = dict(next(r for r in grid["runs"] if r["data.task"] == "breastmnist"))
+    recipe = yaml.safe_load((PAPER.parent / entry.pop("extends")).read_text())
     defaults = {f"{section}.{k}": v for section, fields in grid["defaults"].items() for k, v in fields.items()}
-    return {**defaults, **entry}
+    return {**defaults, **recipe, **entry}
 
 
 @pytest.fixture(scope="module")

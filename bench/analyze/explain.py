@@ -23,6 +23,7 @@ import pandas as pd
 
 from bench.data import task_spec
 from bench.errors import BenchError
+from bench.models.registry import layer_variants
 from bench.report.collect import collect
 from bench.report.explain import FOLDER
 from bench.report.stats import CELL, pairs
@@ -56,7 +57,7 @@ def _choose(results: Path, grid: pd.DataFrame, tasks: list[str]) -> list[pd.Seri
     """Per task and R-LLM cell, the paired runs of the lowest seed whose weights are both saved."""
     ok = grid[grid["status"] == "ok"]
     paired = pairs(ok)
-    paired = paired[paired["run_id"].isin(ok.loc[ok["booster.variant"] == "rllm", "run_id"])]
+    paired = paired[paired["run_id"].isin(ok.loc[ok["booster.variant"].isin(layer_variants()), "run_id"])]
     for task in tasks:
         if task_spec(task, 28).is_3d:  # every task has 28-px files; an unknown task is an error here too
             raise BenchError(f"bench explain: {task} is a 3D task, and CAM heatmaps of 3D volumes are not supported "

@@ -6,8 +6,10 @@ the last ViT block and before the final norm, in 2D and 3D alike.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,11 @@ from timm.models import create_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from bench.config import VitConfig
 from bench.errors import BenchError
 from bench.models.registry import BACKBONES, PAPER_PATCH, PAPER_SIZE, auto_patch
+
+if TYPE_CHECKING:
+    from bench.config import VitConfig
 
 WEIGHTS_ENV = "BENCH_TIMM_WEIGHTS"  # a folder of <tag>/model.safetensors (or <tag>.safetensors/.pth), or one file
 
@@ -56,7 +60,8 @@ def build_backbone(cfg: VitConfig, size: int, in_chans: int, num_classes: int, i
     if img_size % patch:
         what = "volume" if is_3d else "image"
         raise BenchError(f"vit.patch={patch} does not divide the {what} size {img_size}; use a divisor or 0 (auto)")
-    return BACKBONES[cfg.arch].build(cfg, img_size, patch, in_chans, num_classes, is_3d)
+    module, _, function = BACKBONES[cfg.arch].build.partition(":")
+    return getattr(importlib.import_module(module), function)(cfg, img_size, patch, in_chans, num_classes, is_3d)
 
 
 def timm_vit(cfg: VitConfig, img_size: int, patch: int, in_chans: int, num_classes: int,

@@ -14,10 +14,17 @@ CLS. The booster runs after the temporal norm (the reference's place), so it joi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from timm.layers import Attention, calculate_drop_path_rates
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+
+from bench.models.registry import BACKBONES
+
+if TYPE_CHECKING:
+    from bench.config import VitConfig
 
 HEADS, HEAD_DIM = 8, 64  # the widths, 512/1024/2048 for s/m/l, are in bench/models/registry.py
 
@@ -117,9 +124,9 @@ class ViViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_lai_backbone(width: int, factorised: bool, depth: int, size: int, patch: int, in_chans: int,
-                       num_classes: int, drop_path: float) -> nn.Module:
-    """vit3d-* or (factorised) vivit-*: `depth` blocks (ViViT: in each of its two transformers) over `patch`^3
-    tubelets."""
-    build = ViViT if factorised else vit3d
-    return build(width, depth, size, patch, in_chans, num_classes, drop_path)
+def lai_backbone(vit: VitConfig, size: int, patch: int, in_chans: int, num_classes: int, is_3d: bool) -> nn.Module:
+    """vit3d-* or (factorised) vivit-* (the registry entry `vit.arch`): `vit.depth` blocks (ViViT: in each of its
+    two transformers) over `patch`^3 tubelets."""
+    entry = BACKBONES[vit.arch]
+    build = ViViT if entry.factorised else vit3d
+    return build(entry.width, vit.depth, size, patch, in_chans, num_classes, vit.drop_path)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.models.registry import VARIANTS
-
-RESIDUALS = ("in", "out", "hybrid", "none")
+from bench.models.registry import RESIDUALS, VARIANTS
 
 
 class Booster(nn.Module):
@@ -32,7 +30,7 @@ class Booster(nn.Module):
         own wiring and takes neither."""
         super().__init__()
         v = VARIANTS[variant]
-        if v.llm == "none" or (llm is not None) != v.has_layer or (residual is not None) != v.has_layer:
+        if v.is_baseline or (llm is not None) != v.has_layer or (residual is not None) != v.has_layer:
             takes = "an LLM layer and a residual" if v.has_layer else "neither an LLM layer nor a residual"
             raise ValueError(f"variant {variant} takes {takes}")
         residual = residual if v.has_layer else v.wiring

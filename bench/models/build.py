@@ -71,7 +71,7 @@ def build_model(cfg: ResolvedConfig, spec: TaskSpec) -> tuple[RLLMViT, dict]:
     info: dict = {}
     booster = None
     variant = VARIANTS[b.variant]
-    if variant.llm == "width":
+    if variant.is_capacity_control:
         booster = Booster(backbone.embed_dim, llm_hidden_size(b.source, b.revision), b.variant, bias=b.bias,
                           init=b.adapter_init)
     elif variant.has_layer:

@@ -85,7 +85,7 @@ def inspect_checkpoint(path: str) -> tuple[str, int | None]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise BenchError(f"vit.checkpoint={path} does not exist; give the path of a checkpoint.pth "
-                         "(README: the paper's starting checkpoints)")
+                         "(docs/cli.md: the paper's starting checkpoints)")
     st = p.stat()
     return _inspect(str(p.resolve()), st.st_size, st.st_mtime_ns)
 

@@ -3,14 +3,14 @@
 The config's rules (`vit.arch`, `booster.variant`, the 2D/3D rule, the default depth, the sizes), the cost
 estimate (bench/cost.py), the model builder and `bench list` all read these tables, so adding a backbone is one
 `Backbone` entry in BACKBONES and adding a variant one `Variant` in VARIANTS (LLM families: one `Family` in
-bench/models/families.py). No torch here: the config and the
-cost estimate import this module; a builder imports its model code when it is called.
+bench/models/families.py). No torch here, and no import of the model code: the config and the
+cost estimate import this module, and a backbone names its builder ("module:function"), which
+bench/models/backbones.py imports when it builds one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 PAPER_SIZE, PAPER_PATCH = 224, 16  # vit.paper_mode: the paper's ViT-S sees 224-px images in 16-px patches
 
@@ -24,11 +24,12 @@ def auto_patch(size: int) -> int:
 class Backbone:
     """One backbone: how to build it and everything the config and the cost estimate need to know about it.
 
-    `build(vit, size, patch, in_chans, num_classes, is_3d)` gets the resolved `VitConfig` (depth filled) and
-    returns a module with timm's interface (`forward_features`, `forward_head`, `embed_dim`) whose attribute
-    `booster_site` names an `nn.Sequential` the booster is appended to."""
+    `build` names its builder as "module:function" (imported only when a model is built, so this table imports
+    no model code): `function(vit, size, patch, in_chans, num_classes, is_3d)` gets the resolved `VitConfig`
+    (depth filled) and returns a module with timm's interface (`forward_features`, `forward_head`, `embed_dim`)
+    whose attribute `booster_site` names an `nn.Sequential` the booster is appended to."""
 
-    build: Callable
+    build: str
     dims: tuple[int, ...]  # (2, 3): images and (with 3D patches) volumes; (3,): volumes only
     width: int  # embedding width
     heads: int
@@ -43,28 +44,15 @@ class Backbone:
     note: str = ""  # for the docs and `bench list`
 
 
-def _timm_vit(vit, size, patch, in_chans, num_classes, is_3d):
-    from bench.models.backbones import timm_vit
-
-    return timm_vit(vit, size, patch, in_chans, num_classes, is_3d)
-
-
-def _lai(vit, size, patch, in_chans, num_classes, is_3d):
-    from bench.models.backbones3d import build_lai_backbone
-
-    entry = BACKBONES[vit.arch]
-    return build_lai_backbone(entry.width, entry.factorised, vit.depth, size, patch, in_chans, num_classes,
-                              vit.drop_path)
-
-
 def _timm(width: int, weights: str) -> Backbone:
-    return Backbone(_timm_vit, (2, 3), width, width // 64, width, 4 * width, 12, weights=weights,
-                    note="timm ViT (2D; 3D over Conv3d patches)")
+    return Backbone("bench.models.backbones:timm_vit", (2, 3), width, width // 64, width, 4 * width, 12,
+                    weights=weights, note="timm ViT (2D; 3D over Conv3d patches)")
 
 
 def _lai_entry(width: int, depth: int, factorised: bool) -> Backbone:
-    return Backbone(_lai, (3,), width, 8, 8 * 64, width, depth, sizes=(28, 64), embed_input_grad=True,
-                    factorised=factorised, booster_site="booster_site" if factorised else "blocks",
+    return Backbone("bench.models.backbones3d:lai_backbone", (3,), width, 8, 8 * 64, width, depth, sizes=(28, 64),
+                    embed_input_grad=True, factorised=factorised,
+                    booster_site="booster_site" if factorised else "blocks",
                     note="Lai et al.'s " + ("factorised ViViT" if factorised else "3D ViT"))
 
 
@@ -86,6 +74,9 @@ def archs(dims: int | None = None) -> list[str]:
     return [name for name, b in BACKBONES.items() if dims is None or dims in b.dims]
 
 
+RESIDUALS = ("in", "out", "hybrid", "none")  # booster.residual: how FL's input and output join (models/booster.py)
+
+
 @dataclass(frozen=True)
 class Variant:
     """One booster variant: what it takes from an LLM and how its booster is wired.
@@ -100,7 +91,23 @@ class Variant:
 
     @property
     def has_layer(self) -> bool:
+        """Its booster runs LLM layers (FL): the booster.* LLM knobs (layer, init, freeze, residual...) apply."""
         return self.llm == "layers"
+
+    @property
+    def is_baseline(self) -> bool:
+        """No booster at all: the ViT alone, what every other variant is compared with."""
+        return self.llm == "none"
+
+    @property
+    def needs_llm(self) -> bool:
+        """It reads an LLM (booster.source): its width for FE/FD, and its layers if `has_layer`."""
+        return self.llm != "none"
+
+    @property
+    def is_capacity_control(self) -> bool:
+        """FE/FD sized to an LLM's width with no LLM layer: what a layer variant is compared with for capacity."""
+        return self.llm == "width"
 
 
 VARIANTS: dict[str, Variant] = {
@@ -109,3 +116,28 @@ VARIANTS: dict[str, Variant] = {
     "mlp": Variant("width", "none", note="FD(FE z): the paper's +MLP control"),
     "rllm": Variant("layers", note="FD(FL(FE z) ...) wired by booster.residual"),
 }
+
+
+def baselines() -> list[str]:
+    """The variants without a booster (booster.variant's default among them)."""
+    return [name for name, v in VARIANTS.items() if v.is_baseline]
+
+
+def layer_variants() -> list[str]:
+    """The variants whose booster runs LLM layers, in registry order (the paper's R-LLM first)."""
+    return [name for name, v in VARIANTS.items() if v.has_layer]
+
+
+def without_layer(residual: str) -> str:
+    """The wiring a residual leaves when FL is the identity: FD is linear, so FD(FE z + FE z) is FD(FE z) up to a
+    factor and only the outer residual (+ z after FD) is left: in -> none, hybrid -> out (out, none and anything
+    else, e.g. a missing value, unchanged)."""
+    return {"in": "none", "hybrid": "out"}.get(residual, residual)
+
+
+def capacity_control(residual: str) -> str | None:
+    """The capacity control of a layer variant wired by `residual`: the variant with the same FE/FD and no LLM
+    layer whose wiring is `residual`'s without the layer (mlp for in/none, adapters for out/hybrid); None if
+    none is registered (or `residual` is not a residual)."""
+    wiring = without_layer(residual)
+    return next((name for name, v in VARIANTS.items() if v.is_capacity_control and v.wiring == wiring), None)

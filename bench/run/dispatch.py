@@ -35,6 +35,7 @@ from bench import store
 from bench.config import RunConfig, run_id
 from bench.data import resolve_root
 from bench.errors import BenchError
+from bench.models.registry import VARIANTS
 from bench.run import backends, slurm
 from bench.run import gpus as gpu_rule
 from bench.run.preflight import preflight
@@ -162,7 +163,7 @@ def _fmt_s(s: float) -> str:
 
 def describe(cfg: RunConfig) -> str:
     b = cfg.booster
-    llm = f" {Path(b.source).name if b.source else ''}@{b.layer}" if b.variant == "rllm" else ""
+    llm = f" {Path(b.source).name if b.source else ''}@{b.layer}" if VARIANTS[b.variant].has_layer else ""
     return f"{cfg.label} {cfg.data.task}@{cfg.data.size}{llm} seed={cfg.seed}"
 
 

@@ -65,7 +65,7 @@ def check_starts(runs: list[RunConfig], download: bool = True) -> None:
     seen = set()
     for c in runs:
         key = (c.vit, c.booster, c.data.task, c.data.size, c.data.rgb)
-        offline_hub = not download and c.booster.variant == "rllm" and _is_hub_id(c.booster.source)
+        offline_hub = not download and VARIANTS[c.booster.variant].has_layer and _is_hub_id(c.booster.source)
         if c.vit.checkpoint and key not in seen and not offline_hub:
             seen.add(key)
             build_model(c, task_spec(c.data.task, c.data.size))

@@ -32,6 +32,7 @@ from bench.config import RunConfig, flatten, resolve, run_id
 from bench.data import TaskSpec, data_file, task_spec
 from bench.data.loading import Splits, load_splits
 from bench.errors import one_line
+from bench.models.registry import VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +244,7 @@ def execute(task: Task, progress: Callable[[int, dict], None] | None = None) -> 
             result = _fit_with_oom_retry(cfg, splits, spec, dev, log, on_epoch, flags)
             reserved = _reserved()
             row["fit_s"] = time.perf_counter() - t_fit
-            if cfg.booster.variant == "rllm":
+            if VARIANTS[cfg.booster.variant].has_layer:
                 row["llm_cached"] = build._cached_block.cache_info().hits > llm_hits
             row.update(result.metrics)
             row["oom_retry"] = flags["oom_retry"]

@@ -113,10 +113,6 @@ def write_history(results: Path, run_id: str, epochs: list[Mapping[str, Any]]) -
     write_atomic(layout.history_path(results, run_id), _history_bytes(run_id, epochs))
 
 
-def write_predictions(results: Path, run_id: str, y_score: np.ndarray, y_true: np.ndarray) -> None:
-    write_atomic(layout.predictions_path(results, run_id), _predictions_bytes(y_score, y_true))
-
-
 def write_run(results: Path, row: Mapping[str, Any]) -> None:
     """Write the run's row (columns of `bench.store.schema`); its presence with status ok commits the run."""
     write_atomic(layout.run_path(results, row["run_id"]), _row_bytes(row))

@@ -10,7 +10,7 @@ paper's 2D recipe (DeiT's, timm's `create_transform` + `Mixup`) is, per sample a
 
 Between the crop and the normalisation images hold uint8 values, rounded after each op as PIL does. Every draw comes
 from the generator passed in, so the draws are the same for a seed on a device (a whole run is bit-reproducible on a
-GPU only with train.deterministic: README, "On GPUs"); nothing waits for the device.
+GPU only with train.deterministic: docs/operations.md, "On GPUs"); nothing waits for the device.
 """
 
 from __future__ import annotations
