@@ -102,6 +102,11 @@ class Variant:
     def has_layer(self) -> bool:
         return self.llm == "layers"
 
+    @property
+    def is_baseline(self) -> bool:
+        """No booster at all: what every other variant is compared with."""
+        return self.llm == "none"
+
 
 VARIANTS: dict[str, Variant] = {
     "baseline": Variant("none", note="the ViT alone"),
@@ -109,3 +114,23 @@ VARIANTS: dict[str, Variant] = {
     "mlp": Variant("width", "none", note="FD(FE z): the paper's +MLP control"),
     "rllm": Variant("layers", note="FD(FL(FE z) ...) wired by booster.residual"),
 }
+
+
+def without_layer(residual: str) -> str:
+    """The wiring a residual leaves when FL is the identity: FL(h) + h folds into FE, so the inner residual goes."""
+    return {"in": "none", "hybrid": "out"}.get(residual, residual)
+
+
+def capacity_control(residual: str) -> str | None:
+    """The variant without an LLM layer that a layer variant wired by `residual` is compared with: the same FE/FD
+    wired as they are when FL is the identity (in/none -> mlp, out/hybrid -> adapters); None if none is registered."""
+    return next((name for name, v in VARIANTS.items() if v.llm == "width" and v.wiring == without_layer(residual)),
+                None)
+
+
+def baselines() -> list[str]:
+    return [name for name, v in VARIANTS.items() if v.is_baseline]
+
+
+def layer_variants() -> list[str]:
+    return [name for name, v in VARIANTS.items() if v.has_layer]

@@ -88,7 +88,34 @@ def collect(results: Path, expected: pd.DataFrame | None) -> pd.DataFrame:
             named = plan["label"].fillna("").astype(str) != ""
             grid.loc[named, "label"] = plan.loc[named, "label"]
         grid = grid.reset_index()
-    return _normalise(grid)
+    grid = _normalise(grid)
+    return grid.assign(single_class=single_class(results, grid))
+
+
+def single_class(results: Path, grid: pd.DataFrame) -> pd.Series:
+    """Per row: True when the run's stored test predictions are all one class (binary: one side of 0.5; multi-class:
+    one argmax; multi-label: every label constant), so its ACC is a majority rate; NaN without predictions (not ok,
+    or a store from before predictions were kept). Read from the predictions, never stored: no run id changes."""
+    from bench.data.info import info
+    from bench.store import read_predictions
+
+    out = pd.Series(np.nan, index=grid.index, dtype=object)
+    for i, rid, status, task in zip(grid.index, grid["run_id"], grid["status"], grid["task"]):
+        if status != "ok":
+            continue
+        try:
+            score = np.asarray(read_predictions(Path(results), rid)["y_score"], dtype=float)
+        except (OSError, KeyError, ValueError):
+            continue
+        kind = info().get(task, {}).get("task", "binary-class")
+        if kind == "multi-label, binary-class":
+            labels = score > 0.5
+        elif kind == "binary-class":
+            labels = (score[:, -1] if score.ndim == 2 else score) > 0.5
+        else:
+            labels = score.argmax(1)
+        out[i] = bool((labels == labels[:1]).all())
+    return out
 
 
 def _normalise(grid: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,8 @@ import pandas as pd
 from scipy import stats
 
 from bench.report.collect import _text
-from bench.report.effects import ALPHA, ARM, paired_summary
+from bench.report.effects import ARM
+from bench.report.engine import ALPHA, summarise
 from bench.report.published import CLAIM_TABLES, LAI, paper_model, paper_variant
 from bench.report.stats import METRICS, pair_keys
 
@@ -100,7 +101,7 @@ def verdicts(results: Path, ok: pd.DataFrame, effects: pd.DataFrame, published: 
     for m in METRICS:
         merged[f"d_{m}"] = merged[f"audit_{m}"] - merged[f"audit_{m}_base"]
         per_seed = merged.dropna(subset=[f"d_{m}"]).groupby(ARM + ["seed"])[f"d_{m}"].mean().reset_index()
-        audit = paired_summary(per_seed, ARM, f"d_{m}") if len(per_seed) else \
+        audit = summarise(per_seed, ARM, f"d_{m}") if len(per_seed) else \
             pd.DataFrame(columns=["n", "mean", "sd", "spread"])
         levels = merged.groupby(ARM)[[f"audit_{m}", f"audit_{m}_base", f"test_{m}", f"test_{m}_base"]].mean()
         # each arm against its task's claims for its variant: those on its own backbone if the paper has any, else all
