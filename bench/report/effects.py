@@ -108,7 +108,7 @@ def contrast_pairs(ok: pd.DataFrame) -> pd.DataFrame:
         else pd.DataFrame(columns=cols)
 
 
-def finding(mean, low, high, p_bh, mde, mde_note, n, family: int = 0, single: str = "") -> str:
+def finding(mean, low, high, p_bh, mde, mde_note, n, single: str = "") -> str:
     """The first screen's words, read off the primary interval beside them: 'helps' / 'hurts' when BH p < α in its
     family; 'higher' / 'lower (95% CI excludes 0, not after BH)' when only the unadjusted interval excludes 0;
     else 'no detectable effect (MDE x at α = 0.05 unadjusted)'. `single`: the ACC of runs that predict one class
@@ -118,9 +118,9 @@ def finding(mean, low, high, p_bh, mde, mde_note, n, family: int = 0, single: st
     if pd.isna(mean) or n < 2:
         return "not tested (n < 2)"
     if pd.notna(p_bh) and p_bh < ALPHA:
-        return ("helps" if mean > 0 else "hurts") + f" (BH p {p_bh:.2g}, family of {family})"
+        return "helps" if mean > 0 else "hurts"
     if pd.notna(low) and (low > 0 or high < 0):
-        return ("higher" if mean > 0 else "lower") + f" (95% CI excludes 0; not after BH, family of {family})"
+        return ("higher" if mean > 0 else "lower") + " (95% CI excludes 0; not after BH)"
     if pd.isna(mde):
         return f"no detectable effect (MDE — : {mde_note or 'no interval'})"
     return f"no detectable effect (|Δ| {'below' if abs(mean) < mde else 'not above'} MDE {mde:.3f})"
@@ -176,7 +176,7 @@ def cell_effects(ok: pd.DataFrame, results: Path | None = None, replicates: int 
         single = out["single"] if m == "acc" else pd.Series("", index=out.index)
         out[f"{m}_finding"] = [finding(*a) for a in zip(
             out[f"{m}_mean"], out[f"{m}_low"], out[f"{m}_high"], out[f"{m}_p_bh"], out[f"{m}_mde"],
-            out[f"{m}_mde_note"], out[f"{m}_n"], out[f"{m}_family"], single)]
+            out[f"{m}_mde_note"], out[f"{m}_n"], single)]
     return out
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from bench.config import RLLM_DEFAULTS
 from bench.models.registry import baselines, layer_variants
 from bench.report.collect import pair_keys
-from bench.report.engine import bh, paired
+from bench.report import engine
 
 METRICS = {"acc": "test_acc", "auc": "test_auc"}
 CELL = ["task", "size", "setting", "label"]
@@ -68,7 +68,7 @@ def deltas(paired: pd.DataFrame) -> pd.DataFrame:
         both = paired.dropna(subset=[col, f"{col}_base"])
         per_seed = seed_means(both, [col, f"{col}_base"])
         for cell, grp in per_seed.groupby(level=CELL, sort=True):
-            res = paired(grp[col].to_numpy(float), grp[f"{col}_base"].to_numpy(float))
+            res = engine.paired(grp[col].to_numpy(float), grp[f"{col}_base"].to_numpy(float))
             rows.append({**dict(zip(CELL, cell)), **{f"delta_{m}_{k}": v for k, v in res.items()}})
     cols = [f"delta_{m}_{k}" for m in METRICS for k in ("n_pairs", "mean", "ci_low", "ci_high", "p")]
     out = pd.DataFrame(rows, columns=CELL + cols).groupby(CELL, sort=True).first()
@@ -79,7 +79,7 @@ def bh_adjust(d: pd.DataFrame) -> pd.DataFrame:
     """Benjamini–Hochberg per metric: ACC's p-values are one family, AUC's another (all rows of the table)."""
     d = d.copy()
     for m in METRICS:
-        d[f"delta_{m}_p_bh"] = bh(d[f"delta_{m}_p"].to_numpy(float))
+        d[f"delta_{m}_p_bh"] = engine.bh(d[f"delta_{m}_p"].to_numpy(float))
     return d
 
 

@@ -173,7 +173,7 @@ def findings_table(effects: pd.DataFrame, labels: list[str]) -> Table | None:
     if effects.empty:
         return None
     e = effects.reset_index()
-    e = e[e["arm_variant"] == "rllm"] if "arm_variant" in e else e.iloc[0:0]
+    e = e[e["has_layer"]] if "has_layer" in e else e.iloc[0:0]
     if e.empty:
         return None
     key = ROW + ["label", "arm"]
@@ -188,7 +188,10 @@ def findings_table(effects: pd.DataFrame, labels: list[str]) -> Table | None:
             k = tuple(r[c] for c in key)
         for m, name in NAMES.items():
             cell = (f"{r[f'{m}_finding']}: " + fmt_delta(r[f"{m}_mean"], r[f"{m}_low"], r[f"{m}_high"])
-                    + f" (n={r[f'{m}_n']}" + (f", vs {r['comparator']})" if r["contrast"] != "vs baseline" else ")"))
+                    + f" (n={r[f'{m}_n']}, BH family of {r[f'{m}_family']}"
+                    + (f", vs {r['comparator']})" if r["contrast"] != "vs baseline" else ")"))
+            if r.get(f"{m}_claim"):
+                cell += f"; {r[f'{m}_claim']}"
             if r["contrast"] == "fine-tuned vs frozen":
                 cell += f" [{_ours(r)}]"
             rows.setdefault((*k, name), {})[r["contrast"]] = cell

@@ -189,6 +189,16 @@ def _paper_grid() -> pd.DataFrame:
     return runs.assign(paper_variant=paper_variant(runs), paper_model=paper_model(runs))
 
 
+def _paper_value(ref: pd.Series, key: str) -> str:
+    """The paper grid's value as the paper used it: vit.patch 0 (auto) as the patch it resolves to."""
+    from bench.models.registry import PAPER_PATCH, auto_patch
+
+    if key == "vit.patch" and _same(ref[key]) == "0":
+        paper_mode = str(ref.get("vit.paper_mode")).lower() == "true"
+        return str(PAPER_PATCH if paper_mode else auto_patch(int(ref["data.size"])))
+    return _same(ref[key])
+
+
 def deviations(run: pd.Series, task: str, model: str, variant: str) -> str:
     """'LLM (booster.source=minilm-l6, paper huggyllama/llama-7b); size (...)': each group of fields in which `run`
     differs from the paper grid's run of `task`, `model` and `variant`; '' when none differs."""
@@ -202,7 +212,7 @@ def deviations(run: pd.Series, task: str, model: str, variant: str) -> str:
                                               and not any(k in g for g in DEVIATION_GROUPS.values())]}
     out = []
     for group, fields in grouped.items():
-        diff = [f"{k}={_same(run.get(k))} (paper {_same(ref[k])})" for k in fields
+        diff = [f"{k}={_same(run.get(k))} (paper {_paper_value(ref, k)})" for k in fields
                 if k in ref.index and _same(run.get(k)) != _same(ref[k])]
         if diff:
             out.append(f"{group}: " + ", ".join(diff[:3]) + (f" +{len(diff) - 3} more" if len(diff) > 3 else ""))
