@@ -93,28 +93,16 @@ def collect(results: Path, expected: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def single_class(results: Path, grid: pd.DataFrame) -> pd.Series:
-    """Per row: True when the run's stored test predictions are all one class (binary: one side of 0.5; multi-class:
-    one argmax; multi-label: every label constant), so its ACC is a majority rate; NaN without predictions (not ok,
-    or a store from before predictions were kept). Read from the predictions, never stored: no run id changes."""
+    """Per row: whether the ok run's stored test predictions are all one class (`bench.store.single_class`); NaN
+    for runs that are not ok or have no predictions."""
     from bench.data.info import info
-    from bench.store import read_predictions
+    from bench.store import single_class as one_class
 
     out = pd.Series(np.nan, index=grid.index, dtype=object)
     for i, rid, status, task in zip(grid.index, grid["run_id"], grid["status"], grid["task"]):
-        if status != "ok":
-            continue
-        try:
-            score = np.asarray(read_predictions(Path(results), rid)["y_score"], dtype=float)
-        except (OSError, KeyError, ValueError):
-            continue
-        kind = info().get(task, {}).get("task", "binary-class")
-        if kind == "multi-label, binary-class":
-            labels = score > 0.5
-        elif kind == "binary-class":
-            labels = (score[:, -1] if score.ndim == 2 else score) > 0.5
-        else:
-            labels = score.argmax(1)
-        out[i] = bool((labels == labels[:1]).all())
+        if status == "ok":
+            flag = one_class(Path(results), rid, info().get(task, {}).get("task", "binary-class"))
+            out[i] = np.nan if flag is None else flag
     return out
 
 
