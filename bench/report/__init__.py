@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.models.registry import baselines
 from bench.report import answer, bootstrap, plots
 from bench.report.collect import collect, expected_runs
 from bench.report.effects import CONTRASTS, add_arms, axis_deltas, cell_effects
@@ -68,8 +69,9 @@ def interval_text(replicates: int) -> str:
              if replicates else
              "no image part (bench report --replicates 0: the intervals count the seeds only and say so)")
     return (f"Primary 95% interval (CI): Δ ± t(0.975, df) · sqrt(s²/n + c), with s²/n the seed variance of the mean "
-            f"of the n paired differences and c {image}; df = (n − 1)(1 + c/(s²/n))² (Welch–Satterthwaite, the image "
-            "part taken as known), and never narrower than the seed-only paired t (the union of the two; p the larger "
+            f"of the n paired differences and c {image}; df = (s²/n + c)² / ((s²/n)²/(n − 1) + c²/df_c) (Welch–Satterthwaite; "
+            "df_c = 2N·c²/(v₁² + c²), the normal-theory df of a covariance from the N test images: c is noisy where it "
+            "is small beside v₁), and never narrower than the seed-only paired t (the union of the two; p the larger "
             "of their two p). Seed-only paired t: Δ ± t(0.975, n − 1) · s/√n, which leaves out the test-image "
             "sampling. One-sided 95% bounds (TOST at 5%): the same two tests at t(0.95). "
             f"{MDE}")
@@ -146,7 +148,7 @@ def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.Dat
         _verdict_section(v),
         _runs_section(grid, ok),
         Section("Summary", [metric_matrix(table, metric, labels), metric_matrix(table, other, labels),
-                            delta_table(table, labels), plots.delta_bars(table, metric, labels, folder),
+                            delta_table(table, labels), plots.delta_bars(effects, metric, labels, folder),
                             plots.heatmap(table, metric, labels, folder)]),
         Section("Paired contrasts", [PAIRING, interval_text(replicates), effects_table(effects, labels),
                                      *[t for t in [answer.claims_table(effects)] if t]]),
@@ -259,7 +261,7 @@ def _runs_section(grid: pd.DataFrame, ok: pd.DataFrame) -> Section:
     if len(missing):
         blocks.append(runs_table(f"Excluded: {len(missing)} missing runs (planned, not stored)", missing,
                                  collapse=len(missing) > 20))
-    variants = ok[ok["booster.variant"] != "baseline"]
+    variants = ok[~ok["booster.variant"].isin(baselines())]
     unpaired = variants[~variants["run_id"].isin(pairs(ok)["run_id"])]
     if len(unpaired):
         blocks.append(runs_table(f"{len(unpaired)} ok variant runs without an ok baseline (not in any Δ)", unpaired,

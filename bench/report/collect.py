@@ -15,6 +15,7 @@ import pandas as pd
 from bench.config import RunConfig, added_defaults, all_keys, flatten, run_id
 from bench.errors import BenchError
 from bench.grid import Grid
+from bench.models.registry import baselines
 from bench.store import read_runs
 
 SECTIONS = ("data", "vit", "booster", "train")
@@ -124,7 +125,7 @@ def _normalise(grid: pd.DataFrame) -> pd.DataFrame:
         grid[col] = pd.to_numeric(grid[col], errors="coerce")
     # LLM identity: the resolved provenance when the run recorded it, else the configured source.
     grid["llm"] = grid["llm.source"].where(grid["llm.source"].notna(), grid["booster.source"])
-    grid.loc[grid["booster.variant"] == "baseline", "llm"] = np.nan
+    grid.loc[grid["booster.variant"].isin(baselines()), "llm"] = np.nan
     grid["setting"] = _setting(grid)
     return grid
 
