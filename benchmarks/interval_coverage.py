@@ -9,7 +9,7 @@ population, ACC = Φ(mu / sqrt(V + seed_sd²)) and AUC = Φ(2 mu / sqrt(2 V + 4 
 noise_sd², so the true Δ is their difference between the two models. Per simulated study (n seeds, one test set)
 the report's own code gives the intervals (`bench.report.bootstrap`, `bench.report.engine`):
   primary        Δ ± t(df) sqrt(s²/n + c), c the image part the seeds share (`engine.shared_image_var`, from the
-                 shared image resamples, with its df from the N images: `engine.image_df`): the report's CI
+                 shared image resamples): the report's CI
   seed-only t    Δ ± t(n − 1) s/√n
   percentile     2.5-97.5 percentiles of the hierarchical bootstrap (seeds resampled, one shared image resample)
 
@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from bench.report import bootstrap
-from bench.report.engine import image_df, primary, shared_image_var
+from bench.report.engine import primary, shared_image_var
 
 REGIMES = {
     "seed-dominated": dict(images=500, seed_sd=0.25, image_model_sd=0.0, noise_sd=0.3),
@@ -67,9 +67,8 @@ def study(rng: np.random.Generator, n: int, replicates: int, images: int, seed_s
         d = np.array([observed[("variant", i)][j][0] - observed[("baseline", i)][j][0] for i in range(n)])
         dd = np.stack([reps[("variant", i)][j] - reps[("baseline", i)][j] for i in range(n)], axis=1)  # (B, n)
         mean, sd = d.mean(), d.std(ddof=1)
-        one = np.nanmean(np.nanvar(dd, axis=0, ddof=1))
-        shared = shared_image_var(np.nanvar(np.nanmean(dd, axis=1), ddof=1), one, n)
-        p = primary(n, mean, sd, sd > 0, shared, image_df_=image_df(shared, one, images))
+        shared = shared_image_var(np.nanvar(np.nanmean(dd, axis=1), ddof=1), np.nanmean(np.nanvar(dd, axis=0, ddof=1)), n)
+        p = primary(n, mean, sd, sd > 0, shared)
         out["primary"].append((p["low"], p["high"]))
         half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
         out["seed-only t"].append((mean - half, mean + half))

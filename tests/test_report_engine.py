@@ -167,15 +167,3 @@ def test_runs_that_predict_one_class_are_flagged_and_their_acc_is_not_interprete
                          "seeds: [0, 1, 2]\n")
     assert cli.main(["list", "--grid", str(grid_file), "--results", str(results)]) == 0
     assert "single_class: 4 of 6 ok runs with stored predictions predict one class" in capsys.readouterr().out
-
-
-def test_the_shared_parts_degrees_of_freedom_are_those_of_a_covariance_from_n_images():
-    """c is the covariance of two seeds' per-image contributions over N images: its sampling variance, by Monte
-    Carlo over test sets, is (v₁² + c²)/N, so 2c²/Var(ĉ) is `image_df`."""
-    rng = np.random.default_rng(8)
-    images, v1, c = 156, 1.0, 0.3  # per image: variances v1, covariance c
-    x = rng.multivariate_normal([0, 0], [[v1, c], [c, v1]], size=(20000, images))
-    cov = ((x[..., 0] - x[..., 0].mean(1, keepdims=True)) * (x[..., 1] - x[..., 1].mean(1, keepdims=True))).sum(1) \
-        / (images - 1)
-    assert 2 * c ** 2 / cov.var() == pytest.approx(engine.image_df(c, v1, images), rel=0.05)
-    assert engine.image_df(0.0, v1, images) == math.inf and engine.image_df(np.nan, v1, images) == math.inf

@@ -69,9 +69,8 @@ def interval_text(replicates: int) -> str:
              if replicates else
              "no image part (bench report --replicates 0: the intervals count the seeds only and say so)")
     return (f"Primary 95% interval (CI): Δ ± t(0.975, df) · sqrt(s²/n + c), with s²/n the seed variance of the mean "
-            f"of the n paired differences and c {image}; df = (s²/n + c)² / ((s²/n)²/(n − 1) + c²/df_c) (Welch–Satterthwaite; "
-            "df_c = 2N·c²/(v₁² + c²), the normal-theory df of a covariance from the N test images: c is noisy where it "
-            "is small beside v₁), and never narrower than the seed-only paired t (the union of the two; p the larger "
+            f"of the n paired differences and c {image}; df = (n − 1)(1 + c/(s²/n))² (Welch–Satterthwaite, the image "
+            "part taken as known), and never narrower than the seed-only paired t (the union of the two; p the larger "
             "of their two p). Seed-only paired t: Δ ± t(0.975, n − 1) · s/√n, which leaves out the test-image "
             "sampling. One-sided 95% bounds (TOST at 5%): the same two tests at t(0.95). "
             f"{MDE}")

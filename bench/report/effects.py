@@ -23,7 +23,7 @@ from bench.config import all_keys
 from bench.models.registry import VARIANTS, baselines, capacity_control, layer_variants
 from bench.report import bootstrap
 from bench.report.collect import _text, pair_keys
-from bench.report.engine import ALPHA, bh, image_df, primary, shared_image_var, summarise
+from bench.report.engine import ALPHA, bh, primary, shared_image_var, summarise
 from bench.report.stats import CELL, METRICS, ROW, pairs
 
 ARM = CELL + ["arm"]
@@ -166,12 +166,8 @@ def cell_effects(ok: pd.DataFrame, results: Path | None = None, replicates: int 
         shared = [shared_image_var(a ** 2, b ** 2, n) for a, b, n in
                   zip(out[f"{m}_image_sd"], out[f"{m}_image_sd1"], out[f"{m}_n"])]
         out[f"{m}_image_shared_sd"] = np.sqrt(np.asarray(shared, dtype=float))
-        images = image["images"] if image is not None else pd.Series(np.nan, index=out.index)
-        out[f"{m}_image_df"] = [image_df(c, v1 ** 2, k) for c, v1, k in
-                                zip(np.asarray(shared, dtype=float), out[f"{m}_image_sd1"], images.fillna(0))]
         prim = pd.DataFrame([primary(r[f"{m}_n"], r[f"{m}_mean"], r[f"{m}_sd"], r[f"{m}_spread"],
-                                     r[f"{m}_image_shared_sd"] ** 2, image_df_=r[f"{m}_image_df"])
-                             for _, r in out.iterrows()],
+                                     r[f"{m}_image_shared_sd"] ** 2) for _, r in out.iterrows()],
                             index=out.index, columns=["low", "high", "lower1", "upper1", "p", "df", "se", "mde",
                                                       "mde_note"])
         out = out.join(prim.add_prefix(f"{m}_"))
@@ -217,7 +213,7 @@ def _bootstrap(results: Path, paired: pd.DataFrame, effects: pd.DataFrame, repli
 
     from bench.data.info import info
 
-    cols = [f"{m}_{k}" for m in METRICS for k in ("image_sd", "image_sd1")] + ["images"]
+    cols = [f"{m}_{k}" for m in METRICS for k in ("image_sd", "image_sd1")]
     by_run = paired.drop_duplicates(INDEX + ["seed"]).set_index(INDEX + ["seed"])
     row_of = [k[1:1 + len(ROW)] for k in effects.index]
     jobs = []
@@ -263,14 +259,14 @@ def _row_bootstrap(results: Path, task_type: str, runs: dict, key: str, replicat
                 warnings.simplefilter("ignore", RuntimeWarning)
                 row += [float(np.sqrt(np.nanvar(np.nanmean(d, axis=1), ddof=1))),
                         float(np.sqrt(np.nanmean(np.nanvar(d, axis=0, ddof=1))))]
-        out[k] = row + [float(next(iter(sizes)))]  # the test images: c's degrees of freedom come from them
+        out[k] = row
     return out
 
 
 def axis_deltas(runs: pd.DataFrame, ok: pd.DataFrame, axis: str, metric: str) -> pd.DataFrame:
     """Paired Δ (run − its baseline) per task row (and LLM for the layer axis) and value of `axis`."""
     col = METRICS[metric]
-    paired = pairs(ok[ok["run_id"].isin(runs["run_id"]) | ok["booster.variant"].isin(baselines())])
+    paired = pairs(ok[ok["run_id"].isin(runs["run_id"]) | (ok["booster.variant"] == "baseline")])
     paired = paired.merge(runs[["run_id", axis] + (["llm"] if axis == "llm.layers" else [])], on="run_id")
     paired["d"] = paired[col] - paired[f"{col}_base"]
     group = ROW + (["llm"] if axis == "llm.layers" else []) + [axis]

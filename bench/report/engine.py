@@ -7,8 +7,7 @@ has two parts that are estimated so that nothing is counted twice (a two-way dec
   c      the image part shared by every seed: the covariance, over resamples of the test images, between two
          different seeds' Δs (`shared_image_var`). It does not shrink with seeds: it is the floor the test set
          sets (BreastMNIST has 156 test images).
-The primary interval is Δ ± t(df) · sqrt(s²/n + c), df by Welch–Satterthwaite (c's own df from the number of test
-images, `image_df`), and never
+The primary interval is Δ ± t(df) · sqrt(s²/n + c), df by Welch–Satterthwaite with c taken as known, and never
 narrower than the seed-only paired t (Δ ± t(n − 1) · s/√n): where the true c is ~0, its estimate is resampling noise
 that raises the df faster than the evidence does (coverage 0.93 with 3 seeds in benchmarks/interval_coverage.py's
 seed-dominated regime without this). Its p (the larger of the two tests'), its one-sided bounds (TOST) and its MDE
@@ -81,28 +80,15 @@ def shared_image_var(mean_var: float, one_var: float, n: int) -> float:
     return max(0.0, (n * mean_var - one_var) / (n - 1))
 
 
-def image_df(shared: float, one_var: float, images: int) -> float:
-    """The degrees of freedom of c estimated from N test images: c is the covariance of two seeds' per-image
-    contributions over N, whose normal-theory variance is (v₁² + c²)/N, so df_c = 2c²/Var(c) = 2N c²/(v₁² + c²)
-    (inf where not estimated). Small where c is small beside one seed's image variance v₁: c is then noisy."""
-    if pd.isna(shared) or pd.isna(one_var) or not images or shared <= 0:
-        return np.inf
-    return 2 * images * shared ** 2 / (one_var ** 2 + shared ** 2)
+def welch_df(n: int, seed_var: float, image_var: float) -> float:
+    """(n − 1)(1 + c/(s²/n))²: Welch–Satterthwaite's df for s²/n (n − 1 df) plus a known c."""
+    return (n - 1) * ((seed_var + image_var) / seed_var) ** 2 if seed_var > 0 else np.inf
 
 
-def welch_df(n: int, seed_var: float, image_var: float, image_df_: float = np.inf) -> float:
-    """Welch–Satterthwaite's df for s²/n (n − 1 df) plus c (df_c; inf: known): (s²/n + c)² / ((s²/n)²/(n − 1) +
-    c²/df_c), = (n − 1)(1 + c/(s²/n))² for a known c."""
-    den = (seed_var ** 2 / (n - 1) if seed_var > 0 else 0.0) + (image_var ** 2 / image_df_ if np.isfinite(image_df_)
-                                                               else 0.0)
-    return (seed_var + image_var) ** 2 / den if den > 0 else np.inf
-
-
-def primary(n, mean, sd, spread, image_var, level: float = 0.95, alpha: float = ALPHA,
-            image_df_: float = np.inf) -> dict:
+def primary(n, mean, sd, spread, image_var, level: float = 0.95, alpha: float = ALPHA) -> dict:
     """The primary interval of a mean paired Δ over n seeds: mean ± t_df · sqrt(sd²/n + image_var).
 
-    `image_var` is c (`shared_image_var`; NaN: not estimated, seeds only), `image_df_` its df (`image_df`). Returns low, high (two-sided at
+    `image_var` is c (`shared_image_var`; NaN: not estimated, seeds only). Returns low, high (two-sided at
     `level`), lower1, upper1 (one-sided 95% bounds: the loss and the gain the data exclude), p, df, se,
     mde (α two-sided, power 0.8) and why the MDE is missing."""
     out = dict(low=np.nan, high=np.nan, lower1=np.nan, upper1=np.nan, p=np.nan, df=np.nan, se=np.nan, mde=np.nan,
@@ -116,7 +102,7 @@ def primary(n, mean, sd, spread, image_var, level: float = 0.95, alpha: float = 
         out["mde_note"] = "no spread"
     if seed + img <= 0:
         return out
-    df = welch_df(n, seed, img, image_df_)
+    df = welch_df(n, seed, img)
     se = np.sqrt(seed + img)
     tests = [(stats.t(df) if np.isfinite(df) else stats.norm(), se)]
     if seed > 0:  # the union with the seed-only paired t
@@ -126,15 +112,14 @@ def primary(n, mean, sd, spread, image_var, level: float = 0.95, alpha: float = 
     out.update(low=mean - half, high=mean + half, lower1=mean - one, upper1=mean + one,
                p=max(2 * d.sf(abs(mean) / e) for d, e in tests), df=df, se=se)
     if spread:
-        out["mde"] = union_mde(n, seed, img, alpha, image_df_=image_df_)
+        out["mde"] = union_mde(n, seed, img, alpha)
     return out
 
 
-def union_mde(n: int, seed: float, image: float, alpha: float = ALPHA, power: float = POWER,
-              image_df_: float = np.inf) -> float:
-    """The MDE of the primary test with seed part `seed` (s²/n) and image part `image` (c, with df `image_df_`): the
-    larger of its two tests' (Welch–Satterthwaite's t, and the seed-only t with n − 1 df)."""
-    ws = mde(np.sqrt(seed + image), welch_df(n, seed, image, image_df_), alpha, power)
+def union_mde(n: int, seed: float, image: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The MDE of the primary test with seed part `seed` (s²/n) and image part `image` (c): the larger of its two
+    tests' (Welch–Satterthwaite's t, and the seed-only t with n − 1 df)."""
+    ws = mde(np.sqrt(seed + image), welch_df(n, seed, image), alpha, power)
     return max(ws, mde(np.sqrt(seed), n - 1, alpha, power)) if seed > 0 else ws
 
 
@@ -205,17 +190,16 @@ def pooled(means, ses) -> dict:
 
 
 def seeds_for(target: float, seed_var: float, image_var: float, alpha: float = ALPHA, power: float = POWER,
-              most: int = 10_000, image_df_: float = np.inf) -> tuple[float, int | None]:
-    """(floor, n): the MDE no number of seeds gets below (the image part alone: the test set is the same whatever
-    the seeds) and the fewest seeds (≥ 2) whose MDE is at most `target`; n None when the target is at or below the
-    floor or past `most` seeds."""
+              most: int = 10_000) -> tuple[float, int | None]:
+    """(floor, n): the MDE no number of seeds gets below (the image part alone, a z-test) and the fewest seeds
+    (≥ 2) whose MDE is at most `target`; n None when the target is at or below the floor or past `most` seeds."""
     img = 0.0 if pd.isna(image_var) else float(image_var)
-    floor = noncentrality(_df_key(image_df_), alpha, power) * np.sqrt(img)
+    floor = noncentrality(np.inf, alpha, power) * np.sqrt(img)
     if target <= floor or seed_var <= 0 and img <= 0:
         return floor, None
 
     def at(n: int) -> float:
-        return union_mde(n, seed_var / n, img, alpha, power, image_df_)
+        return union_mde(n, seed_var / n, img, alpha, power)
 
     lo, hi = 2, 2
     while at(hi) > target:

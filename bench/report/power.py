@@ -2,8 +2,8 @@
 
 Per task and contrast of the pilot (`effects.cell_effects`, the report's own contrasts and variance parts): the
 per-seed variance s² and the image part c the seeds share (`engine.shared_image_var`). With n seeds the primary
-test's MDE is `engine.union_mde(n, s²/n, c)`; it falls with n towards the floor the test set sets alone (the
-MDE of sqrt(c) with c's own df), which no number of seeds removes. The seeds needed are the fewest whose MDE is at most the target;
+test's MDE is `engine.union_mde(n, s²/n, c)`; it falls with n towards the floor the test set sets alone,
+z-power · sqrt(c), which no number of seeds removes. The seeds needed are the fewest whose MDE is at most the target;
 their compute is bench/cost.py's estimate of the planned grid's runs of that arm and its comparator.
 """
 
@@ -65,7 +65,7 @@ def plan(effects: pd.DataFrame, claims: pd.DataFrame, target: float | None, alph
             a = alpha / family if bh and family else alpha
             seed_var = r[f"{m}_sd"] ** 2 if r[f"{m}_spread"] else 0.0
             image = r[f"{m}_image_shared_sd"] ** 2
-            floor, n = seeds_for(goal, seed_var, image, a, image_df_=r[f"{m}_image_df"])
+            floor, n = seeds_for(goal, seed_var, image, a)
             rows.append({"contrast": contrast, "task": task, "size": size, "setting": setting, "label": label,
                          "arm": arm, "comparator": comparator, "metric": m, "target": goal, "alpha": a,
                          "family": family, "pilot_n": r[f"{m}_n"], "pilot_mde": r[f"{m}_mde"], "sd": r[f"{m}_sd"],
