@@ -231,10 +231,11 @@ def _coverage_module():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("regime", ["seed-dominated", "image-dominated"])
+@pytest.mark.parametrize("regime", ["seed-dominated", "image-dominated", "record"])
 @pytest.mark.parametrize("n", [3, 5])
 def test_primary_interval_covers_the_truth(n, regime):
     """Simulated studies whose true Δ is known in closed form (benchmarks/interval_coverage.py): the primary
-    interval covers it at least 93% of the time at nominal 95%, with 3 and 5 seeds, seed- or image-dominated."""
+    interval covers it 95% of the time, neither less nor more (nothing counted twice), with 3 and 5 seeds, seed- or
+    image-dominated or as the record's BreastMNIST cells; 1000 studies: ±0.025 is 3.6 Monte Carlo se."""
     cov = _coverage_module().coverage(n, regime, studies=1000, replicates=200)
-    assert min(cov["primary"]) >= 0.93, cov
+    assert 0.925 <= min(cov["primary"]) and max(cov["primary"]) <= 0.975, cov
