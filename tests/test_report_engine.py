@@ -167,3 +167,28 @@ def test_runs_that_predict_one_class_are_flagged_and_their_acc_is_not_interprete
                          "seeds: [0, 1, 2]\n")
     assert cli.main(["list", "--grid", str(grid_file), "--results", str(results)]) == 0
     assert "single_class: 4 of 6 ok runs with stored predictions predict one class" in capsys.readouterr().out
+
+
+def test_bench_power_prints_seeds_and_their_compute_and_refuses_a_bad_target(tmp_path, capsys):
+    from bench import cli
+
+    results, _ = _single_class_store(tmp_path)
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text("name: g\ndefaults:\n  data: {task: breastmnist, size: 28}\n  booster: {source: minilm-l6}\n"
+                         "variants:\n  baseline: {booster.variant: baseline}\n  rllm: {booster.variant: rllm}\n"
+                         "seeds: [0, 1, 2]\n")
+    args = ["power", "--results", str(results), "--grid", str(grid_file), "--replicates", "0"]
+    assert cli.main([*args, "--target-mde", "0.05", "--bh"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("power 0.8, two-sided") and "BH-aware" in out[0]
+    auc = next(line for line in out if "rllm vs baseline (baseline) AUC" in line)
+    d = [0.6 - 0.6, 0.71 - 0.61, 0.72 - 0.62]  # rllm − baseline AUC per seed, as the store was written
+    sd = float(np.std(d, ddof=1))
+    assert f"s {sd:.4f}" in auc and "at α 0.05;" in auc  # a family of one test: BH's α/m is α
+    _, n = engine.seeds_for(0.05, sd ** 2, np.nan, 0.05)
+    assert f": {n} seeds (pilot 3" in auc and f"{2 * n} runs, " in auc and "FLOP" in auc
+    acc = next(line for line in out if "rllm vs baseline (baseline) ACC" in line)
+    assert "[ACC not interpretable: 4 of 6 runs predict one class]" in acc
+    assert cli.main([*args, "--target-mde", "big"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--target-mde big" in err
