@@ -192,3 +192,22 @@ def test_bench_power_prints_seeds_and_their_compute_and_refuses_a_bad_target(tmp
     assert cli.main([*args, "--target-mde", "big"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--target-mde big" in err
+
+
+def test_a_margin_is_stated_against_the_one_sided_bounds_and_a_bad_one_is_refused(tmp_path):
+    from bench.errors import BenchError
+    from bench.report import make_report
+
+    results, _ = _single_class_store(tmp_path)
+    folder = make_report(results, tmp_path / "out", name="margin", replicates=0, margin=0.2)
+    eff = pd.read_csv(folder / "effects.csv", keep_default_na=False, na_values=["NaN"])
+    r = eff[(eff["contrast"] == "vs baseline") & (eff["label"] == "rllm")].iloc[0]
+    up = engine.claim_words(0.2, r["auc_lower1"], r["auc_upper1"], r["auc_mde"], "a gain")
+    down = engine.claim_words(-0.2, r["auc_lower1"], r["auc_upper1"], r["auc_mde"], "a loss")
+    both = up.endswith("ruled out") and down.endswith("ruled out")
+    paper = engine.claim_words(0.8823 - 0.8617, r["auc_lower1"], r["auc_upper1"], r["auc_mde"], "the paper's Δ",
+                               "Table 1, ViT-S")  # Lai et al. Table 1, BreastMNIST AUC: R-LLM − ViT-S
+    assert r["auc_claim"] == f"{paper}; " + ("equivalent within ±0.2 (TOST, 5%)" if both else f"{up}; {down}")
+    assert r["acc_claim"] == ""  # its ACC is not interpretable: nothing to rule out
+    with pytest.raises(BenchError, match="--margin -1"):
+        make_report(results, tmp_path / "out", name="margin", replicates=0, margin=-1)

@@ -76,11 +76,6 @@ def interval_text(replicates: int) -> str:
             f"{MDE}")
 
 
-STATS = ("Cells are mean ± sample std (ddof = 1) of the test metric over seeds (n = seeds), from ok runs only; "
-         "when a variant label spans several runs per seed (e.g. several LLMs or layers), each seed's value is "
-         "first their mean, so seeds are the replicates. — marks a missing cell (no ok run), never a zero.")
-
-
 def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc",
                 expected: pd.DataFrame | None = None, replicates: int = bootstrap.REPLICATES,
                 margin: float | None = None) -> Path:
