@@ -98,7 +98,8 @@ def sentences(effects: pd.DataFrame, metric: str, labels: list[str]) -> list[str
     return out
 
 
-POOLED_NOTE = ("Per contrast, the per-task Δs (primary interval's se) pooled by inverse variance: fixed effect (one "
+POOLED_NOTE = ("Per contrast, the per-task Δs pooled by inverse variance (each Δ's se: sqrt(s²/n + c), the "
+               "primary test's): fixed effect (one "
                "true Δ shared by the tasks) and random effects (DerSimonian–Laird τ²: the tasks' true Δs differ), "
                "95% z interval and two-sided p; signs: tasks with Δ > 0 / < 0. Tasks are independent test sets; "
                "each contrast is one estimate per metric (no BH across them).")

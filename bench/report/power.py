@@ -90,9 +90,13 @@ def lines(table: pd.DataFrame, flops: dict, gpu, utilisation: float, bh: bool) -
         if r["single"]:
             head += f" [ACC not interpretable: {r['single']}]"
         if r["seeds"] is None or pd.isna(r["seeds"]):
-            why = (f"the test set alone gives MDE {r['floor']:.4f}" if r["target"] <= r["floor"] else
-                   "more than 10,000 seeds")
-            out.append(f"{head}: unreachable at any number of seeds ({why})")
+            if r["target"] <= r["floor"]:
+                out.append(f"{head}: unreachable at any number of seeds (the test set alone gives MDE "
+                           f"{r['floor']:.4f})")
+            elif not r["sd"] > 0 and not r["image_sd"] > 0:
+                out.append(f"{head}: no spread in the pilot (every paired Δ equal): nothing to plan from")
+            else:
+                out.append(f"{head}: more than 10,000 seeds")
             continue
         n = int(r["seeds"])
         f_arm = flops.get((r["task"], r["size"], r["label"]))
