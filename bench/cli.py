@@ -206,7 +206,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replicates", type=int, default=1000, metavar="N",
                    help="bootstrap replicates per arm over seeds and test images (default 1000; 0: no bootstrap). "
                         "Its time grows with test-set size x arms (TissueMNIST: 47,280 test images per run)")
+    p.add_argument("--margin", type=float, metavar="D",
+                   help="also say per contrast whether a gain or a loss of D is ruled out (one-sided 95%% bounds; "
+                        "both: equivalent within ±D, TOST)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("power", help="the seeds a study needs for a target MDE, from a pilot store, before running it",
+                       description="Per task and contrast of a pilot store: the seeds the report's primary test needs "
+                                   "to detect the target MDE with power 0.8, the floor the test set alone sets, and "
+                                   "what those seeds cost on the planned grid (bench/cost.py's estimate).")
+    p.add_argument("--results", type=Path, required=True, metavar="PILOT_STORE", help="the pilot's result store")
+    p.add_argument("--grid", required=True, metavar="NAME|PATH", help="the planned grid (its runs price the seeds)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="--set overrides for the planned grid")
+    p.add_argument("--target-mde", default="paper", metavar="X|paper",
+                   help="the smallest Δ to detect (default 'paper': |the paper's Δ| for each arm that has a claim)")
+    p.add_argument("--alpha", type=float, default=0.05, help="two-sided level (default 0.05)")
+    p.add_argument("--bh", action="store_true",
+                   help="test at α/m, m = the contrast family's size (BH's first step) instead of unadjusted α")
+    p.add_argument("--replicates", type=int, default=1000, metavar="N",
+                   help="image resamples for the pilot's image part (default 1000; 0: seeds only)")
+    _add_cost(p)
+    p.set_defaults(func=cmd_power)
 
     p = sub.add_parser("explain", help="CAM heatmaps of the same test images under a baseline and its R-LLM run",
                        description="Render grad-cam heatmaps (at the last ViT block, before the booster) of the same "
@@ -427,6 +448,18 @@ def _weights_line(grid_runs) -> str:
     return f"weights on disk: {what}: {amount} (float32, the frozen LLM layers not saved){left}"
 
 
+def _single_class_line(results, runs, ids, status) -> str:
+    """How many ok runs predict one class on test (their ACC is a majority rate), from the stored predictions."""
+    from bench import store
+    from bench.data.info import info
+
+    flags = [store.single_class(results, rid, info()[cfg.data.task]["task"])
+             for cfg, rid in zip(runs, ids) if status[rid] == "ok"]
+    known = [f for f in flags if f is not None]
+    return (f"single_class: {sum(known)} of {len(known)} ok runs with stored predictions predict one class on test "
+            "(their ACC is the majority rate; the report calls such ACC contrasts not interpretable)")
+
+
 def cmd_list(args) -> int:
     from collections import Counter
 
@@ -448,6 +481,7 @@ def cmd_list(args) -> int:
         c["total"] += 1
         c[status[rid] or "todo"] += 1
     print("by variant: " + ", ".join(f"{k} {v['ok']}/{v['total']}" for k, v in by_label.items()))
+    print(_single_class_line(args.results, grid.runs, ids, status))
     failed = [rid for rid in ids if status[rid] == "failed"]
     for rid, error in store.column(args.results, "error", failed).items():
         print(f"failed {rid}: {error}")
@@ -529,8 +563,24 @@ def cmd_report(args) -> int:
         grid = load_grid(args.grid, parse_sets(args.sets))
         expected, name = expected_runs(grid), grid.name
     out = make_report(args.results, args.out, name=name, metric=args.metric, expected=expected,
-                      replicates=args.replicates)
+                      replicates=args.replicates, margin=args.margin)
     print(f"report written to {out}/index.html")
+    return 0
+
+
+def cmd_power(args) -> int:
+    from bench.config import parse_sets
+    from bench.cost import GPUS
+    from bench.grid import load_grid
+    from bench.report.power import parse_target, power_report
+
+    target = parse_target(args.target_mde)
+    if not 0 < args.utilisation <= 1:
+        raise BenchError(f"--utilisation {args.utilisation} is a share of the GPU's peak: give a number in (0, 1]")
+    grid = load_grid(args.grid, parse_sets(args.sets))
+    for line in power_report(args.results, grid, target, args.alpha, args.bh, GPUS[args.gpu], args.utilisation,
+                             args.replicates):
+        print(line)
     return 0
 
 

@@ -177,7 +177,7 @@ def test_minimum_detectable_effect_matches_statsmodels(real_store):
             if sd == 0:
                 assert math.isnan(got[f"{m}_mde"]) and got[f"{m}_mde_note"] == "no spread"
                 continue
-            seed, img = sd ** 2 / 3, got[f"{m}_image_sd"] ** 2
+            seed, img = sd ** 2 / 3, got[f"{m}_image_shared_sd"] ** 2
             df = 2 * (1 + img / seed) ** 2
             assert got[f"{m}_df"] == pytest.approx(df, rel=1e-9)
             power = TTestPower()
@@ -204,7 +204,8 @@ def test_weighted_metrics_equal_medmnist_on_resampled_images(real_store):
 
 def test_image_part_matches_a_brute_force_shared_resampling(real_store):
     """One resample of the test images per replicate, the same for every seed's two runs, through medmnist's
-    metric; the primary interval is Δ ± t(df) sqrt(s²/n + v) with Welch–Satterthwaite's df, or the seed-only t."""
+    metric; the part the seeds share is the mean covariance between two seeds' resampled Δs; the primary interval
+    is Δ ± t(df) sqrt(s²/n + c) with Welch–Satterthwaite's df, or the seed-only t."""
     results, folder, rows = real_store
     eff = pd.read_csv(folder / "effects.csv")
     got = eff[(eff["label"] == "rllm") & (eff["arm"] == "layer=0")].iloc[0]
@@ -216,16 +217,20 @@ def test_image_part_matches_a_brute_force_shared_resampling(real_store):
     for _ in range(1500):
         i = rng.integers(n_img, size=n_img)
         scores = [[evaluate("binary-class", p["y_true"][i], p["y_score"][i]) for p in pair] for pair in preds]
-        reps["acc"].append(np.mean([v[0] - b[0] for v, b in scores]))
-        reps["auc"].append(np.mean([v[1] - b[1] for v, b in scores]))
+        reps["acc"].append([v[0] - b[0] for v, b in scores])
+        reps["auc"].append([v[1] - b[1] for v, b in scores])
     for k, m in enumerate(("acc", "auc")):
-        sd = np.nanstd(reps[m], ddof=1)
+        per_seed = np.array(reps[m])  # (replicates, seeds)
+        sd = np.nanstd(np.nanmean(per_seed, axis=1), ddof=1)
         assert sd > 0 and got[f"{m}_image_sd"] == pytest.approx(sd, rel=0.12)
+        cov = np.ma.cov(np.ma.masked_invalid(per_seed), rowvar=False).filled(np.nan)
+        shared = max(0.0, np.nanmean(cov[~np.eye(len(SEEDS), dtype=bool)]))
+        assert got[f"{m}_image_shared_sd"] ** 2 == pytest.approx(shared, abs=0.15 * sd ** 2)
         d = arm_diffs(rows, 0, m)
         seed = statistics.variance(d) / 3
         if seed == 0:
             continue
-        img = got[f"{m}_image_sd"] ** 2
+        img = got[f"{m}_image_shared_sd"] ** 2
         df = 2 * (1 + img / seed) ** 2
         half = max(scipy_t.ppf(0.975, df) * math.sqrt(seed + img), T975_DF2 * math.sqrt(seed))
         assert (got[f"{m}_low"], got[f"{m}_high"]) == pytest.approx((statistics.mean(d) - half, statistics.mean(d) + half),

@@ -25,7 +25,8 @@ from scipy import stats
 
 from bench.grid import load_grid
 from bench.report import make_report
-from bench.report.effects import finding, primary
+from bench.report.effects import finding
+from bench.report.engine import primary
 from bench.report.verdict import classify, prediction_interval
 from bench.store import read_runs
 
@@ -124,8 +125,27 @@ def test_first_screen_answers_with_every_control(controls_store):
             assert cell.startswith(r[f"{m}_finding"] + ": ")
             mean = statistics.mean(diffs(rows, key[1], key[2], m))
             assert f"{mean:+.3f} " + (f"[{r[f'{m}_low']:+.3f}, " if r[f"{m}_low"] == r[f"{m}_low"] else "(n=3") in cell
-            word = ("helps" if r[f"{m}_mean"] > 0 else "hurts") if r[f"{m}_p_bh"] < 0.05 else "no detectable effect"
-            assert r[f"{m}_finding"].startswith(word)
+            low, high = r[f"{m}_low"], r[f"{m}_high"]
+            excludes = low == low and (low > 0 or high < 0)
+            if m == "acc" and r["single"]:
+                word = f"not interpretable ({r['single']})"
+            elif r[f"{m}_p_bh"] < 0.05:
+                word = "helps" if r[f"{m}_mean"] > 0 else "hurts"
+            elif excludes:
+                word = "higher" if r[f"{m}_mean"] > 0 else "lower"
+            else:
+                word = "no detectable effect"
+            assert r[f"{m}_finding"].startswith(word) and cell.startswith(r[f"{m}_finding"])
+            shown = re.search(r"\[([-+]\d\.\d{3}), ([-+]\d\.\d{3})\]", cell)  # the interval beside the words
+            if shown:  # the words agree with it: an effect only where it excludes 0, 'no detectable' only where not
+                lo, hi = float(shown[1]), float(shown[2])
+                assert (lo, hi) == pytest.approx((low, high), abs=5e-4)
+                if word.startswith(("helps", "hurts", "higher", "lower")):
+                    assert low > 0 or high < 0
+                if word == "no detectable effect":
+                    assert low <= 0 <= high
+            family = eff.xs(contrast, level="contrast")[f"{m}_p"].notna().sum()
+            assert f"BH family of {family}" in cell
     html = (folder / "index.html").read_text()
     assert html.index("Does the pretrained layer help?</h2>") < html.index("Reproduction of Lai et al. (CVPRW 2024)</h2>")
 
@@ -158,7 +178,9 @@ def test_identical_paired_differences_have_no_spread():
     """All runs predict the majority class: every Δ is 0; no interval, no MDE, and words that say why."""
     p = primary(3, 0.0, 0.0, False, 0.0)
     assert math.isnan(p["low"]) and math.isnan(p["mde"]) and p["mde_note"] == "no spread"
-    assert finding(0.0, p["p"], p["mde"], p["mde_note"], 3) == "no detectable effect (MDE — : no spread)"
+    assert finding(0.0, p["low"], p["high"], p["p"], p["mde"], p["mde_note"], 3) == "no detectable effect (MDE — : no spread)"
+    assert finding(0.0, p["low"], p["high"], p["p"], p["mde"], p["mde_note"], 3, "6 of 6 runs predict one class") == \
+        "not interpretable (6 of 6 runs predict one class)"
     assert primary(1, 0.01, np.nan, False, 1e-4)["mde_note"] == "n < 2"
     assert classify(0.02, *prediction_interval(3, 0.0, 0.0, False, 0.01), 3, False) == "no spread"
     assert classify(0.02, np.nan, np.nan, 1, False) == "inconclusive"
@@ -209,10 +231,11 @@ def _coverage_module():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("regime", ["seed-dominated", "image-dominated"])
+@pytest.mark.parametrize("regime", ["seed-dominated", "image-dominated", "record"])
 @pytest.mark.parametrize("n", [3, 5])
 def test_primary_interval_covers_the_truth(n, regime):
     """Simulated studies whose true Δ is known in closed form (benchmarks/interval_coverage.py): the primary
-    interval covers it at least 93% of the time at nominal 95%, with 3 and 5 seeds, seed- or image-dominated."""
+    interval covers it 95% of the time, neither less nor more (nothing counted twice), with 3 and 5 seeds, seed- or
+    image-dominated or as the record's BreastMNIST cells; 1000 studies: ±0.025 is 3.6 Monte Carlo se."""
     cov = _coverage_module().coverage(n, regime, studies=1000, replicates=200)
-    assert min(cov["primary"]) >= 0.93, cov
+    assert 0.925 <= min(cov["primary"]) and max(cov["primary"]) <= 0.975, cov

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.report import bootstrap, plots
+from bench.models.registry import baselines
+from bench.report import answer, bootstrap, plots
 from bench.report.collect import collect, expected_runs
 from bench.report.effects import CONTRASTS, add_arms, axis_deltas, cell_effects
 from bench.report.explain import explain_sections
@@ -32,8 +33,8 @@ __all__ = ["make_report", "expected_runs"]
 PAIRING = (
     "Pairing rule: a contrast pairs an arm's seed-s run with its comparator's seed-s run, everything else equal: "
     "the baseline (booster.variant = baseline) with the same data.*, vit.* and train.* settings; for an R-LLM arm "
-    "also its capacity control (mlp for residual in/none, adapters for residual out/hybrid, with the same LLM width "
-    "and FE/FD settings), the same layer with random weights (booster.init=random, every other booster field equal) "
+    "also its capacity control (the FE/FD wired as the arm's residual is when the layer is the identity: mlp for "
+    "residual in/none, adapters for residual out/hybrid; the same LLM width and FE/FD settings), the same layer with random weights (booster.init=random, every other booster field equal) "
     "and, for a fine-tuned arm, the same layer frozen. Only pairs where both runs are ok count. Δ is the mean of the "
     "per-seed differences (arm − comparator) over the n paired seeds. p is two-sided from the primary interval's t, "
     "Benjamini–Hochberg adjusted (p BH) within one family per contrast and metric: "
@@ -41,45 +42,52 @@ PAIRING = (
     "(every variant label × task row, per metric) and shows the seed-only paired t. Ablation tables show unadjusted "
     "seed-only intervals."
 )
-MDE = ("MDE: the smallest |Δ| the primary two-sided test detects with power 0.8 at α = 0.05 unadjusted (the "
-       "decisions use BH-adjusted p, so an effect at the MDE can still miss after adjustment), from the noncentral t: "
+MDE = ("MDE: the smallest |Δ| the primary two-sided test detects with power 0.8 at α = 0.05 unadjusted, the α at "
+       "which the words 'no detectable effect' are said (the interval, not BH, decides them), from the noncentral t: "
        "the larger of the MDEs of the two tests in the union; — where it is undefined: n < 2, or no spread (all paired "
-       "differences equal).")
-FINDINGS = ("Rule for the words, per contrast and metric: 'helps' / 'hurts' = p BH < 0.05 (two-sided, primary "
-            "interval's t) with Δ > 0 / Δ < 0 (the arm's metric is higher / lower than the comparator's); otherwise "
-            "'no detectable effect', with the MDE: an effect of that size would have been detected with power 0.8; "
-            "'not tested' = fewer than 2 paired seeds. Cells: finding: Δ [primary 95% CI] (n paired seeds, "
-            "comparator). — = no such comparator in this store. Capacity control = the same FE/FD without the "
-            "layer; random weights = the same layer, booster.init=random; the last column is the fine-tuned arm "
-            "minus this frozen one.")
+       "differences equal). `bench power` gives the seeds a target MDE needs, BH-aware or not.")
+FINDINGS = ("Rule for the words, per contrast and metric, read off the primary interval beside them: 'helps' / "
+            "'hurts' = p BH < 0.05 within the contrast's family (the family's size is in each cell) with Δ > 0 / Δ < 0; "
+            "'higher' / 'lower' = the 95% interval excludes 0 but p BH ≥ 0.05; otherwise 'no detectable effect' with "
+            "the MDE at α = 0.05 unadjusted; 'not tested' = fewer than 2 paired seeds; ACC 'not interpretable (k of n "
+            "runs predict one class)' where a paired run's test predictions are all one class (its ACC is the "
+            "majority rate; AUC still ranks its scores). Where the seed-only interval (Paired contrasts) excludes 0 "
+            "and the primary does not, the words follow the primary: it also counts the test images, which every "
+            "seed shares. Cells: finding: Δ [primary 95% CI] (n paired seeds, BH family size, comparator); then "
+            "where the paper's Δ for that task and arm (or ±--margin) stands against the one-sided 95% bounds. — = "
+            "no such comparator in this store. Capacity control = the same FE/FD without the layer; random weights "
+            "= the same layer, booster.init=random; the last column is the fine-tuned arm minus this frozen one.")
 
 
 def interval_text(replicates: int) -> str:
     """The one sentence that says what the primary interval counts, and what the other intervals are."""
-    image = (f"the image-sampling variance of the mean Δ over {replicates} resamples of the test images, ONE resample "
-             "per replicate shared by every seed's two runs (every seed is scored on the same test set); random "
-             f"stream numpy default_rng([{bootstrap.SEED}, crc32('task|size|setting')]), so a render is exactly "
-             "reproducible" if replicates else
+    image = (f"the image part the seeds share: the covariance between two seeds' Δs over {replicates} resamples of "
+             "the test images, ONE resample per replicate shared by every seed's two runs (every seed is scored on "
+             "the same test set), c = (n·v − v₁)/(n − 1) with v the resampled variance of the mean Δ and v₁ that of "
+             "one seed's Δ (the seed × image rest is in s² already, so it is not counted again); random stream numpy "
+             f"default_rng([{bootstrap.SEED}, crc32('task|size|setting')]), so a render is exactly reproducible"
+             if replicates else
              "no image part (bench report --replicates 0: the intervals count the seeds only and say so)")
-    return (f"Primary 95% interval (CI): Δ ± t(0.975, df) · sqrt(s²/n + v), with s²/n the seed variance of the mean "
-            f"of the n paired differences and v {image}; df = (n − 1)(1 + v/(s²/n))² (Welch–Satterthwaite, the image "
+    return (f"Primary 95% interval (CI): Δ ± t(0.975, df) · sqrt(s²/n + c), with s²/n the seed variance of the mean "
+            f"of the n paired differences and c {image}; df = (n − 1)(1 + c/(s²/n))² (Welch–Satterthwaite, the image "
             "part taken as known), and never narrower than the seed-only paired t (the union of the two; p the larger "
             "of their two p). Seed-only paired t: Δ ± t(0.975, n − 1) · s/√n, which leaves out the test-image "
-            f"sampling. {MDE}")
-
-
-STATS = ("Cells are mean ± sample std (ddof = 1) of the test metric over seeds (n = seeds), from ok runs only; "
-         "when a variant label spans several runs per seed (e.g. several LLMs or layers), each seed's value is "
-         "first their mean, so seeds are the replicates. — marks a missing cell (no ok run), never a zero.")
+            "sampling. One-sided 95% bounds (TOST at 5%): the same two tests at t(0.95). "
+            f"{MDE}")
 
 
 def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc",
-                expected: pd.DataFrame | None = None, replicates: int = bootstrap.REPLICATES) -> Path:
+                expected: pd.DataFrame | None = None, replicates: int = bootstrap.REPLICATES,
+                margin: float | None = None) -> Path:
     """Write the report for the runs of `expected` (None: every stored run) into `out`/`name` (or into `out` itself
     when it is already named after the report, e.g. reports/record) and return that folder; `replicates` of the
-    seeds × images bootstrap per arm (0: none; its time grows with test-set size × arms)."""
+    seeds × images bootstrap per arm (0: none; its time grows with test-set size × arms); `margin`: also say, per
+    contrast, whether a gain or a loss of that size is ruled out (equivalence, TOST)."""
     if metric not in METRICS:
         raise BenchError(f"metric '{metric}' is not one of {', '.join(METRICS)}")
+    if margin is not None and not 0 < margin < 1:
+        raise BenchError(f"--margin {margin}: give the smallest Δ that matters as a positive metric difference, "
+                         "e.g. 0.01")
     if replicates != 0 and replicates < 100:
         raise BenchError(f"--replicates {replicates}: give 0 (no bootstrap) or at least 100 (default "
                          f"{bootstrap.REPLICATES}); fewer cannot place a 95% interval's 2.5 and 97.5 percentiles")
@@ -98,7 +106,7 @@ def make_report(results: Path, out: Path, name: str = "all", metric: str = "auc"
     table = summary(grid)
     ok = add_arms(grid[grid["status"] == "ok"])
     with plots.style():
-        sections = _sections(Path(results), grid, ok, table, metric, folder, replicates)
+        sections = _sections(Path(results), grid, ok, table, metric, folder, replicates, margin)
     title = f"R-LLM bench report: {name}"
     intro = [_counts(grid, expected is not None),
              f"Store: {Path(results).name}/ (--results; no absolute path, so renders elsewhere match). Best, Δ plots and curves use test {NAMES[metric]}."]
@@ -120,21 +128,26 @@ def _write_numbers(folder: Path, effects: pd.DataFrame, v: pd.DataFrame) -> None
 
 
 def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, metric: str,
-              folder: Path, replicates: int) -> list[Section]:
+              folder: Path, replicates: int, margin: float | None) -> list[Section]:
     labels = label_order(grid["label"])
     published = load_published()
     other = next(m for m in METRICS if m != metric)
     effects = cell_effects(ok, results if replicates else None, replicates)
     v = verdicts(results, ok, effects, published)
+    effects = answer.add_claims(effects, v, margin)
     _write_numbers(folder, effects, v)
+    pooled = answer.pooled_rows(effects)
     sections = [
-        _findings_section(effects, labels, replicates),
+        _findings_section(effects, labels, replicates, metric),
         _verdict_section(v),
         _runs_section(grid, ok),
         Section("Summary", [metric_matrix(table, metric, labels), metric_matrix(table, other, labels),
-                            delta_table(table, labels), plots.delta_bars(table, metric, labels, folder),
+                            delta_table(table, labels), plots.delta_bars(effects, metric, labels, folder),
                             plots.heatmap(table, metric, labels, folder)]),
-        Section("Paired contrasts", [PAIRING, interval_text(replicates), effects_table(effects, labels)]),
+        Section("Paired contrasts", [PAIRING, interval_text(replicates), effects_table(effects, labels),
+                                     *[t for t in [answer.claims_table(effects)] if t]]),
+        Section("Across tasks", [answer.pooled_table(pooled) or "No contrast is on two or more task rows: nothing "
+                                 "to pool.", answer.forest(effects, pooled, metric, folder)]),
         _published_section(ok, published),
         _ablation_section(ok, table, metric, folder),
         Section("Training curves", [plots.val_curves(_curve_history(results, ok), ok, metric, folder)]),
@@ -148,14 +161,15 @@ def _sections(results: Path, grid: pd.DataFrame, ok: pd.DataFrame, table: pd.Dat
     return sections
 
 
-def _findings_section(effects: pd.DataFrame, labels: list[str], replicates: int) -> Section:
-    """First screen: does each R-LLM arm help, against the baseline, its capacity control and random weights?"""
+def _findings_section(effects: pd.DataFrame, labels: list[str], replicates: int, metric: str) -> Section:
+    """First screen: does each R-LLM arm help, against the baseline, its capacity control and random weights? The
+    answer in one sentence per task, then the table, then the method."""
     title = "Does the pretrained layer help?"
     table = findings_table(effects, labels)
     if table is None:
-        return Section(title, ["No ok R-LLM arm (booster.variant = rllm) with a paired comparator in this report: "
-                               "nothing to answer.", FINDINGS])
-    return Section(title, [interval_text(replicates), FINDINGS, table])
+        return Section(title, ["No ok R-LLM arm (a variant with an LLM layer) with a paired comparator in this "
+                               "report: nothing to answer.", FINDINGS])
+    return Section(title, [*answer.sentences(effects, metric, labels), table, FINDINGS, interval_text(replicates)])
 
 
 def _verdict_section(v: pd.DataFrame) -> Section:
@@ -182,7 +196,24 @@ def _verdict_section(v: pd.DataFrame) -> Section:
          f"PI at 1 − 0.05/{checks}): {int(repro['contradicted_familywise'].sum())} reproduction and "
          f"{int(analog['contradicted_familywise'].sum())} analogous checks contradicted." if checks else
          "Multiplicity: no check has a prediction interval here, so none can be contradicted."),
-        RULES, verdict_table(v), audit_table(v)])
+        RULES, *_verdict_rows(v), audit_table(v)])
+
+
+def _verdict_rows(v: pd.DataFrame) -> list:
+    """The verdict table of the checks that say something; the 'no audit' ones (no protocol-audit history, so no
+    verdict) collapsed into one line that names their claims."""
+    silent = v[v["verdict"] == "no audit"]
+    blocks = [verdict_table(v[v["verdict"] != "no audit"])] if (v["verdict"] != "no audit").any() else []
+    if len(silent):
+        named = sorted({f"{t} {var} ({tab}, {m.upper()})" for t, var, tab, m in
+                        zip(silent["task"], silent["variant"], silent["tables"], silent["metric"])})
+        blocks.append(f"{len(silent)} claim checks have no verdict (no audit: their runs have no protocol-audit "
+                      f"history, train.audit_test=false; the audit table below still compares levels): "
+                      f"{'; '.join(named)}.")
+        folded = verdict_table(silent)
+        folded.title, folded.collapse = "Claims without a verdict (no audit), with their deviations", True
+        blocks.append(folded)
+    return blocks
 
 
 def _published_section(ok: pd.DataFrame, published: pd.DataFrame) -> Section:
@@ -224,7 +255,7 @@ def _runs_section(grid: pd.DataFrame, ok: pd.DataFrame) -> Section:
     if len(missing):
         blocks.append(runs_table(f"Excluded: {len(missing)} missing runs (planned, not stored)", missing,
                                  collapse=len(missing) > 20))
-    variants = ok[ok["booster.variant"] != "baseline"]
+    variants = ok[~ok["booster.variant"].isin(baselines())]
     unpaired = variants[~variants["run_id"].isin(pairs(ok)["run_id"])]
     if len(unpaired):
         blocks.append(runs_table(f"{len(unpaired)} ok variant runs without an ok baseline (not in any Δ)", unpaired,

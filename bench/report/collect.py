@@ -15,6 +15,7 @@ import pandas as pd
 from bench.config import RunConfig, added_defaults, all_keys, flatten, run_id
 from bench.errors import BenchError
 from bench.grid import Grid
+from bench.models.registry import baselines
 from bench.store import read_runs
 
 SECTIONS = ("data", "vit", "booster", "train")
@@ -88,7 +89,22 @@ def collect(results: Path, expected: pd.DataFrame | None) -> pd.DataFrame:
             named = plan["label"].fillna("").astype(str) != ""
             grid.loc[named, "label"] = plan.loc[named, "label"]
         grid = grid.reset_index()
-    return _normalise(grid)
+    grid = _normalise(grid)
+    return grid.assign(single_class=single_class(results, grid))
+
+
+def single_class(results: Path, grid: pd.DataFrame) -> pd.Series:
+    """Per row: whether the ok run's stored test predictions are all one class (`bench.store.single_class`); NaN
+    for runs that are not ok or have no predictions."""
+    from bench.data.info import info
+    from bench.store import single_class as one_class
+
+    out = pd.Series(np.nan, index=grid.index, dtype=object)
+    for i, rid, status, task in zip(grid.index, grid["run_id"], grid["status"], grid["task"]):
+        if status == "ok":
+            flag = one_class(Path(results), rid, info().get(task, {}).get("task", "binary-class"))
+            out[i] = np.nan if flag is None else flag
+    return out
 
 
 def _normalise(grid: pd.DataFrame) -> pd.DataFrame:
@@ -109,7 +125,7 @@ def _normalise(grid: pd.DataFrame) -> pd.DataFrame:
         grid[col] = pd.to_numeric(grid[col], errors="coerce")
     # LLM identity: the resolved provenance when the run recorded it, else the configured source.
     grid["llm"] = grid["llm.source"].where(grid["llm.source"].notna(), grid["booster.source"])
-    grid.loc[grid["booster.variant"] == "baseline", "llm"] = np.nan
+    grid.loc[grid["booster.variant"].isin(baselines()), "llm"] = np.nan
     grid["setting"] = _setting(grid)
     return grid
 

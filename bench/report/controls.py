@@ -1,57 +1,39 @@
-"""Paired comparisons of a per-run measure between arms: each R-LLM arm against the baseline and its controls.
+"""Paired comparisons of a per-run measure (robustness, token maps): the report's own contrasts, on another measure.
 
-R-LLM arms are the labels with booster.variant = rllm and pretrained weights (frozen, fine-tuned, any layer).
-Their controls: the baseline (no booster), the no-LLM boosters (mlp, adapters) and the R-LLM labels with random
-weights (booster.init = random); each control other than the baseline is also compared with the baseline. Two
-runs pair when they share data.*, vit.*, train.* settings and seed (`bench.report.collect.pair_keys`), as the
-report pairs every variant with its baseline; the Δ over seeds is `bench.report.stats.paired_test`.
+The pairs are `bench.report.effects.contrast_pairs`' (every arm vs the baseline, each R-LLM arm vs its capacity
+control, random weights and, fine-tuned, the frozen layer), so a section never defines its own controls; the Δ
+over seeds is `bench.report.engine`'s seed-only paired t (the measures have no image resamples), p BH within each
+contrast's family per measure.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from bench.report.collect import pair_keys
-from bench.report.stats import ROW, paired_test
+from bench.report.effects import INDEX, add_arms, contrast_pairs
+from bench.report.engine import bh, summarise
+from bench.report.stats import ROW
 
-COLUMNS = ROW + ["arm", "control", "measure", "n_pairs", "mean", "ci_low", "ci_high", "p"]
-
-
-def role(ok: pd.DataFrame) -> pd.Series:
-    """Per run: 'rllm' (a pretrained R-LLM arm), 'baseline', or 'control' (no-LLM booster, random-weight layer)."""
-    variant = ok["booster.variant"].astype(str)
-    init = ok["booster.init"].astype(str) if "booster.init" in ok.columns else pd.Series("", index=ok.index)
-    out = pd.Series("control", index=ok.index)
-    out[variant == "baseline"] = "baseline"
-    out[(variant == "rllm") & (init != "random")] = "rllm"
-    return out
-
-
-def comparisons(ok: pd.DataFrame) -> list[tuple[str, str]]:
-    """(arm label, control label) pairs among the labels of `ok`, in label order."""
-    r = role(ok)
-    labels = list(dict.fromkeys(ok["label"]))
-    kind = {lab: r[ok["label"] == lab].iloc[0] for lab in labels}
-    controls = [lab for lab in labels if kind[lab] == "baseline"] + [lab for lab in labels if kind[lab] == "control"]
-    out = [(arm, c) for arm in labels if kind[arm] == "rllm" for c in controls]
-    return out + [(c, b) for c in controls if kind[c] == "control" for b in controls if kind[b] == "baseline"]
+COLUMNS = ROW + ["contrast", "arm", "control", "measure", "n_pairs", "mean", "ci_low", "ci_high", "p", "p_bh"]
 
 
 def control_deltas(values: pd.DataFrame, ok: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
-    """Paired Δ (arm − control) over seeds of each column of `values` (indexed by run_id) in `measures`."""
-    keys = pair_keys(ok.columns)
-    cols = ROW + ["label", "booster.variant"] + [c for c in ("booster.init",) if c in ok.columns] + keys
-    runs = ok.set_index("run_id")[list(dict.fromkeys(cols))].join(values[measures], how="inner")
+    """Paired Δ (arm − comparator) over seeds of each column of `values` (indexed by run_id) in `measures`, for the
+    contrasts whose runs all have a value."""
+    pairs_ = contrast_pairs(add_arms(ok) if "arm" not in ok.columns else ok)
+    pairs_ = pairs_[pairs_["run_id"].isin(values.index) & pairs_["run_id_cmp"].isin(values.index)]
     rows = []
-    for arm, control in comparisons(runs.reset_index()):
-        a, c = runs[runs["label"] == arm], runs[runs["label"] == control]
-        both = a.merge(c[keys + measures], on=keys, suffixes=("", "_c"))
-        for row, grp in both.groupby(ROW, sort=True):
-            for m in measures:
-                g = grp.dropna(subset=[m, f"{m}_c"]).groupby("seed")[[m, f"{m}_c"]].mean()
-                res = paired_test(g[m].to_numpy(float), g[f"{m}_c"].to_numpy(float))
-                rows.append({**dict(zip(ROW, row)), "arm": arm, "control": control, "measure": m, **res})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    for m in measures:
+        d = pairs_.assign(d=values[m].reindex(pairs_["run_id"]).to_numpy()
+                          - values[m].reindex(pairs_["run_id_cmp"]).to_numpy()).dropna(subset=["d"])
+        if d.empty:
+            continue
+        per_seed = d.groupby(INDEX + ["seed"], sort=True)["d"].mean().reset_index()
+        s = summarise(per_seed, INDEX, "d").reset_index()
+        s["p_bh"] = s.groupby("contrast")["p_t"].transform(lambda p: bh(p.to_numpy(float)))
+        s["arm"] = s["label"].where(s["arm"] == "", s["label"] + " · " + s["arm"])
+        rows.append(s.rename(columns={"comparator": "control", "n": "n_pairs", "p_t": "p"}).assign(measure=m))
+    return pd.concat(rows, ignore_index=True)[COLUMNS] if rows else pd.DataFrame(columns=COLUMNS)
 
 
 def level_table(title: str, runs: pd.DataFrame, values: pd.DataFrame, measures: dict[str, str]):

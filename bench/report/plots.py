@@ -59,24 +59,28 @@ def _rows(df: pd.DataFrame) -> pd.Series:
     return pd.Series([row_name(*r) for r in df[ROW].itertuples(index=False)], index=df.index)
 
 
-def delta_bars(summary: pd.DataFrame, metric: str, labels: list[str], out: Path) -> Plot | Skipped:
-    """Bars of the paired Δ per task, one panel per variant, with the paired-t 95% CI as error bars."""
+def delta_bars(effects: pd.DataFrame, metric: str, labels: list[str], out: Path) -> Plot | Skipped:
+    """Bars of the paired Δ vs baseline per task, one panel per arm, with the primary 95% interval (the one the
+    words use) as error bars."""
     title = f"Δ test {NAMES[metric]} vs baseline"
-    d = summary[(summary["booster.variant"] != "baseline") & summary[f"delta_{metric}_mean"].notna()]
+    e = effects.reset_index() if len(effects) else pd.DataFrame(columns=["contrast"])
+    d = e[(e["contrast"] == "vs baseline")]
+    d = d[d[f"{metric}_mean"].notna()] if len(d) else d
     if d.empty:
         return Skipped(f"{title}: skipped, no variant run has an ok baseline to pair with.")
-    d = d.assign(row=_rows(d))
+    d = d.assign(row=_rows(d), panel=d["label"].where(d["arm"] == "", d["label"] + " · " + d["arm"]))
     rows = list(dict.fromkeys(d["row"]))
-    labels = [lab for lab in labels if lab in set(d["label"])]
-    ncol = min(len(labels), 3 if len(rows) <= 6 else 2)
-    nrow = -(-len(labels) // ncol)
+    order = {lab: i for i, lab in enumerate(labels)}
+    panels = sorted(dict.fromkeys(d["panel"]), key=lambda p: (order.get(p.split(" · ")[0], len(order)), p))
+    ncol = min(len(panels), 3 if len(rows) <= 6 else 2)
+    nrow = -(-len(panels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, sharey=True, squeeze=False,
                              figsize=(ncol * max(4.0, 0.4 * len(rows) + 1.5), nrow * 3.8))
-    for ax, lab, color in zip(axes.flat, labels, sns.color_palette("deep", len(labels))):
-        sub = d[d["label"] == lab]
+    for ax, panel, color in zip(axes.flat, panels, sns.color_palette("deep", len(panels))):
+        sub = d[d["panel"] == panel]
         x = np.array([rows.index(r) for r in sub["row"]])
-        mean = sub[f"delta_{metric}_mean"].to_numpy(float)
-        lo, hi = sub[f"delta_{metric}_ci_low"].to_numpy(float), sub[f"delta_{metric}_ci_high"].to_numpy(float)
+        mean = sub[f"{metric}_mean"].to_numpy(float)
+        lo, hi = sub[f"{metric}_low"].to_numpy(float), sub[f"{metric}_high"].to_numpy(float)
         has = ~np.isnan(lo)
         ax.bar(x, mean, 0.7, color=color)
         ax.errorbar(x[has], mean[has], yerr=[mean[has] - lo[has], hi[has] - mean[has]], fmt="none",
@@ -84,16 +88,16 @@ def delta_bars(summary: pd.DataFrame, metric: str, labels: list[str], out: Path)
         ax.axhline(0, color="black", lw=0.8)
         ax.grid(axis="x", visible=False)
         ax.set_xticks(range(len(rows)), rows, rotation=45, ha="right", fontsize=9)
-        ax.set_title(lab)
+        ax.set_title(panel)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"Δ test {NAMES[metric]}")
-    for ax in axes.flat[len(labels):]:
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{title} (variant − baseline)")
+    fig.suptitle(f"{title} (arm − baseline)")
     fig.tight_layout()
     _save(fig, out, f"delta_{metric}")
-    return Plot(title, f"delta_{metric}", "Mean paired difference over seeds, one panel per variant; whiskers: "
-                "paired-t 95% CI (none when fewer than 2 pairs).")
+    return Plot(title, f"delta_{metric}", "Mean paired difference over seeds, one panel per arm; whiskers: the "
+                "primary 95% interval (seeds and test images), the one the words use (none when fewer than 2 pairs).")
 
 
 def heatmap(summary: pd.DataFrame, metric: str, labels: list[str], out: Path) -> Plot | Skipped:

@@ -50,15 +50,16 @@ def paper_variant(runs: pd.DataFrame) -> pd.Series:
     (residual in, frozen, ...), 'finetune' / 'residual-out' / 'residual-hybrid' when exactly that knob differs.
     """
     from bench.config import RLLM_DEFAULTS
+    from bench.models.registry import baselines, capacity_control, layer_variants
 
     changes = {"freeze": {"finetune": "finetune"}, "residual": {"out": "residual-out", "hybrid": "residual-hybrid"}}
     off = pd.DataFrame({k: runs.get(f"booster.{k}", pd.Series(index=runs.index, dtype=object)).astype(str) != str(v)
                         for k, v in RLLM_DEFAULTS.items()}, index=runs.index)
     out = pd.Series(None, index=runs.index, dtype=object)
     variant = runs["booster.variant"].astype(str)
-    out[variant == "baseline"] = "baseline"
-    out[variant == "mlp"] = "mlp"
-    rllm = variant == "rllm"
+    out[variant.isin(baselines())] = "baseline"
+    out[variant == capacity_control(str(RLLM_DEFAULTS["residual"]))] = "mlp"  # the paper's +MLP: its wiring's control
+    rllm = variant.isin(layer_variants())
     out[rllm & ~off.any(axis=1)] = "rllm"
     for knob, names in changes.items():
         only = rllm & off[knob] & (off.sum(axis=1) == 1)

@@ -6,7 +6,7 @@ accuracy) and AlexNet's reference errors E^A stored beside each row:
     BE_c  = mean_s E_{c,s} / E^A_c                                  mBE = mean_c BE_c    (lower is better)
     rBE_c = (mean_s E_{c,s} - E_clean) / (E^A_c - E^A_clean)         rBE = mean_c rBE_c  (lower: less degradation)
 and the mean test ACC/AUC over every corruption and severity. Cells are mean ± sd over seeds; Δs pair runs by seed
-(`bench.report.controls`).
+(`bench.report.controls`: the report's own contrasts).
 """
 
 from __future__ import annotations
@@ -71,17 +71,18 @@ def robustness_section(results: Path, ok: pd.DataFrame, folder: Path) -> Section
 
 def delta_table(title: str, deltas: pd.DataFrame, names: dict) -> Table:
     lines = []
-    for (task, size, setting, arm, control), grp in deltas.groupby(["task", "size", "setting", "arm", "control"],
-                                                                  sort=False):
+    keys = ["task", "size", "setting", "contrast", "arm", "control"]
+    for (task, size, setting, contrast, arm, control), grp in deltas.groupby(keys, sort=True):
         by = grp.set_index("measure")
-        line = {"task": row_name(task, size, setting), "arm": arm, "vs": control,
+        line = {"task": row_name(task, size, setting), "contrast": contrast, "arm": arm, "vs": control,
                 "n": int(by["n_pairs"].max())}
         for m in by.index:
             line[f"Δ {names[m]}"] = fmt_delta(by.at[m, "mean"], by.at[m, "ci_low"], by.at[m, "ci_high"])
-            line[f"p {names[m]}"] = fmt_p(by.at[m, "p"])
+            line[f"p BH {names[m]}"] = fmt_p(by.at[m, "p_bh"])
         lines.append(line)
     return Table(title, pd.DataFrame(lines).fillna(MISSING),
-                 note="Mean over paired seeds with paired-t 95% CI and p (unadjusted); n = paired seeds.")
+                 note="Mean over paired seeds with the seed-only paired-t 95% CI; p BH within each contrast's family "
+                      "per measure (the report's contrasts and pairing); n = paired seeds.")
 
 
 def _curves(rows: pd.DataFrame, folder: Path) -> Plot:

@@ -4,17 +4,18 @@ Pure pandas/scipy, no files and no drawing, so every number in a report can be c
 A cell is (task, size, setting, label) and its statistics are over seeds: when a label spans several
 runs per seed (e.g. a grid crossing LLMs and layers under one label), each seed's value is first the
 mean of those runs, so seeds, not runs, are the replicates. A delta pairs each variant run with the
-baseline run that shares its data/vit/train settings and seed (see `pairs`).
+baseline run that shares its data/vit/train settings and seed (see `pairs`); the tests are
+`bench.report.engine`'s.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from bench.config import RLLM_DEFAULTS
+from bench.models.registry import baselines, layer_variants
 from bench.report.collect import pair_keys
+from bench.report import engine
 
 METRICS = {"acc": "test_acc", "auc": "test_auc"}
 CELL = ["task", "size", "setting", "label"]
@@ -52,24 +53,12 @@ def pairs(ok: pd.DataFrame) -> pd.DataFrame:
     """
     keys = pair_keys(ok.columns)
     arm = ["arm"] if "arm" in ok.columns else []
-    is_base = ok["booster.variant"] == "baseline"
+    is_base = ok["booster.variant"].isin(baselines())
     base = ok.loc[is_base, keys + ["run_id", *METRICS.values()]].drop_duplicates(keys)
     var = ok.loc[~is_base, list(dict.fromkeys(CELL + arm + keys)) + ["run_id", *METRICS.values()]]
     merged = var.merge(base, on=keys, how="inner", suffixes=("", "_base"))
     return merged[CELL + arm + ["seed", "run_id", "run_id_base"]
                   + [c for m in METRICS.values() for c in (m, f"{m}_base")]]
-
-
-def paired_test(variant: np.ndarray, baseline: np.ndarray) -> dict:
-    """Mean paired difference with paired-t 95% CI and p; CI/p missing for n<2 or zero variance."""
-    d = variant - baseline
-    out = {"n_pairs": len(d), "mean": d.mean() if len(d) else np.nan,
-           "ci_low": np.nan, "ci_high": np.nan, "p": np.nan}
-    if len(d) >= 2 and not np.allclose(d, d[0], rtol=0, atol=1e-12):
-        res = stats.ttest_rel(variant, baseline)
-        ci = res.confidence_interval(0.95)
-        out.update(ci_low=ci.low, ci_high=ci.high, p=res.pvalue)
-    return out
 
 
 def deltas(paired: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +68,7 @@ def deltas(paired: pd.DataFrame) -> pd.DataFrame:
         both = paired.dropna(subset=[col, f"{col}_base"])
         per_seed = seed_means(both, [col, f"{col}_base"])
         for cell, grp in per_seed.groupby(level=CELL, sort=True):
-            res = paired_test(grp[col].to_numpy(float), grp[f"{col}_base"].to_numpy(float))
+            res = engine.paired(grp[col].to_numpy(float), grp[f"{col}_base"].to_numpy(float))
             rows.append({**dict(zip(CELL, cell)), **{f"delta_{m}_{k}": v for k, v in res.items()}})
     cols = [f"delta_{m}_{k}" for m in METRICS for k in ("n_pairs", "mean", "ci_low", "ci_high", "p")]
     out = pd.DataFrame(rows, columns=CELL + cols).groupby(CELL, sort=True).first()
@@ -88,19 +77,9 @@ def deltas(paired: pd.DataFrame) -> pd.DataFrame:
 
 def bh_adjust(d: pd.DataFrame) -> pd.DataFrame:
     """Benjamini–Hochberg per metric: ACC's p-values are one family, AUC's another (all rows of the table)."""
-    return bh_adjust_family(d, "delta_{m}_p", "delta_{m}_p_bh")
-
-
-def bh_adjust_family(d: pd.DataFrame, p_col: str, out_col: str) -> pd.DataFrame:
-    """For each metric m, BH-adjust the available p-values of column p_col.format(m=m) into out_col."""
     d = d.copy()
     for m in METRICS:
-        p = d[p_col.format(m=m)].to_numpy(float)
-        adjusted = np.full_like(p, np.nan)
-        present = ~np.isnan(p)
-        if present.any():
-            adjusted[present] = stats.false_discovery_control(p[present], method="bh")
-        d[out_col.format(m=m)] = adjusted
+        d[f"delta_{m}_p_bh"] = engine.bh(d[f"delta_{m}_p"].to_numpy(float))
     return d
 
 
@@ -111,7 +90,7 @@ def ablation_runs(ok: pd.DataFrame, axis: str) -> pd.DataFrame | None:
     length at the one combination where the axis was swept most; the layer axis keeps LLMs run at two
     or more layers (compared per LLM); the LLM axis holds the configured layer and block length.
     """
-    runs = ok[ok["booster.variant"] == "rllm"]
+    runs = ok[ok["booster.variant"].isin(layer_variants())]
     for knob, default in KNOBS.items():
         if knob != axis and knob in runs.columns:
             runs = runs[runs[knob].astype(str) == str(default)]
@@ -170,5 +149,5 @@ def summary(grid: pd.DataFrame) -> pd.DataFrame:
     out = counts.join(variant).join(cells).join(deltas(pairs(ok)))
     for m in METRICS:
         n = f"delta_{m}_n_pairs"
-        out[n] = out[n].where(out["booster.variant"] == "baseline", out[n].fillna(0)).astype("Int64")
+        out[n] = out[n].where(out["booster.variant"].isin(baselines()), out[n].fillna(0)).astype("Int64")
     return out.reset_index()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from bench.models.registry import baselines
 from bench.report.stats import AXES, METRICS, ROW, layer_position
 
 MISSING = "—"
@@ -93,7 +94,7 @@ def metric_matrix(summary: pd.DataFrame, metric: str, labels: list[str]) -> Tabl
 
 def delta_table(summary: pd.DataFrame, labels: list[str]) -> Table:
     rows = []
-    variants = summary[summary["booster.variant"] != "baseline"]
+    variants = summary[~summary["booster.variant"].isin(baselines())]
     variants = variants.assign(order=variants["label"].map(labels.index)).sort_values(ROW + ["order"])
     for r in variants.to_dict("records"):
         row = {"task · size": row_name(r["task"], r["size"], r["setting"]), "variant": r["label"],
@@ -173,7 +174,7 @@ def findings_table(effects: pd.DataFrame, labels: list[str]) -> Table | None:
     if effects.empty:
         return None
     e = effects.reset_index()
-    e = e[e["arm_variant"] == "rllm"] if "arm_variant" in e else e.iloc[0:0]
+    e = e[e["has_layer"]] if "has_layer" in e else e.iloc[0:0]
     if e.empty:
         return None
     key = ROW + ["label", "arm"]
@@ -188,7 +189,10 @@ def findings_table(effects: pd.DataFrame, labels: list[str]) -> Table | None:
             k = tuple(r[c] for c in key)
         for m, name in NAMES.items():
             cell = (f"{r[f'{m}_finding']}: " + fmt_delta(r[f"{m}_mean"], r[f"{m}_low"], r[f"{m}_high"])
-                    + f" (n={r[f'{m}_n']}" + (f", vs {r['comparator']})" if r["contrast"] != "vs baseline" else ")"))
+                    + f" (n={r[f'{m}_n']}, BH family of {r[f'{m}_family']}"
+                    + (f", vs {r['comparator']})" if r["contrast"] != "vs baseline" else ")"))
+            if r.get(f"{m}_claim"):
+                cell += f"; {r[f'{m}_claim']}"
             if r["contrast"] == "fine-tuned vs frozen":
                 cell += f" [{_ours(r)}]"
             rows.setdefault((*k, name), {})[r["contrast"]] = cell
@@ -217,13 +221,16 @@ def effects_table(effects: pd.DataFrame, labels: list[str]) -> Table:
                 " (seeds only)" if r[f"{m}_parts"] == "seeds only" and _ok(r[f"{m}_low"]) else "")
             row[f"p BH ({name})"] = fmt_p(r[f"{m}_p_bh"])
             row[f"MDE α=0.05 ({name})"] = fmt_mde(r[f"{m}_mde"], r[f"{m}_mde_note"])
+            row[f"ruled out, one-sided 95% ({name})"] = (f"Δ < {r[f'{m}_lower1']:+.3f}, Δ > {r[f'{m}_upper1']:+.3f}"
+                                                       if _ok(r.get(f"{m}_lower1")) else MISSING)
             row[f"{name} paired t, seeds only"] = fmt_delta(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
         rows.append(row)
     return Table("Paired contrasts: every arm vs its baseline, every R-LLM arm vs its controls (arm − comparator, "
                  "per seed)", pd.DataFrame(rows), collapse=len(rows) > 40,
                  note="95% CI: the primary interval (seeds and test images); p BH within the contrast's family, per "
-                      "metric; MDE at α = 0.05 unadjusted, power 0.8; the last columns: the paired t interval over "
-                      "seeds only, which leaves out the test-image sampling.")
+                      "metric; MDE at α = 0.05 unadjusted, power 0.8; ruled out: the largest loss and gain the data "
+                      "exclude (the primary test's one-sided 95% bounds, TOST); the last columns: the paired t interval "
+                      "over seeds only, which leaves out the test-image sampling (the words follow the primary).")
 
 
 def verdict_table(v: pd.DataFrame) -> Table:
@@ -273,7 +280,7 @@ def ablation_table(data: pd.DataFrame, axis: str, metric: str, summary: pd.DataF
     if axis == "llm.layers":
         order = order.assign(x=layer_position(order["value"])).sort_values("x")
     values = [str(v) for v in order["value"]]
-    base = summary[summary["booster.variant"] == "baseline"].drop_duplicates(ROW).set_index(ROW)
+    base = summary[summary["booster.variant"].isin(baselines())].drop_duplicates(ROW).set_index(ROW)
     rows = []
     for key, grp in data.groupby(keys, sort=True):
         row = {"task · size": row_name(*key[:3])}

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from bench.config import all_keys, from_flat, override, run_id
 from bench.errors import BenchError
-from bench.report.stats import METRICS, paired_test
+from bench.report import engine
+from bench.report.stats import METRICS
 from bench.report.tables import MISSING, NAMES, Section, Table, fmt_delta, fmt_p, fmt_stat, label_order, row_name
 from bench.store import read_runs
 
@@ -133,14 +133,12 @@ def _comparison(paired: pd.DataFrame, metric: str) -> pd.DataFrame:
             for side, j in (("tuned", 0), ("default", 1)):
                 rec[f"{m}_{side}_mean"] = both[:, j].mean() if len(both) else np.nan
                 rec[f"{m}_{side}_std"] = both[:, j].std(ddof=1) if len(both) > 1 else np.nan
-            res = paired_test(both[:, 0], both[:, 1])
+            res = engine.paired(both[:, 0], both[:, 1])
             rec.update({f"delta_{m}_{k}": v for k, v in res.items()})
         out.append(rec)
     table = pd.DataFrame(out)
     p = np.concatenate([table[f"delta_{m}_p"].to_numpy(float) for m in METRICS])
-    adjusted = np.full_like(p, np.nan)
-    if (~np.isnan(p)).any():
-        adjusted[~np.isnan(p)] = stats.false_discovery_control(p[~np.isnan(p)], method="bh")
+    adjusted = engine.bh(p)
     for i, m in enumerate(METRICS):
         table[f"delta_{m}_p_bh"] = adjusted[i * len(table):(i + 1) * len(table)]
     for side in ("default", "tuned"):  # 1 = best; ties share the better rank

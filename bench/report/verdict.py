@@ -22,7 +22,8 @@ import pandas as pd
 from scipy import stats
 
 from bench.report.collect import _text
-from bench.report.effects import ALPHA, ARM, paired_summary
+from bench.report.effects import ARM
+from bench.report.engine import ALPHA, summarise
 from bench.report.published import CLAIM_TABLES, LAI, paper_model, paper_variant
 from bench.report.stats import METRICS, pair_keys
 
@@ -101,7 +102,7 @@ def verdicts(results: Path, ok: pd.DataFrame, effects: pd.DataFrame, published: 
     for m in METRICS:
         merged[f"d_{m}"] = merged[f"audit_{m}"] - merged[f"audit_{m}_base"]
         per_seed = merged.dropna(subset=[f"d_{m}"]).groupby(ARM + ["seed"])[f"d_{m}"].mean().reset_index()
-        audit = paired_summary(per_seed, ARM, f"d_{m}") if len(per_seed) else \
+        audit = summarise(per_seed, ARM, f"d_{m}") if len(per_seed) else \
             pd.DataFrame(columns=["n", "mean", "sd", "spread"])
         levels = merged.groupby(ARM)[[f"audit_{m}", f"audit_{m}_base", f"test_{m}", f"test_{m}_base"]].mean()
         # each arm against its task's claims for its variant: those on its own backbone if the paper has any, else all
@@ -189,6 +190,16 @@ def _paper_grid() -> pd.DataFrame:
     return runs.assign(paper_variant=paper_variant(runs), paper_model=paper_model(runs))
 
 
+def _paper_value(ref: pd.Series, key: str) -> str:
+    """The paper grid's value as the paper used it: vit.patch 0 (auto) as the patch it resolves to."""
+    from bench.models.registry import PAPER_PATCH, auto_patch
+
+    if key == "vit.patch" and _same(ref[key]) == "0":
+        paper_mode = str(ref.get("vit.paper_mode")).lower() == "true"
+        return str(PAPER_PATCH if paper_mode else auto_patch(int(ref["data.size"])))
+    return _same(ref[key])
+
+
 def deviations(run: pd.Series, task: str, model: str, variant: str) -> str:
     """'LLM (booster.source=minilm-l6, paper huggyllama/llama-7b); size (...)': each group of fields in which `run`
     differs from the paper grid's run of `task`, `model` and `variant`; '' when none differs."""
@@ -202,7 +213,7 @@ def deviations(run: pd.Series, task: str, model: str, variant: str) -> str:
                                               and not any(k in g for g in DEVIATION_GROUPS.values())]}
     out = []
     for group, fields in grouped.items():
-        diff = [f"{k}={_same(run.get(k))} (paper {_same(ref[k])})" for k in fields
+        diff = [f"{k}={_same(run.get(k))} (paper {_paper_value(ref, k)})" for k in fields
                 if k in ref.index and _same(run.get(k)) != _same(ref[k])]
         if diff:
             out.append(f"{group}: " + ", ".join(diff[:3]) + (f" +{len(diff) - 3} more" if len(diff) > 3 else ""))

@@ -7,11 +7,11 @@ the one dispatcher writes (locked, whole files, row last), `index` how the store
 
 from bench.store.layout import HISTORY, LOGS, PREDICTIONS, RUNNING_SUFFIX, RUNS, log_path, run_path
 from bench.store.reader import (column, read_analysis, read_analysis_arrays, read_history, read_predictions, read_run,
-                                read_runs, statuses)
+                                read_runs, single_class, statuses)
 from bench.store.writer import clean_stale, commit, results_lock, write_analysis, write_history, write_run
 
 __all__ = [
     "HISTORY", "LOGS", "PREDICTIONS", "RUNNING_SUFFIX", "RUNS", "clean_stale", "column", "commit", "log_path",
     "read_analysis", "read_analysis_arrays", "read_history", "read_predictions", "read_run", "read_runs",
-    "results_lock", "run_path", "statuses", "write_analysis", "write_history", "write_run",
+    "results_lock", "run_path", "single_class", "statuses", "write_analysis", "write_history", "write_run",
 ]

@@ -65,6 +65,23 @@ def read_predictions(results: Path, run_id: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def single_class(results: Path, run_id: str, task_type: str) -> bool | None:
+    """True when the run's stored test predictions are all one class (binary: one side of 0.5; multi-label: every
+    label constant; otherwise one argmax), so its ACC is a majority rate; None without stored predictions. Read from
+    the predictions, never stored in the row: no column, no run id changes."""
+    try:
+        score = np.asarray(read_predictions(results, run_id)["y_score"], dtype=float)
+    except (OSError, KeyError, ValueError):
+        return None
+    if task_type == "multi-label, binary-class":
+        labels = score > 0.5
+    elif task_type == "binary-class":
+        labels = (score[:, -1] if score.ndim == 2 else score) > 0.5
+    else:
+        labels = score.argmax(1)
+    return bool((labels == labels[:1]).all())
+
+
 def read_analysis(results: Path, kind: str, run_ids: Iterable[str]) -> pd.DataFrame:
     """The rows `bench analyze <kind>` stored for `run_ids` (runs without them are left out), with their run_id and
     the table's metadata as `attrs` per run (`attrs["meta"][run_id]`)."""
