@@ -42,7 +42,8 @@ def _add_slurm(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SLURM (--backend slurm: jobs submitted with sbatch through dask-jobqueue)")
     g.add_argument("--slurm-config", metavar="FILE",
                    help="YAML with any of the options below (keys: partition, account, time, gpus_per_job, "
-                        "cpus_per_job, mem, max_jobs, sbatch, python, log_dir); the options given here win")
+                        "cpus_per_job, mem, max_jobs, sbatch, python, log_dir, interface, scheduler_address); the "
+                        "options given here win")
     g.add_argument("--partition", help="sbatch -p")
     g.add_argument("--account", help="sbatch -A")
     g.add_argument("--time", metavar="LIMIT", help="each job's time limit, e.g. 24:00:00 (default 24:00:00); "
@@ -53,6 +54,10 @@ def _add_slurm(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-jobs", type=int, metavar="N", help="jobs at once (default 8)")
     g.add_argument("--sbatch", action="append", default=[], metavar="LINE",
                    help="an extra #SBATCH line, e.g. --sbatch=--qos=high (repeatable)")
+    g.add_argument("--interface", metavar="NAME", help="the network interface the Dask scheduler and the jobs' "
+                                                      "workers use, e.g. ib0 (default: the host's first)")
+    g.add_argument("--scheduler-address", metavar="HOST", help="the host name or IP the scheduler listens on, "
+                                                               "that the jobs' workers reach")
 
 
 def _slurm_options(args, cost: bool = True):
@@ -60,7 +65,7 @@ def _slurm_options(args, cost: bool = True):
     from bench.run.slurm import load_options
 
     given = {k: getattr(args, k) for k in ("partition", "account", "time", "gpus_per_job", "cpus_per_job", "mem",
-                                           "max_jobs")}
+                                           "max_jobs", "interface", "scheduler_address")}
     if args.backend != "slurm":
         if args.slurm_config or args.sbatch or any(v is not None for v in given.values()):
             raise BenchError("the SLURM options (--partition, --time, --slurm-config, ...) are for --backend slurm; "
