@@ -302,12 +302,14 @@ def parser() -> argparse.ArgumentParser:
     _add_data_root(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=("local", "dask", "slurm"), default="local",
-                   help="the backend to check: local, dask (with --scheduler) or slurm (`sinfo`)")
+                   help="the backend to check: local, dask (with --scheduler) or slurm (`sinfo`, and `sbatch "
+                        "--test-only` of a job of the SLURM options)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
     p.add_argument("--batch", type=int, metavar="N", help="the paper-mode step's batch (default 32 on GPU, 1 on CPU)")
     p.add_argument("--steps", type=int, metavar="N", help="its timed steps (default 10 on GPU, 1 on CPU)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny LLM layer and a depth-1 ViT: checks in seconds, figures that mean nothing")
+    _add_slurm(p)
     p.set_defaults(func=cmd_doctor)
     return ap
 
@@ -395,9 +397,13 @@ def _tracker(args, experiment: str):
                          "http://localhost:5000")
     if args.tracker is None or args.dry_run:
         return None
+    import shlex
+
     from bench.tracker import Tracker
 
-    return Tracker(args.tracker_uri, experiment)
+    backfill = ["bench", "export", "mlflow", "--uri", args.tracker_uri, "--results", str(args.results),
+                "--grid", args.grid, *(x for kv in args.sets for x in ("--set", kv))]
+    return Tracker(args.tracker_uri, experiment, backfill=shlex.join(backfill))
 
 
 def cmd_export_mlflow(args) -> int:
@@ -414,7 +420,8 @@ def cmd_export_mlflow(args) -> int:
     name = args.experiment or name
     counts = export(args.results, args.uri, name, ids)
     print(f"MLflow experiment '{name}' at {args.uri}: {counts['added']} runs added, {counts['replaced']} replaced "
-          f"(rerun since), {counts['unchanged']} already there")
+          f"(rerun since), {counts['unchanged']} already there"
+          + (f", {counts['repaired']} repaired (cut off before)" if counts["repaired"] else ""))
     return 0
 
 
@@ -647,7 +654,8 @@ def cmd_doctor(args) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     opts = doctor.Options(device=args.device, grid=args.grid, sets=tuple(parse_sets(args.sets).items()),
-                          data_root=args.data_root, backend=args.backend, scheduler=args.scheduler, quick=args.quick,
+                          data_root=args.data_root, backend=args.backend, scheduler=args.scheduler,
+                          slurm=_slurm_options(args, cost=False), quick=args.quick,
                           steps=args.steps, batch=args.batch)
     print("bench doctor: checking this machine for `bench run`" + (" (--quick: tiny shapes)" if args.quick else ""))
     checks = doctor.run_checks(opts, say=lambda s: print(s, flush=True))
