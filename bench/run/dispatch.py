@@ -196,8 +196,11 @@ def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, 
     client = backends.connect(opts.scheduler) if opts.backend == "dask" else None
     cluster = est = None
     if opts.backend == "slurm":
-        slurm.test_submission(opts.slurm)  # SLURM's refusal first: it takes seconds, timing the CPU may not
-        est = slurm.check_fits(to_do(store.statuses(results, ids.values())), opts.slurm)
+        todo = to_do(store.statuses(results, ids.values()))
+        on_gpu = bool(opts.slurm.gpus_per_job)  # priced by FLOPs, at once; timing the CPU may take minutes:
+        est = slurm.check_fits(todo, opts.slurm) if on_gpu else None  # after SLURM's answer, which takes seconds
+        slurm.test_submission(opts.slurm)
+        est = est if on_gpu else slurm.check_fits(todo, opts.slurm)
         cluster, client = slurm.start(opts.slurm, results)
     try:
         with store.results_lock(results):
