@@ -223,7 +223,7 @@ def test_ctrl_c_on_slurm_exits_130_and_a_later_refused_submission_stops_the_grid
     out, _ = p.communicate(timeout=300)
     err = [ln for ln in out.splitlines() if ln.startswith("bench: error:")]
     assert p.returncode == 2 and len(err) == 1 and "Traceback" not in out, out
-    assert "SLURM refused a job (allocation failure: Unable to contact slurm controller" in err[0]
+    assert "SLURM refused a job (sbatch: error: Batch job submission failed: Unable to contact slurm controller" in err[0]
     assert not _jobs(slurm)
 
 
