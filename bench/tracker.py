@@ -171,9 +171,15 @@ def export(results: Path, uri: str, experiment: str, run_ids: Iterable[str] | No
         if have is not None and have[1] == _stamp(row):
             counts["unchanged"] += 1
             continue
-        if have is not None:
-            client.delete_run(have[0])
-        _log_run(client, exp, results, row)
+        try:
+            if have is not None:
+                client.delete_run(have[0])
+            _log_run(client, exp, results, row)
+        except Exception as e:  # noqa: BLE001 - the server or network gone mid-export
+            logged_now = counts["added"] + counts["replaced"] + counts["repaired"]
+            raise BenchError(f"MLflow at {uri} failed while logging run {row['run_id']} ({one_line(e)[:300]}); "
+                             f"{logged_now} runs logged before it: rerun the same command to finish (a run cut off "
+                             "is logged again)") from None
         counts["added" if have is None else "repaired" if have[1] == CUT else "replaced"] += 1
     return counts
 

@@ -55,6 +55,14 @@ def _jobs(slurm) -> list[str]:
 
 
 
+def _released(slurm, timeout: float = 60.0) -> bool:
+    """Whether every job is gone from squeue within `timeout` (a cancelled job leaves in a moment)."""
+    t0 = time.monotonic()
+    while _jobs(slurm) and time.monotonic() - t0 < timeout:
+        time.sleep(1)
+    return not _jobs(slurm)
+
+
 def _training(results: Path) -> dict[str, str]:
     """run id -> SLURM job id of every run training now (a live log, no row yet)."""
     out = {}
@@ -109,11 +117,7 @@ def test_ci_grid_on_slurm_survives_a_scancel_mid_run(slurm, ci_env, tmp_path, on
     cfg = next(c for c in _grid(ci_env, "train.epochs=3").runs if run_id(c) == rid)
     here = run_one(cfg, ci_env[0], tmp_path / "here", device="cpu")
     assert by_id.loc[rid, "test_auc"] == pytest.approx(here["test_auc"], abs=1e-9)
-    # the jobs were released with the grid
-    t0 = time.monotonic()
-    while _jobs(slurm) and time.monotonic() - t0 < 60:
-        time.sleep(1)
-    assert not _jobs(slurm)
+    assert _released(slurm)  # the jobs were released with the grid
 
 
 @pytest.mark.slow
@@ -200,17 +204,25 @@ def test_a_job_slurm_refuses_is_one_line_within_60s_and_nothing_is_written(slurm
 
 @pytest.mark.slow
 def test_ctrl_c_on_slurm_exits_130_and_a_later_refused_submission_stops_the_grid(slurm, ci_env, tmp_path):
-    """dask-jobqueue sets its own SIGINT handler on import (exit 0): bench's is kept. Then a grid whose
-    replacement job sbatch cannot submit (slurmctld unreachable once the first job is cancelled) stops with
-    sbatch's line, exit 2, rather than waiting forever."""
+    """A job SLURM holds back (--begin in an hour) is said pending with squeue's reason after PENDING_NOTE_S;
+    Ctrl-C then exits 130 (dask-jobqueue sets its own SIGINT handler on import, exit 0: bench's is kept). Then a
+    grid whose replacement job sbatch cannot submit (slurmctld unreachable once the first job is cancelled)
+    stops with sbatch's line, exit 2, rather than waiting forever."""
     import signal
+    import threading
 
     results = tmp_path / "results"
-    p = _start(ci_env, slurm, results, "--max-jobs", "1", "--time", "00:30:00")
-    wait_for(lambda: _jobs(slurm), p, timeout=120.0)  # submitted: dask-jobqueue imported long ago
+    p = _start(ci_env, slurm, results, "--max-jobs", "1", "--time", "00:30:00", "--sbatch=--begin=now+1hour")
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True).start()
+    wait_for(lambda: any("jobs pending after" in ln for ln in lines), p, timeout=240.0)
     p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=120)
+    p.wait(timeout=120)
+    time.sleep(0.5)
+    out = "".join(lines)
+    assert "(squeue reason: BeginTime); the runs start when SLURM starts a job" in out, out
     assert p.returncode == 130 and "bench: interrupted; finished runs are kept" in out, out
+    assert _released(slurm)
 
     conf = tmp_path / "slurm.conf"
     conf.write_text(Path(slurm["SLURM_CONF"]).read_text())
@@ -224,7 +236,7 @@ def test_ctrl_c_on_slurm_exits_130_and_a_later_refused_submission_stops_the_grid
     err = [ln for ln in out.splitlines() if ln.startswith("bench: error:")]
     assert p.returncode == 2 and len(err) == 1 and "Traceback" not in out, out
     assert "SLURM refused a job (sbatch: error: Batch job submission failed: Unable to contact slurm controller" in err[0]
-    assert not _jobs(slurm)
+    assert _released(slurm)
 
 
 @pytest.mark.slow
