@@ -196,11 +196,7 @@ def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, 
     client = backends.connect(opts.scheduler) if opts.backend == "dask" else None
     cluster = est = None
     if opts.backend == "slurm":
-        todo = to_do(store.statuses(results, ids.values()))
-        on_gpu = bool(opts.slurm.gpus_per_job)  # priced by FLOPs, at once; timing the CPU may take minutes:
-        est = slurm.check_fits(todo, opts.slurm) if on_gpu else None  # after SLURM's answer, which takes seconds
-        slurm.test_submission(opts.slurm)
-        est = est if on_gpu else slurm.check_fits(todo, opts.slurm)
+        est = slurm.preflight(to_do(store.statuses(results, ids.values())), opts.slurm)
         cluster, client = slurm.start(opts.slurm, results)
     try:
         with store.results_lock(results):
@@ -267,7 +263,7 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
                  + f"{setup.threads} torch threads each")
             stream = backends.pool(tasks, jobs, setup, results, opts.worker_retries)
         elif opts.backend == "slurm":
-            stream = slurm.runs(tasks, client.cluster, client, opts.slurm, opts.worker_retries, est)
+            stream = slurm.runs(tasks, client.cluster, client, opts.slurm, est, opts.worker_retries)
         else:
             stream = backends.dask(tasks, client, opts.worker_retries)
         for task, out in stream:

@@ -156,7 +156,11 @@ def estimates(runs: list[RunConfig], opts: SlurmOptions) -> dict[str, float | No
     if not opts.gpus_per_job:
         from bench.run import calibrate
 
-        timings = calibrate.timings(runs, min(opts.cpus_per_job, calibrate.cores()), CALIBRATION_STEPS)
+        threads = min(opts.cpus_per_job, calibrate.cores())
+        n = len({calibrate.setting(c) for c in runs})
+        print(f"bench: SLURM: timing {n} distinct models on this CPU ({threads} threads) for the --time guard of CPU "
+              "jobs", file=sys.stderr, flush=True)
+        timings = calibrate.timings(runs, threads, CALIBRATION_STEPS)
         return {run_id(c): calibrate.run_seconds(c, timings[calibrate.setting(c)]) + START_S for c in runs}
     gpu = cost.GPUS[opts.gpu or cost.DEFAULT_GPU]
     peak = gpu.tflops * 1e12 * (opts.utilisation or cost.DEFAULT_UTILISATION)
@@ -173,8 +177,17 @@ def check_fits(runs: list[RunConfig], opts: SlurmOptions) -> dict[str, float | N
         fix = ("its steps timed on this machine's CPU with --cpus-per-job threads; raise --time or --cpus-per-job"
                if not opts.gpus_per_job else "raise --time, or --utilisation if your GPUs do better")
         raise BenchError(f"{len(too_long)} runs are estimated longer than --time {opts.time} (the longest, "
-                         f"{run_id(c)}, {e / 3600:.1f} h: {fix})")
+                         f"{run_id(c)}, {f'{e / 3600:.1f} h' if e >= 3600 else f'{e / 60:.0f} min'}: {fix})")
     return est
+
+
+def preflight(runs: list[RunConfig], opts: SlurmOptions) -> dict[str, float | None]:
+    """What can be known before any folder or job exists, quickest first: the time guard of GPU jobs (FLOPs),
+    SLURM's answer (`test_submission`, seconds), the time guard of CPU jobs (timing this CPU, maybe minutes).
+    Returns the runs' `estimates`."""
+    est = check_fits(runs, opts) if opts.gpus_per_job else None
+    test_submission(opts)
+    return est if est is not None else check_fits(runs, opts)
 
 
 # ----------------------------------------------------------------------------------------- the cluster
@@ -387,15 +400,14 @@ def _slurm_execute(task: Task, starts_key: str, worker_retries: int, est_s: floa
     return out
 
 
-def runs(tasks: list[Task], cluster, client, opts: SlurmOptions, worker_retries: int = 1,
-         est: dict[str, float | None] | None = None) -> Iterator[tuple[Task, dict]]:
+def runs(tasks: list[Task], cluster, client, opts: SlurmOptions, est: dict[str, float | None],
+         worker_retries: int = 1) -> Iterator[tuple[Task, dict]]:
     """Submit every run, keep the jobs at min(--max-jobs, runs unfinished), yield runs as they finish; `est`:
-    the runs' `estimates` (computed here if not given). A refused submission stops the grid (`Watch`)."""
+    the runs' `estimates` (check_fits'). A refused submission stops the grid (`Watch`)."""
     from distributed import Variable, as_completed
 
     n = opts.workers_per_job
     threads = max(1, opts.cpus_per_job // n)
-    est = est if est is not None else estimates([t.cfg for t in tasks], opts)
     token = uuid.uuid4().hex[:8]
     by_key, futures = {}, []
     for t in tasks:
