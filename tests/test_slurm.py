@@ -153,7 +153,8 @@ def test_tune_runs_its_studies_on_slurm_jobs(slurm, ci_env, tmp_path):
     results = tmp_path / "results"
     args = [BENCH, "tune", "--grid", "ci", "--task", "breastmnist", "--variant", "baseline", "--trials", "2",
             "--seeds", "1", "--data-root", str(ci_env[0]), "--results", str(results), "--set",
-            f"booster.source={ci_env[1]}", "--backend", "slurm", *JOB, "--max-jobs", "1", "--time", "00:30:00"]
+            f"booster.source={ci_env[1]}", "--backend", "slurm", *JOB, "--max-jobs", "1", "--time", "00:30:00",
+            "--scheduler-address", "127.0.0.1"]  # the address the jobs' workers reach
     p = subprocess.run(args, env=slurm, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "SLURM: 1 jobs of no GPU(s)" in p.stdout
