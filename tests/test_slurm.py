@@ -204,10 +204,11 @@ def test_a_job_slurm_refuses_is_one_line_within_60s_and_nothing_is_written(slurm
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_slurm_exits_130_and_a_later_refused_submission_stops_the_grid(slurm, ci_env, tmp_path):
-    """A job SLURM holds back (--begin in an hour) is said pending with squeue's reason after PENDING_NOTE_S;
-    Ctrl-C then exits 130 (dask-jobqueue sets its own SIGINT handler on import, exit 0: bench's is kept). Then a
-    grid whose replacement job sbatch cannot submit (slurmctld unreachable once the first job is cancelled)
+def test_pending_jobs_ctrl_c_and_a_later_refused_submission_on_slurm(slurm, ci_env, tmp_path):
+    """1. A job SLURM holds back (--begin in an hour) is said pending with squeue's reason after PENDING_NOTE_S;
+    once its request exceeds the partition (scontrol: 64 CPUs, reason PartitionConfig) the grid stops, one line.
+    2. Ctrl-C exits 130 (dask-jobqueue sets its own SIGINT handler on import, exit 0: bench's is kept).
+    3. A grid whose replacement job sbatch cannot submit (slurmctld unreachable once the first job is cancelled)
     stops with sbatch's line, exit 2, rather than waiting forever."""
     import signal
     import threading
@@ -217,11 +218,21 @@ def test_ctrl_c_on_slurm_exits_130_and_a_later_refused_submission_stops_the_grid
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True).start()
     wait_for(lambda: any("jobs pending after" in ln for ln in lines), p, timeout=240.0)
-    p.send_signal(signal.SIGINT)
+    (job,) = _jobs(slurm)
+    for change in ("NumCPUs=64", "StartTime=now"):
+        subprocess.run(["scontrol", "update", f"JobId={job}", change], env=slurm, capture_output=True)
     p.wait(timeout=120)
     time.sleep(0.5)
     out = "".join(lines)
     assert "(squeue reason: BeginTime); the runs start when SLURM starts a job" in out, out
+    err = [ln for ln in out.splitlines() if ln.startswith("bench: error:")]
+    assert p.returncode == 2 and len(err) == 1 and "SLURM keeps the jobs pending (PartitionConfig)" in err[0], out
+    assert _released(slurm)
+
+    p = _start(ci_env, slurm, results, "--max-jobs", "1", "--time", "00:30:00")
+    wait_for(lambda: _jobs(slurm), p, timeout=120.0)  # submitted: dask-jobqueue imported long ago
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=120)
     assert p.returncode == 130 and "bench: interrupted; finished runs are kept" in out, out
     assert _released(slurm)
 
