@@ -51,7 +51,9 @@ def check_uri(uri: str, flag: str = "--uri") -> str:
     except ValueError as e:
         raise BenchError(f"{flag} {uri!r} is not a URI ({one_line(e)}); {fix}") from None
     scheme = parts.scheme.split("+")[0]  # postgresql+psycopg2
-    if scheme in SERVERS and parts.hostname or scheme in DATABASES and (parts.netloc or parts.path) or scheme == "databricks":
+    server = scheme in SERVERS and bool(parts.hostname)
+    database = scheme in DATABASES and bool(parts.netloc or parts.path)
+    if server or database or scheme == "databricks":
         return uri
     raise BenchError(f"{flag} {uri!r} is not an MLflow tracking server or database; {fix}")
 

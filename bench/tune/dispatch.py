@@ -168,7 +168,8 @@ def _slurm(setups: list[TuneSetup], opts, say: Callable[[str], None]) -> None:
         cluster.scale(jobs=opts.max_jobs)  # kept at that size: SpecCluster re-submits a job that is gone
         loops = opts.max_jobs * opts.workers_per_job
         say(f"SLURM: {opts.max_jobs} jobs of {opts.gpus_per_job or 'no'} GPU(s), {opts.cpus_per_job} CPUs, --time {opts.time}")
-        _dask(setups, None, say, client=client, loops=loops, gpu=bool(opts.gpus_per_job), watch=slurm.Watch(cluster).check)
+        _dask(setups, None, say, client=client, loops=loops, gpu=bool(opts.gpus_per_job),
+              watch=slurm.Watch(cluster).check)
     finally:
         slurm.close(cluster, client)
 
