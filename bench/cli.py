@@ -42,7 +42,8 @@ def _add_slurm(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SLURM (--backend slurm: jobs submitted with sbatch through dask-jobqueue)")
     g.add_argument("--slurm-config", metavar="FILE",
                    help="YAML with any of the options below (keys: partition, account, time, gpus_per_job, "
-                        "cpus_per_job, mem, max_jobs, sbatch, python, log_dir); the options given here win")
+                        "cpus_per_job, mem, max_jobs, sbatch, python, log_dir, interface, scheduler_address); the "
+                        "options given here win")
     g.add_argument("--partition", help="sbatch -p")
     g.add_argument("--account", help="sbatch -A")
     g.add_argument("--time", metavar="LIMIT", help="each job's time limit, e.g. 24:00:00 (default 24:00:00); "
@@ -53,6 +54,10 @@ def _add_slurm(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-jobs", type=int, metavar="N", help="jobs at once (default 8)")
     g.add_argument("--sbatch", action="append", default=[], metavar="LINE",
                    help="an extra #SBATCH line, e.g. --sbatch=--qos=high (repeatable)")
+    g.add_argument("--interface", metavar="NAME", help="the network interface the Dask scheduler and the jobs' "
+                                                      "workers use, e.g. ib0 (default: the host's first)")
+    g.add_argument("--scheduler-address", metavar="HOST", help="the host name or IP the scheduler listens on, "
+                                                               "that the jobs' workers reach")
 
 
 def _slurm_options(args, cost: bool = True):
@@ -60,7 +65,7 @@ def _slurm_options(args, cost: bool = True):
     from bench.run.slurm import load_options
 
     given = {k: getattr(args, k) for k in ("partition", "account", "time", "gpus_per_job", "cpus_per_job", "mem",
-                                           "max_jobs")}
+                                           "max_jobs", "interface", "scheduler_address")}
     if args.backend != "slurm":
         if args.slurm_config or args.sbatch or any(v is not None for v in given.values()):
             raise BenchError("the SLURM options (--partition, --time, --slurm-config, ...) are for --backend slurm; "
@@ -297,12 +302,14 @@ def parser() -> argparse.ArgumentParser:
     _add_data_root(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=("local", "dask", "slurm"), default="local",
-                   help="the backend to check: local, dask (with --scheduler) or slurm (`sinfo`)")
+                   help="the backend to check: local, dask (with --scheduler) or slurm (`sinfo`, and `sbatch "
+                        "--test-only` of a job of the SLURM options)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.1:8786")
     p.add_argument("--batch", type=int, metavar="N", help="the paper-mode step's batch (default 32 on GPU, 1 on CPU)")
     p.add_argument("--steps", type=int, metavar="N", help="its timed steps (default 10 on GPU, 1 on CPU)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny LLM layer and a depth-1 ViT: checks in seconds, figures that mean nothing")
+    _add_slurm(p)
     p.set_defaults(func=cmd_doctor)
     return ap
 
@@ -390,9 +397,13 @@ def _tracker(args, experiment: str):
                          "http://localhost:5000")
     if args.tracker is None or args.dry_run:
         return None
+    import shlex
+
     from bench.tracker import Tracker
 
-    return Tracker(args.tracker_uri, experiment)
+    backfill = ["bench", "export", "mlflow", "--uri", args.tracker_uri, "--results", str(args.results),
+                "--grid", args.grid, *(x for kv in args.sets for x in ("--set", kv))]
+    return Tracker(args.tracker_uri, experiment, backfill=shlex.join(backfill))
 
 
 def cmd_export_mlflow(args) -> int:
@@ -409,7 +420,8 @@ def cmd_export_mlflow(args) -> int:
     name = args.experiment or name
     counts = export(args.results, args.uri, name, ids)
     print(f"MLflow experiment '{name}' at {args.uri}: {counts['added']} runs added, {counts['replaced']} replaced "
-          f"(rerun since), {counts['unchanged']} already there")
+          f"(rerun since), {counts['unchanged']} already there"
+          + (f", {counts['repaired']} repaired (cut off before)" if counts["repaired"] else ""))
     return 0
 
 
@@ -642,7 +654,8 @@ def cmd_doctor(args) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     opts = doctor.Options(device=args.device, grid=args.grid, sets=tuple(parse_sets(args.sets).items()),
-                          data_root=args.data_root, backend=args.backend, scheduler=args.scheduler, quick=args.quick,
+                          data_root=args.data_root, backend=args.backend, scheduler=args.scheduler,
+                          slurm=_slurm_options(args, cost=False), quick=args.quick,
                           steps=args.steps, batch=args.batch)
     print("bench doctor: checking this machine for `bench run`" + (" (--quick: tiny shapes)" if args.quick else ""))
     checks = doctor.run_checks(opts, say=lambda s: print(s, flush=True))

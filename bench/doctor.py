@@ -49,6 +49,7 @@ class Options:
     data_root: str | None = None
     backend: str = "local"  # local | dask | slurm
     scheduler: str | None = None
+    slurm: object | None = None  # bench.run.slurm.SlurmOptions the SLURM check submits (--test-only); default: defaults
     quick: bool = False  # a tiny LLM layer and model: checks the checks (tests), its figures mean nothing
     steps: int | None = None  # timed steps of the paper-mode step (default: 10 on GPU, 1 on CPU)
     batch: int | None = None  # its batch (default: 32 on GPU, 1 on CPU)
@@ -299,7 +300,16 @@ def backend(opts: Options) -> Check:
         if r.returncode:
             return Check("backend", "FAIL", f"SLURM: sinfo failed: {(r.stderr or r.stdout).strip()[:200]}")
         parts = [" ".join(line.split()) for line in r.stdout.strip().splitlines()]
-        return Check("backend", "ok", f"SLURM: {len(parts)} partitions (name avail nodes gres): {'; '.join(parts[:5])}")
+        found = f"SLURM: {len(parts)} partitions (name avail nodes gres): {'; '.join(parts[:5])}"
+        from bench.run import slurm
+
+        job = opts.slurm or slurm.SlurmOptions()
+        try:  # what sinfo lists is not what a job of these options can get: ask SLURM about that job
+            slurm.test_submission(job)
+        except BenchError as e:
+            return Check("backend", "FAIL", f"{found}; {e}")
+        return Check("backend", "ok", f"{found}; sbatch --test-only accepts a job of {job.gpus_per_job} GPU(s), "
+                                      f"{job.cpus_per_job} CPUs, {job.mem}")
     return Check("backend", "ok", f"local on {socket.gethostname()}: {len(visible_gpus())} GPUs, {usable_cpus()} CPUs "
                                   "(--jobs N splits them; --runs-per-gpu K for K runs per GPU)")
 

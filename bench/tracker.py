@@ -1,8 +1,10 @@
 """The store seen in MLflow: `bench export mlflow` (any time, idempotent) and `bench run --tracker mlflow` (live).
 
 One MLflow experiment per grid (its name); one MLflow run per stored run, keyed by the tag `bench.run_id`:
-a run already there with the same start (`bench.started_unix`) is left alone, one whose stored run has been
-rerun since (a failed run retried, --force) is replaced, so each run appears once, as stored. An MLflow run holds
+a run already there with the same start (`bench.started_unix`) and terminated (the last thing logged) is left
+alone; one whose stored run has been rerun since (a failed run retried, --force) is replaced, and so is one
+left RUNNING (cut off by a server or network that died mid-log), so each run appears once, whole, as stored.
+An MLflow run holds
 
     params     the flattened config (`data.task`, `train.lr`, `booster.layer`, ...)
     metrics    the history per epoch (train_loss, val_acc, val_auc, lr, epoch_s; step = epoch) and the stored
@@ -22,6 +24,7 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -33,6 +36,26 @@ CURVES = ("train_loss", "val_acc", "val_auc", "lr", "epoch_s", "test_acc", "test
 TAGS = ("status", "label", "task", "hostname", "git_sha", "attempt", "slurm_job_id", "device", "started_at",
         "finished_at")
 KEY, STAMP = "bench.run_id", "bench.started_unix"
+SERVERS, DATABASES = ("http", "https"), ("sqlite", "postgresql", "mysql", "mssql")
+DONE = ("FINISHED", "FAILED", "KILLED")  # set_terminated, the last call of _log_run, was made
+CUT = "cut off"  # the stamp of an MLflow run left RUNNING: matches no stored run, so it is logged again
+
+
+def check_uri(uri: str, flag: str = "--uri") -> str:
+    """A tracking URI MLflow can use without a local file store: http(s)://HOST[:PORT] (a `mlflow server`) or a
+    database URL. Anything else (a typo, an empty string, a bare path) MLflow would take for a folder to create."""
+    fix = "give http(s)://HOST:PORT of a `mlflow server`, or a database such as sqlite:///PATH"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as e:
+        raise BenchError(f"{flag} {uri!r} is not a URI ({one_line(e)}); {fix}") from None
+    scheme = parts.scheme.split("+")[0]  # postgresql+psycopg2
+    server = scheme in SERVERS and bool(parts.hostname)
+    database = scheme in DATABASES and bool(parts.netloc or parts.path)
+    if server or database or scheme == "databricks":
+        return uri
+    raise BenchError(f"{flag} {uri!r} is not an MLflow tracking server or database; {fix}")
 
 
 def _client(uri: str, retries: int):
@@ -42,6 +65,7 @@ def _client(uri: str, retries: int):
         raise BenchError("MLflow is not installed: pip install -e '.[mlflow]'") from None
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))  # a dead server: fail, not hang
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its "View run" lines, amid bench's
     return MlflowClient(tracking_uri=uri)
 
 
@@ -55,14 +79,15 @@ def _experiment(client, name: str) -> str:
 
 
 def _logged(client, experiment_id: str) -> dict[str, tuple[str, str | None]]:
-    """bench run_id -> (MLflow run id, its bench.started_unix) of the experiment's live runs."""
+    """bench run_id -> (MLflow run id, its bench.started_unix, or "cut off" for a run never terminated) of the
+    experiment's live runs."""
     out, token = {}, None
     while True:
         page = client.search_runs([experiment_id], max_results=1000, page_token=token)
         for r in page:
             key = r.data.tags.get(KEY)
             if key:
-                out[key] = (r.info.run_id, r.data.tags.get(STAMP))
+                out[key] = (r.info.run_id, r.data.tags.get(STAMP) if r.info.status in DONE else CUT)
         token = page.token
         if not token:
             return out
@@ -122,8 +147,13 @@ def _log_run(client, experiment_id: str, results: Path, row: dict) -> str:
 
 
 def export(results: Path, uri: str, experiment: str, run_ids: Iterable[str] | None = None) -> dict[str, int]:
-    """Every stored run (or those of `run_ids`) into `experiment`: {'added', 'replaced', 'unchanged'}."""
+    """Every stored run (or those of `run_ids`) into `experiment`: {'added', 'replaced', 'repaired', 'unchanged'}
+    ('repaired': cut off mid-log before, logged again)."""
     results = Path(results)
+    check_uri(uri)
+    if not (results / layout.RUNS).is_dir():
+        raise BenchError(f"no result store at {results} (no {layout.RUNS}/ folder); pass the --results folder of "
+                         "a `bench run`")
     client = _client(uri, retries=2)
     try:
         exp = _experiment(client, experiment)
@@ -136,25 +166,33 @@ def export(results: Path, uri: str, experiment: str, run_ids: Iterable[str] | No
     rows = store.read_runs(results)
     if run_ids is not None:
         rows = rows[rows["run_id"].isin(set(run_ids))]
-    counts = {"added": 0, "replaced": 0, "unchanged": 0}
+    counts = {"added": 0, "replaced": 0, "repaired": 0, "unchanged": 0}
     for row in rows.to_dict("records"):
         row = {k: _value(v) for k, v in row.items()}
         have = logged.get(row["run_id"])
         if have is not None and have[1] == _stamp(row):
             counts["unchanged"] += 1
             continue
-        if have is not None:
-            client.delete_run(have[0])
-        _log_run(client, exp, results, row)
-        counts["replaced" if have else "added"] += 1
+        try:
+            if have is not None:
+                client.delete_run(have[0])
+            _log_run(client, exp, results, row)
+        except Exception as e:  # noqa: BLE001 - the server or network gone mid-export
+            logged_now = counts["added"] + counts["replaced"] + counts["repaired"]
+            raise BenchError(f"MLflow at {uri} failed while logging run {row['run_id']} ({one_line(e)[:300]}); "
+                             f"{logged_now} runs logged before it: rerun the same command to finish (a run cut off "
+                             "is logged again)") from None
+        counts["added" if have is None else "repaired" if have[1] == CUT else "replaced"] += 1
     return counts
 
 
 class Tracker:
     """Live logging for `bench run --tracker mlflow`: each run as it is stored; never raises."""
 
-    def __init__(self, uri: str, experiment: str):
-        self.uri, self.experiment = uri, experiment
+    def __init__(self, uri: str, experiment: str, backfill: str | None = None):
+        """`backfill`: the `bench export mlflow ...` command that adds what this tracker could not log."""
+        self.uri, self.experiment = check_uri(uri, "--tracker-uri"), experiment
+        self.backfill = backfill or f"bench export mlflow --uri {uri}"
         self.dead: str | None = None
         self.client = _client(uri, retries=0)  # an uninstalled MLflow is the user's to fix, before the grid
         self.exp = self.logged = None
@@ -162,7 +200,7 @@ class Tracker:
     def _fail(self, e: BaseException) -> None:
         self.dead = one_line(e)[:300]
         print(f"bench: warning: MLflow at {self.uri} failed ({self.dead}); not logging the rest of this grid live, "
-              f"the runs are stored as usual: `bench export mlflow --uri {self.uri}` adds them later",
+              f"the runs are stored as usual: `{self.backfill}` adds them later",
               file=sys.stderr, flush=True)
 
     def log(self, results: Path, run_id: str) -> None:

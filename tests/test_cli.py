@@ -138,6 +138,9 @@ BAD_SETS = {
     "jobs 0": (["--jobs", "0"], "--jobs must be >= 1"),
     "scheduler without dask": (["--scheduler", "tcp://h:1"], "--scheduler is for --backend dask"),
     "dask without scheduler": (["--backend", "dask"], "--backend dask needs --scheduler"),
+    "malformed scheduler": (["--backend", "dask", "--scheduler", "tcp://[::1"], "--scheduler 'tcp://[::1' is not a Dask "
+                            "scheduler address"),  # (Dask would wait 40 s on it, then raise)
+    "scheduler without port": (["--backend", "dask", "--scheduler", "10.0.0.1"], "missing port number"),
 }
 
 BAD_GRIDS = {

@@ -331,6 +331,9 @@ def test_a_lost_dask_worker_has_its_run_retried_on_another_at_most_worker_retrie
             assert killed and "Traceback" not in captured.out + captured.err
             row = assert_whole(results, grid_ids(env, grid=grid)).iloc[0]
             assert row["status"] == want and rc == (0 if want == "ok" else 1), captured
+            rid = row["run_id"]
+            assert f"bench: run {rid} (attempt 1) lost: its Dask worker was lost" in captured.err  # said, in one line
+            assert row["attempt"] == 2 and (results / store.LOGS / f"{rid}.attempt1.lost.log").is_file()
             if want == "ok":
                 assert row["worker_pid"] != killed[0]
             else:

@@ -190,8 +190,19 @@ visible_gpus, cores = gpu_rule.visible_gpus, gpu_rule.usable_cpus
 def connect(scheduler: str):
     try:
         from distributed import Client
+        from distributed.comm.addressing import get_address_host_port
+        from distributed.comm.registry import get_backend
     except ImportError:
         raise BenchError("--backend dask needs dask[distributed]; pip install 'dask[distributed]'") from None
+    try:  # a malformed address is Dask's to read (it would wait its whole timeout on one, then raise)
+        scheme = scheduler.split("://", 1)[0] if "://" in scheduler else "tcp"
+        get_backend(scheme)
+        port = get_address_host_port(scheduler)[1]
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is out of range")
+    except (ValueError, TypeError) as e:
+        raise BenchError(f"--scheduler {scheduler!r} is not a Dask scheduler address ({one_line(e)}); give "
+                         "tcp://HOST:PORT, e.g. tcp://10.0.0.1:8786") from None
     try:
         return Client(scheduler, timeout="20s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
@@ -220,6 +231,25 @@ def dask_worker_setup(ranks: dict[str, tuple[int, int]]) -> None:
     _POOL_STATE["dask"] = worker.address
 
 
+def restarted(task: Task, n: int, why: str) -> Task:
+    """Inside a Dask worker, the n-th start (n >= 2) of a run whose worker was lost: one line to the dispatcher's
+    terminal, the lost attempt's partial log kept (<id>.attempt<k>.lost.log, beside the live log) and the
+    attempt number counted on, so the row and log of this start say which attempt they are."""
+    from distributed import print as dask_print
+
+    lost_attempt = task.attempt + n - 2
+    rid = run_id(task.cfg)
+    kept = ""
+    if task.live_log and os.path.exists(task.live_log):
+        path = Path(task.live_log).with_name(f"{rid}.attempt{lost_attempt}.lost.log")
+        with contextlib.suppress(OSError):
+            os.replace(task.live_log, path)
+            kept = f"; its partial log kept as {path}"
+    dask_print(f"bench: run {rid} (attempt {lost_attempt}) lost: {why}; started again as attempt "
+               f"{lost_attempt + 1}{kept}", file=sys.stderr)
+    return dataclasses.replace(task, attempt=lost_attempt + 1)
+
+
 def _dask_execute(task: Task, starts_key: str, worker_retries: int, ranks: dict | None = None) -> dict:
     """Inside a Dask worker: count this start of the run (a restart means its last worker was lost), set the
     worker's GPU and threads up (`dask_worker_setup`), then run. After a fatal CUDA error the worker closes (with
@@ -235,6 +265,8 @@ def _dask_execute(task: Task, starts_key: str, worker_retries: int, ranks: dict 
     except TimeoutError:
         n = 1
     starts.set(n)
+    if n > 1:
+        task = restarted(task, n, "its Dask worker was lost (killed, or its machine gone)")
     if n > worker_retries + 1:
         return lost(task, f"its Dask worker was lost {n - 1} times (--worker-retries {worker_retries}); often the "
                           "worker killed for memory, or its machine gone")

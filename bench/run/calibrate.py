@@ -39,7 +39,8 @@ class CpuEstimate:
         return self.seconds / self.jobs
 
 
-def _setting(cfg: RunConfig) -> tuple:
+def setting(cfg: RunConfig) -> tuple:
+    """What a run's cost depends on (its seeds cost the same)."""
     return cfg.data, cfg.vit, cfg.booster, cfg.train
 
 
@@ -82,21 +83,27 @@ def estimate(runs: list[RunConfig], todo: list[RunConfig], jobs: int = 1, steps:
              ) -> tuple[CpuEstimate, CpuEstimate]:
     """(whole grid, runs to do): each distinct setting timed once, with the threads one of `jobs` workers has."""
     threads = max(1, cores() // jobs)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    timings: dict[tuple, Timing] = {}
-    try:
-        for cfg in runs:
-            if _setting(cfg) not in timings:
-                timings[_setting(cfg)] = time_setting(cfg, steps)
-    finally:
-        torch.set_num_threads(before)
+    timed = timings(runs, threads, steps)
 
     def total(some: list[RunConfig]) -> CpuEstimate:
-        seconds = sum(run_seconds(c, timings[_setting(c)]) for c in some)
-        return CpuEstimate(seconds, len(some), len(timings), threads, jobs)
+        seconds = sum(run_seconds(c, timed[setting(c)]) for c in some)
+        return CpuEstimate(seconds, len(some), len(timed), threads, jobs)
 
     return total(runs), total(todo)
+
+
+def timings(runs: list[RunConfig], threads: int, steps: int = 3) -> dict[tuple, Timing]:
+    """`setting` -> its Timing, each distinct setting of `runs` timed once with `threads` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out: dict[tuple, Timing] = {}
+    try:
+        for cfg in runs:
+            if setting(cfg) not in out:
+                out[setting(cfg)] = time_setting(cfg, steps)
+    finally:
+        torch.set_num_threads(before)
+    return out
 
 
 def describe(whole: CpuEstimate, todo: CpuEstimate, steps: int) -> list[str]:

@@ -194,9 +194,9 @@ def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, 
         pick_device(opts.device)  # an unusable --device is the user's to fix, before anything runs
     preflight(to_do(store.statuses(results, ids.values())), root)  # before the results directory is touched
     client = backends.connect(opts.scheduler) if opts.backend == "dask" else None
-    cluster = None
+    cluster = est = None
     if opts.backend == "slurm":
-        slurm.check_fits(to_do(store.statuses(results, ids.values())), opts.slurm)
+        est = slurm.preflight(to_do(store.statuses(results, ids.values())), opts.slurm)
         cluster, client = slurm.start(opts.slurm, results)
     try:
         with store.results_lock(results):
@@ -215,7 +215,7 @@ def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, 
             attempts = _attempts(results, [ids[id(c)] for c in todo if before[ids[id(c)]] is not None])
             tasks = [Task(cfg=c, data_root=str(root), live_log=str(layout.running_log_path(results, ids[id(c)])),
                           device=opts.device, attempt=attempts.get(ids[id(c)], 0) + 1) for c in _order(todo)]
-            return _dispatch(tasks, results, before, summary, opts, client, echo)
+            return _dispatch(tasks, results, before, summary, opts, client, echo, est)
     finally:
         if cluster is not None:
             slurm.close(cluster, client)
@@ -224,7 +224,7 @@ def run_all(runs: list[RunConfig], data_root: str | Path | None, results: Path, 
 
 
 def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, opts: RunOptions, client,
-              echo: Callable[[str], None]) -> Summary:
+              echo: Callable[[str], None], est: dict | None = None) -> Summary:
     from tqdm.auto import tqdm
 
     n = len(tasks)
@@ -263,7 +263,7 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
                  + f"{setup.threads} torch threads each")
             stream = backends.pool(tasks, jobs, setup, results, opts.worker_retries)
         elif opts.backend == "slurm":
-            stream = slurm.runs(tasks, client.cluster, client, opts.slurm, opts.worker_retries)
+            stream = slurm.runs(tasks, client.cluster, client, opts.slurm, est, opts.worker_retries)
         else:
             stream = backends.dask(tasks, client, opts.worker_retries)
         for task, out in stream:

@@ -162,20 +162,23 @@ def _slurm(setups: list[TuneSetup], opts, say: Callable[[str], None]) -> None:
     from bench.run import slurm
 
     results = Path(setups[0].results).resolve()
+    slurm.test_submission(opts)
     cluster, client = slurm.start(opts, results)
     try:
         cluster.scale(jobs=opts.max_jobs)  # kept at that size: SpecCluster re-submits a job that is gone
         loops = opts.max_jobs * opts.workers_per_job
         say(f"SLURM: {opts.max_jobs} jobs of {opts.gpus_per_job or 'no'} GPU(s), {opts.cpus_per_job} CPUs, --time {opts.time}")
-        _dask(setups, None, say, client=client, loops=loops, gpu=bool(opts.gpus_per_job))
+        _dask(setups, None, say, client=client, loops=loops, gpu=bool(opts.gpus_per_job),
+              watch=slurm.Watch(cluster).check)
     finally:
         slurm.close(cluster, client)
 
 
 def _dask(setups: list[TuneSetup], scheduler: str | None, say: Callable[[str], None], client=None,
-          loops: int | None = None, gpu: bool | None = None) -> None:
+          loops: int | None = None, gpu: bool | None = None, watch: Callable[[], None] | None = None) -> None:
     """One worker loop per GPU slot (or thread) of the cluster; progress and tuned files from here.
-    (`client`, `loops`, `gpu`: a cluster started here, whose workers have not joined yet.)
+    (`client`, `loops`, `gpu`: a cluster started here, whose workers have not joined yet; `watch`, called while
+    waiting, raises to stop: bench.run.slurm.Watch.)
 
     Ctrl-C sets a cluster-wide stop event: the loops start no new trial (trials in flight finish)."""
     from distributed import Event
@@ -208,6 +211,8 @@ def _dask(setups: list[TuneSetup], scheduler: str | None, say: Callable[[str], N
             next_poll = time.monotonic() + POLL_S
             while not all(f.done() for f in futures):
                 time.sleep(0.5)
+                if watch is not None:
+                    watch()
                 if time.monotonic() >= next_poll:
                     _show_changes(setups, shown, say)
                     next_poll = time.monotonic() + POLL_S
