@@ -193,7 +193,7 @@ def test_corrupt_data_file_is_refused(tmp_path, capsys):
 def test_unknown_grid_name_lists_shipped_grids(tmp_path, capsys):
     results = tmp_path / "results"
     assert cli.main(["list", "--grid", "nope", "--results", str(results)]) == 2
-    _assert_one_line_error(capsys, "unknown grid 'nope': use one of beyond-paper, ci, full, layers, paper, record, record-pilot, scratch28, smoke", results)
+    _assert_one_line_error(capsys, "unknown grid 'nope': use one of beyond-paper, ci, full, layers, paper, record, record-pilot, record2-search, scratch28, smoke", results)
 
 
 # ------------------------------------------------------------------------------------------------ help
