@@ -16,7 +16,7 @@ from bench.config import RunConfig, added_defaults, all_keys, flatten, run_id
 from bench.errors import BenchError
 from bench.grid import Grid
 from bench.models.registry import baselines
-from bench.store import read_runs
+from bench.store import check_predictions, read_runs
 
 SECTIONS = ("data", "vit", "booster", "train")
 
@@ -89,6 +89,7 @@ def collect(results: Path, expected: pd.DataFrame | None) -> pd.DataFrame:
             named = plan["label"].fillna("").astype(str) != ""
             grid.loc[named, "label"] = plan.loc[named, "label"]
         grid = grid.reset_index()
+    check_predictions(results, grid.loc[grid["status"] == "ok", "run_id"])  # a corrupt one: warned, set aside
     grid = _normalise(grid)
     return grid.assign(single_class=single_class(results, grid))
 

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench.crashsafe import write_atomic
-from bench.store import layout, schema
+from bench.store import layout, quarantine, schema
 
 MTIME, SIZE = "_file_mtime_ns", "_file_size"  # the stamp of the per-run file a compacted row came from
 STAMP = pa.schema([(MTIME, pa.int64()), (SIZE, pa.int64())])
@@ -96,17 +96,22 @@ def _strings(values: list[str]) -> pa.Array:
 
 
 def read_file(path: Path, columns: list[str] | None = None) -> tuple[pa.Table, tuple[int, int]] | None:
-    """One per-run file and the stamp of exactly that version (None if it is gone)."""
+    """One per-run file and the stamp of exactly that version (None if it is gone, or corrupt: then it is set
+    aside, bench.store.quarantine)."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             data = f.read()
     except FileNotFoundError:
         return None
-    pf = pq.ParquetFile(pa.BufferReader(data))
-    if columns is not None:
-        columns = [c for c in columns if c in pf.schema_arrow.names]
-    return pf.read(columns=columns), (st.st_mtime_ns, st.st_size)
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(data))
+        if columns is not None:
+            columns = [c for c in columns if c in pf.schema_arrow.names]
+        return pf.read(columns=columns), (st.st_mtime_ns, st.st_size)
+    except (pa.ArrowException, OSError) as e:  # truncated, garbage, or a page that does not decode
+        quarantine.set_aside(path, e, st)
+        return None
 
 
 def read_compacted(results: Path, kind: str, columns: list[str] | None = None) -> pa.Table | None:

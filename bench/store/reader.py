@@ -1,4 +1,5 @@
-"""Reading the store, typed by `bench.store.schema`; never writes, never blocks or disturbs a writer.
+"""Reading the store, typed by `bench.store.schema`; never blocks or disturbs a writer, and writes nothing but
+moving a file that cannot be read aside (bench.store.quarantine).
 
 `read_runs`, `read_history` and `statuses` read the store as one dataset (`bench.store.index`: the
 compacted tables plus the per-run files newer than them), sorted by run id (and epoch). pandas is
@@ -8,13 +9,15 @@ imported only by the functions that return a DataFrame, so `statuses` (the runne
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import pyarrow as pa
 
-from bench.store import index, layout, schema
+from bench.errors import one_line
+from bench.store import index, layout, quarantine, schema
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,9 +63,32 @@ def read_history(results: Path, run_ids: Iterable[str] | None = None) -> pd.Data
     return _to_pandas(table)
 
 
+PREDICTED = ("y_score.npy", "y_true.npy")
+
+
 def read_predictions(results: Path, run_id: str) -> dict[str, np.ndarray]:
-    with np.load(layout.predictions_path(results, run_id)) as z:
-        return {k: z[k] for k in z.files}
+    """The run's test predictions; a file that does not decode (a bad CRC inside) raises ValueError."""
+    try:
+        with np.load(layout.predictions_path(results, run_id)) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{layout.predictions_path(results, run_id)} is corrupt ({one_line(e)})") from e
+
+
+def check_predictions(results: Path, run_ids: Iterable[str]) -> None:
+    """Set aside (bench.store.quarantine: one warning each) the predictions files of `run_ids` that are not whole
+    archives of both arrays: truncated or garbage. Reads only each file's zip directory, not its arrays."""
+    for rid in run_ids:
+        path = layout.predictions_path(results, rid)
+        try:
+            with zipfile.ZipFile(path) as z:
+                lacking = [n for n in PREDICTED if n not in z.namelist()]
+            if lacking:
+                raise zipfile.BadZipFile(f"no {', '.join(lacking)} in it")
+        except FileNotFoundError:
+            continue
+        except (zipfile.BadZipFile, OSError) as e:
+            quarantine.set_aside(path, e)
 
 
 def single_class(results: Path, run_id: str, task_type: str) -> bool | None:
