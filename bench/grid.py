@@ -24,6 +24,7 @@ import difflib
 import functools
 import itertools
 import operator
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -71,11 +72,50 @@ def grid_path(name_or_path: str) -> Path:
     raise BenchError(f"unknown grid '{name_or_path}': use one of {', '.join(known)} or a path to a .yaml file")
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently) and
+    remembers the line of every key and list item, so a grid's mistakes can name their line."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.lines: dict[int, tuple[Any, dict]] = {}  # id(mapping or list) -> (it, kept alive; {key or index: line})
+
+    def construct_yaml_map(self, node):
+        data: dict = {}
+        yield data
+        lines: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in lines:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' is given twice (first on line {lines[key]}); keep one",
+                        key_node.start_mark)
+                lines[key] = key_node.start_mark.line + 1
+        data.update(self.construct_mapping(node))
+        self.lines[id(data)] = (data, lines)
+
+    def construct_yaml_seq(self, node):
+        data: list = []
+        yield data
+        data.extend(self.construct_sequence(node))
+        self.lines[id(data)] = (data, {i: n.start_mark.line + 1 for i, n in enumerate(node.value)})
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq)
+NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a grid's name names its report folder: one plain word
+
+
 def load_grid(name_or_path: str, sets: Mapping[str, Any] | None = None) -> Grid:
     path = grid_path(name_or_path)
-    spec = _read_yaml(path)
+    lines: dict = {}
+    spec = _read_yaml(path, lines)
     if not isinstance(spec, dict):
         raise BenchError(f"{path}: a grid is a YAML mapping with keys {', '.join(TOP_KEYS)}")
+    _check_shape(spec, path, lines)
     spec = _with_recipes(spec, path)
     runs, ids = _expand(spec, sets or {}, where=str(path))
     portable = spec.get("portable", False)
@@ -84,14 +124,20 @@ def load_grid(name_or_path: str, sets: Mapping[str, Any] | None = None) -> Grid:
     return Grid(spec.get("name") or path.stem, path, runs, ids, portable)
 
 
-def _read_yaml(path: Path) -> Any:
+def _read_yaml(path: Path, lines: dict | None = None) -> Any:
+    """The file's YAML (a key given twice is an error naming its line); `lines` gets _Loader's lines of it."""
+    loader = _Loader(path.read_text())
     try:
-        return yaml.safe_load(path.read_text())
+        return loader.get_single_data()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         raise BenchError(f"{path}:{mark.line + 1}:{mark.column + 1}: malformed YAML ({e.problem}); fix that line") from None
     except yaml.YAMLError as e:
         raise BenchError(f"{path}: malformed YAML ({e})") from None
+    finally:
+        loader.dispose()
+        if lines is not None:
+            lines.update(loader.lines)
 
 
 def _with_recipes(spec: dict, path: Path) -> dict:
@@ -142,6 +188,30 @@ def _dotted(overrides: Mapping) -> dict:
         else:
             out[key] = value
     return out
+
+
+def _check_shape(spec: dict, path: Path, lines: dict[int, tuple[Any, dict]]) -> None:
+    """What the expansion would take silently: a name that is not one plain word, empty `runs` or `variants`, an
+    include entry that names no variant. Each error names its line."""
+    def at(obj, key) -> str:
+        return f"{path}:{lines.get(id(obj), (None, {}))[1].get(key, '?')}"
+
+    name = spec.get("name")
+    if "name" in spec and not (isinstance(name, str) and NAME_CHARS.fullmatch(name)):
+        raise BenchError(f"{at(spec, 'name')}: the grid's name {name!r} names its report folder: give one word of "
+                         "letters, digits, '.', '_' or '-' (or leave it out to use the file's name)")
+    for key, example in (("runs", "- {data.task: breastmnist}"), ("variants", "baseline: {booster.variant: baseline}")):
+        if key in spec and not spec[key]:
+            raise BenchError(f"{at(spec, key)}: '{key}' is empty: give at least one entry (e.g. {example}) "
+                             "or remove the key")
+    include = spec.get("include") or []
+    if not isinstance(include, list):
+        raise BenchError(f"{at(spec, 'include')}: 'include' is a list of runs, e.g. - {{variant: adapters, "
+                         "booster.variant: adapters}")
+    for i, extra in enumerate(include):
+        if not isinstance(extra, dict) or not isinstance(extra.get("variant"), str) or not extra["variant"]:
+            raise BenchError(f"{at(include, i)}: each include entry names its variant (its label in reports), "
+                             "e.g. - {variant: rllm-first, booster.variant: rllm, booster.layer: first}")
 
 
 def expand(spec: Mapping[str, Any], sets: Mapping[str, Any], where: str = "grid") -> list[ResolvedConfig]:

@@ -47,6 +47,16 @@ def test_exclude_include_and_set(tmp_path):
     ("axes: {data.tsk: [breastmnist]}\n", "did you mean 'data.task'"),
     ("variants: {a: {booster.freeze: frozen}}\n", "variant 'a'.*no meaning for variant=baseline"),
     ("seeds: [0]\nexclude: [{seed: 0}]\n", "has no runs"),
+    # issue 34 item 12: taken silently before, now refused naming the line
+    ("seeds: [0]\naxes: {data.task: [breastmnist]}\nseeds: [1]\n", r"g.yaml:3:1: .*'seeds' is given twice \(first on line 1\)"),
+    ("variants:\n  a: {train.lr: 0.1, train.lr: 0.2}\n", r"g.yaml:2:.*'train.lr' is given twice"),
+    ("seeds: [0]\nname: ../../escaped\n", r"g.yaml:2: the grid's name '../../escaped' names its report folder"),
+    ("name: [a, b]\n", r"g.yaml:1: the grid's name \['a', 'b'\]"),
+    ("name: ..\n", r"g.yaml:1: the grid's name '..'"),
+    ("seeds: [0]\nruns: []\n", r"g.yaml:2: 'runs' is empty"),
+    ("seeds: [0]\n\nvariants:\n", r"g.yaml:3: 'variants' is empty"),
+    ("include:\n  - {variant: a}\n  - {data.task: breastmnist}\n", r"g.yaml:3: each include entry names its variant"),
+    ("include: {variant: a}\n", r"g.yaml:1: 'include' is a list"),
 ])
 def test_bad_grids_fail_in_one_line(tmp_path, text, message):
     with pytest.raises(BenchError, match=message) as e:
