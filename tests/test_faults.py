@@ -16,6 +16,7 @@ a tiny random LLaMA, ViT depth 2, one epoch): seconds each on CPU.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -457,6 +458,57 @@ def test_hub_unreachable_fails_uncached_llms_with_the_hint_and_cached_ones_go_on
     assert "cannot reach the Hugging Face hub for org/uncached" in error and "hf download org/uncached" in error
     assert rows.loc[cached, "status"] == "ok", rows.loc[cached, "error"]
     assert rc == 1
+
+
+def _damaged_llm(src: Path, sharded: Path, to: Path, fault: str) -> tuple[Path, str]:
+    """A copy of a tiny LLM folder with one fault; and the file the error must name."""
+    base = sharded if fault.startswith(("index", "shard")) else src
+    shutil.copytree(base, to)
+    index = to / "model.safetensors.index.json"
+    shards = sorted(to.glob("model-*.safetensors"))
+    if fault == "no weights":
+        (to / "model.safetensors").unlink()
+        return to, str(to)
+    if fault in ("truncated", "garbage"):
+        path = to / "model.safetensors"
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if fault == "truncated" else os.urandom(len(data)))
+        return to, str(path)
+    if fault == "shard missing":
+        shards[-1].unlink()
+        return to, shards[-1].name
+    if fault == "shard truncated":
+        shards[0].write_bytes(shards[0].read_bytes()[:-100])
+        return to, str(shards[0])
+    if fault == "index garbage":
+        index.write_text('{"weight_map": {"a": ')
+    elif fault == "index without weight_map":
+        index.write_text('{"metadata": {}}')
+    elif fault == "index names a tensor its shard lacks":
+        data = json.loads(index.read_text())
+        data["weight_map"]["layers.1.not_there.weight"] = shards[0].name
+        index.write_text(json.dumps(data))
+    return to, str(index)
+
+
+@pytest.mark.parametrize("fault", ["no weights", "truncated", "garbage", "shard missing", "shard truncated",
+                                   "index garbage", "index without weight_map", "index names a tensor its shard lacks"])
+def test_a_broken_llm_folder_fails_preflight_before_anything_trains(env, sharded_llm, tmp_path, capsys, fault):
+    """Issue 34 item 13b: the grid's baseline comes first and would train; a damaged booster.source must stop the
+    grid in preflight (one line naming the file, exit 2, nothing written) instead of failing the LLM run later
+    with SafetensorError, JSONDecodeError or KeyError."""
+    folder, named = _damaged_llm(Path(env[1]), sharded_llm, tmp_path / "llm", fault)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndefaults:\n  data: {task: breastmnist, size: 28}\n  vit: {arch: tiny, patch: 7, depth: 2}\n"
+                    "  booster: {layer: -1}\n  train: {epochs: 1, batch_size: 8, warmup_epochs: 0}\nvariants:\n"
+                    "  baseline: {booster.variant: baseline}\n  rllm: {booster.variant: rllm}\nseeds: [0]\n")
+    results = tmp_path / "results"
+    for extra in (["--dry-run"], []):
+        rc = cli.main(["run", "--grid", str(grid), "--data-root", str(env[0]), "--results", str(results),
+                       "--set", f"booster.source={folder}", *extra])
+        line = one_line_error(capsys.readouterr().err, rc, 2)
+        assert named in line, line
+        assert not results.exists()
 
 
 # -------------------------------------------------------------------------------------- the CLI itself

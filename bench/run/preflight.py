@@ -1,5 +1,5 @@
-"""Before any training: everything the user can fix (tasks, sizes, data files, ViT weights, LLM sources) fails
-here, as one line, before the results directory is touched."""
+"""Before any training: everything the user can fix (tasks, sizes, data files, ViT weights, LLM sources and their
+weight files) fails here, as one line, before the results directory is touched."""
 
 from __future__ import annotations
 
@@ -54,7 +54,24 @@ def preflight(runs: Iterable[RunConfig], data_root: Path, download: bool = True)
             check_block(b)
         else:
             llm_hidden_size(b.source, b.revision)
+    check_llm_files(runs)
     check_starts(runs, download)
+
+
+def check_llm_files(runs: list[RunConfig]) -> None:
+    """Every local LLM folder a run loads layers from has whole weight files (index, headers, shards: no tensor
+    read), and has weights at all where a run takes pretrained ones; hub ids are checked as they download."""
+    from bench.models.llm.source import Source
+    from bench.models.llm.verify import check_files
+
+    needs: dict[tuple[str, str | None], bool] = {}
+    for c in runs:
+        b = c.booster
+        if b.source and VARIANTS[b.variant].has_layer and not _is_hub_id(b.source):
+            key = (b.source, b.revision)
+            needs[key] = needs.get(key, False) or b.init != "random"
+    for (source, revision), need_weights in sorted(needs.items(), key=str):
+        check_files(Source(source, revision), need_weights)
 
 
 def check_starts(runs: list[RunConfig], download: bool = True) -> None:
@@ -99,4 +116,5 @@ def check_offline(runs: Iterable[RunConfig], data_root: Path) -> list[str]:
     for b in sorted({block_key(c.booster) for c in runs if VARIANTS[c.booster.variant].has_layer}, key=str):
         if not _is_hub_id(b.source):
             check_block(b)
+    check_llm_files(runs)
     return notes
