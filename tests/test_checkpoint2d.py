@@ -143,6 +143,16 @@ def test_missing_or_unexpected_key_is_one_line_naming_it(tmp_path):
     assert torch.equal(model.backbone.head.weight, ref["head.weight"])
 
 
+def test_a_checkpoint_of_which_nothing_fits_is_refused_even_when_not_strict(tmp_path):
+    """Issue 34 item 13c: strict=false with no tensor of the model in the file (another model's names) would train
+    from a random init under a row naming the file and its sha256."""
+    other = {f"encoder.layer.{k}": v for k, v in reference_model_dict().items()}
+    path = save(tmp_path / "other.pth", other)
+    with pytest.raises(BenchError, match=r"has none of the model's \d+ tensors") as e:
+        build_model(cfg_for(path, **{"vit.checkpoint_strict": False, "vit.head": "task"}), task_spec("breastmnist", 28))
+    assert "\n" not in str(e.value)
+
+
 def test_missing_key_through_the_cli_is_exit_2_one_line(tmp_path, fixture_root, capsys):
     ref = reference_model_dict()
     del ref["blocks.1.mlp.fc2.bias"]

@@ -135,7 +135,7 @@ def load_start(model: nn.Module, path: str, strict: bool = True) -> None:
     """Copy the checkpoint's `model` tensors onto `model` (an RLLMViT built from the run's config), in place.
 
     strict: a checkpoint tensor with no place in the model, or a model tensor the checkpoint lacks, is a one-line
-    BenchError naming it; a shape that differs always is. The LLaMA layer's `llama.norm.weight` goes into a
+    BenchError naming it; a shape that differs always is, and so is a checkpoint of which no tensor fits. The LLaMA layer's `llama.norm.weight` goes into a
     pretrained final norm, or must be 1 where the model's norm is booster.llm_norm=unit (parameter-free)."""
     sd = read_checkpoint(path)["model"]
     llm = model.booster.llm if model.booster is not None else None
@@ -173,6 +173,11 @@ def load_start(model: nn.Module, path: str, strict: bool = True) -> None:
             raise BenchError(f"vit.checkpoint={path}: {ref} is {tuple(t.shape)} but the model's "
                              f"{key.removeprefix('backbone.')} is {tuple(ours[key].shape)}; {_shape_hint(ref)}")
         mapped[key] = t
+    if not mapped:  # not strict, and nothing fits: the run would train from scratch while its row names the file
+        first = next(iter(names.values()))
+        raise BenchError(f"vit.checkpoint={path} has none of the model's {len(names)} tensors (no {first}, ...; it "
+                         f"holds {len(sd)} others): vit.checkpoint_strict=false would train from a random init while "
+                         "the run names this checkpoint; give a checkpoint of this model (timm ViT names)")
     with torch.no_grad():
         model.load_state_dict(mapped, strict=False)
 
