@@ -203,73 +203,6 @@ def paper_step(device, opts: Options, tmp: Path, say: Callable[[str], None]) -> 
     return Check("paper step", status, speed), memory
 
 
-def grid_inputs(opts: Options) -> Check:
-    """The data files, timm weights and LLMs a grid needs: on disk, in the cache, or reachable."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    from bench.data import data_file, resolve_root, task_spec
-    from bench.grid import load_grid
-    from bench.models.backbones import local_weights
-    from bench.models.gguf_file import PACKAGED
-    from bench.models.llm import MINILM
-    from bench.run.preflight import _vit_weights
-
-    if not opts.grid:
-        return Check("grid inputs", "skip", "give --grid NAME to check a grid's data, timm and LLM weights")
-    grid = load_grid(opts.grid, dict(opts.sets))
-    root = resolve_root(opts.data_root)
-    found, missing = [], []
-    fetch: dict[str, list[str]] = {"https://zenodo.org": [], "https://huggingface.co": []}  # MedMNIST; timm, LLMs
-    for task, size in sorted({(c.data.task, c.data.size) for c in grid.runs}):
-        f = data_file(task_spec(task, size), root)
-        (found if f.exists() else fetch["https://zenodo.org"]).append(f.name)
-    for tag in _vit_weights(grid.runs):
-        (found if local_weights(tag) else fetch["https://huggingface.co"]).append(f"timm {tag}")
-    for source in sorted({c.booster.source for c in grid.runs if c.booster.source}):
-        if source == MINILM or source in PACKAGED:  # packaged: a missing package is refused by resolve already
-            found.append(source)
-        elif Path(source).expanduser().is_file():  # a GGUF file (read and checked by resolve and preflight)
-            found.append(source)
-        elif Path(source).expanduser().is_dir():
-            (found if (Path(source).expanduser() / "config.json").exists() else missing).append(source)
-        elif isinstance(try_to_load_from_cache(source, "config.json"), str):
-            found.append(source)
-        else:
-            fetch["https://huggingface.co"].append(source)
-    fetched, why = [], []
-    for url, items in fetch.items():
-        if not items:
-            continue
-        offline = url.endswith("huggingface.co") and constants.HF_HUB_OFFLINE
-        reach = "the hub is off (HF_HUB_OFFLINE)" if offline else _reachable(url)
-        if reach == "reachable":
-            fetched += items
-        else:
-            missing += items
-            why.append(reach)
-    detail = f"grid {grid.name}: {len(found)} inputs on this machine"
-    if fetched:
-        detail += f", {len(fetched)} to fetch (reachable): {', '.join(fetched[:6])}"
-    if missing:
-        return Check("grid inputs", "FAIL", detail + f"; missing and not fetchable ({'; '.join(why) or 'no such folder'}): "
-                     f"{', '.join(missing[:6])}; fetch them where there is internet (`bench data fetch`, "
-                     "`hf download`) into the shared data root and cache")
-    return Check("grid inputs", "ok", detail)
-
-
-def _reachable(url: str, timeout: float = 5.0) -> str:
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)  # noqa: S310
-        return "reachable"
-    except urllib.error.HTTPError:
-        return "reachable"  # it answered
-    except (OSError, ValueError) as e:
-        return f"{url} unreachable: {str(e)[:120]}"
-
-
 def backend(opts: Options) -> Check:
     from bench.errors import BenchError
     from bench.run.gpus import usable_cpus, visible_gpus
@@ -411,6 +344,12 @@ def run_checks(opts: Options, say: Callable[[str], None] = print) -> list[Check]
     from bench.errors import BenchError
     from bench.train import pick_device
 
+    from bench.data import resolve_root
+    from bench.doctor_inputs import grid_inputs
+    from bench.grid import load_grid
+
+    grid = load_grid(opts.grid, dict(opts.sets)) if opts.grid else None  # its mistakes before any work (exit 2)
+    resolve_root(opts.data_root)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts: the bit-for-bit check
     try:
         device = pick_device(opts.device)
@@ -429,7 +368,7 @@ def run_checks(opts: Options, say: Callable[[str], None] = print) -> list[Check]
         add(precisions(device))
         for c in paper_step(device, opts, tmp, say):
             add(c)
-        add(grid_inputs(opts))
+        add(grid_inputs(opts, grid))
         add(backend(opts))
         add(twice_bit_for_bit(device, tmp))
         if device.type == "cuda":

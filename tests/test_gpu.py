@@ -463,15 +463,68 @@ def test_doctor_runs_the_cpu_path_and_says_what_it_could_not_check(tiny, capsys,
 def test_doctor_fails_a_grid_whose_llm_is_neither_cached_nor_fetchable(tiny, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from bench import doctor
+    from bench import doctor, doctor_inputs
 
     grid = tmp_path / "g.yaml"
     grid.write_text("name: g\ndefaults:\n  data: {task: breastmnist, size: 28}\n"
                     "  booster: {source: someone/not-cached-llm}\nvariants:\n  rllm: {booster.variant: rllm}\n"
                     "seeds: [0]\n")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    c = doctor.grid_inputs(doctor.Options(grid=str(grid), data_root=str(tiny)))
+    c = doctor_inputs.grid_inputs(doctor.Options(grid=str(grid), data_root=str(tiny)))
     assert c.status == "FAIL" and "someone/not-cached-llm" in c.detail and "HF_HUB_OFFLINE" in c.detail
+
+
+def test_doctor_calls_corrupt_data_and_incomplete_llms_missing_and_lists_every_one(tmp_path, tiny_llm, monkeypatch):
+    """Issue 34 item 14: a truncated data file is corrupt (as `bench data list` says), a hub model whose cache holds
+    only config.json is not here, a local folder whose weights are cut off is broken, and every missing input is
+    named (9 data files: none cut off at 6)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from bench import doctor, doctor_inputs
+    from bench.data import write_fixture
+
+    root = tmp_path / "medmnist"
+    write_fixture(root, "breastmnist", 28, n=(32, 16, 16))
+    npz = root / "breastmnist.npz"
+    npz.write_bytes(npz.read_bytes()[:-500])
+    hub = tmp_path / "hub" / "models--org--config-only"
+    sha = "0" * 40
+    (hub / "refs").mkdir(parents=True)
+    (hub / "refs" / "main").write_text(sha)
+    (hub / "snapshots" / sha).mkdir(parents=True)
+    shutil.copy(tiny_llm("llama") / "config.json", hub / "snapshots" / sha / "config.json")
+    cut = tmp_path / "cut-llm"
+    shutil.copytree(tiny_llm("llama"), cut)
+    (cut / "model.safetensors").write_bytes((cut / "model.safetensors").read_bytes()[:1000])
+    others = ["pathmnist", "dermamnist", "octmnist", "pneumoniamnist", "bloodmnist", "tissuemnist", "organamnist",
+              "organcmnist"]
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndefaults:\n  data: {size: 28}\nvariants:\n  rllm: {booster.variant: rllm}\n"
+                    f"axes:\n  data.task: [breastmnist, {', '.join(others)}]\n  booster.source: [org/config-only, {cut}]\n"
+                    "seeds: [0]\n")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(doctor_inputs, "_reachable", lambda url, timeout=5.0: f"{url} unreachable: no network")
+    c = doctor_inputs.grid_inputs(doctor.Options(grid=str(grid), data_root=str(root)))
+    assert c.status == "FAIL", c.detail
+    assert "breastmnist.npz is corrupt" in c.detail and "org/config-only" in c.detail
+    assert f"{cut / 'model.safetensors'} is truncated or corrupt" in c.detail
+    assert all(f"{t}.npz" in c.detail for t in others) and "11 missing" in c.detail, c.detail
+
+
+def test_doctor_refuses_a_bad_grid_before_any_work(capsys, monkeypatch):
+    """Issue 34 item 13e: `--grid nosuchgrid` is one line and exit 2 before the paper-mode step."""
+    from bench import doctor
+
+    def no_work(*a, **k):
+        raise AssertionError("the paper step ran before the grid was checked")
+
+    monkeypatch.setattr(doctor, "paper_step", no_work)
+    assert cli.main(["doctor", "--quick", "--grid", "nosuchgrid"]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "unknown grid 'nosuchgrid'" in err and "[" not in out
 
 
 def test_doctor_checks_slurm_through_sinfo(tmp_path, monkeypatch):

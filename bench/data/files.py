@@ -26,7 +26,11 @@ def resolve_root(data_root: str | Path | None) -> Path:
     root = data_root or os.environ.get("BENCH_DATA_ROOT") or default_root()
     if not root:
         raise BenchError("no data directory: medmnist could not create ~/.medmnist; set BENCH_DATA_ROOT or pass one")
-    return Path(root).expanduser()
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise BenchError(f"the data directory {root} (--data-root, else $BENCH_DATA_ROOT) is a file: give the folder "
+                         "that holds (or will hold) the MedMNIST .npz files")
+    return root
 
 
 def data_file(spec: TaskSpec, root: str | Path) -> Path:

@@ -48,6 +48,9 @@ def open_storage(storage: str):
     shown = describe_storage(storage)
     if not _is_url(storage):
         path = Path(storage)
+        if path.is_dir():
+            raise BenchError(f"--storage {path} is a directory: give a journal file path (e.g. {path / 'study.log'}) "
+                             "or a database URL (sqlite:///tune.db, postgresql://user@host/db)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             backend = optuna.storages.journal.JournalFileBackend(str(path))
