@@ -511,6 +511,25 @@ def test_a_broken_llm_folder_fails_preflight_before_anything_trains(env, sharded
         assert not results.exists()
 
 
+def test_a_path_of_the_wrong_kind_is_one_line(env, tmp_path, capsys):
+    """Issue 34 item 13d: --data-root naming a file (NotADirectoryError while downloading into it) and tune's
+    --storage naming a directory (IsADirectoryError) were 'unexpected' exit 1; now one line, exit 2, nothing made."""
+    from bench.errors import BenchError
+    from bench.tune.storage import open_storage
+
+    a_file = tmp_path / "data.npz"
+    a_file.write_bytes(b"not a folder")
+    results = tmp_path / "results"
+    for extra in (["--dry-run"], []):
+        rc = cli.main(["run", "--grid", "ci", "--data-root", str(a_file), "--results", str(results), *extra])
+        assert f"data directory {a_file}" in one_line_error(capsys.readouterr().err, rc, 2)
+    assert cli.main(["data", "list", "--data-root", str(a_file)]) == 2
+    assert not results.exists()
+    with pytest.raises(BenchError, match=f"--storage {tmp_path} is a directory") as e:
+        open_storage(str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
 # -------------------------------------------------------------------------------------- the CLI itself
 
 
