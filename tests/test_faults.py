@@ -530,6 +530,31 @@ def test_a_path_of_the_wrong_kind_is_one_line(env, tmp_path, capsys):
     assert "\n" not in str(e.value)
 
 
+# ------------------------------------------------------------------------------------------ a fresh machine
+
+NO_IMAGEMAGICK = "import ctypes.util\nctypes.util.find_library = lambda name: None\n"  # wand finds no MagickWand
+
+
+def test_without_imagemagick_the_analyze_tests_skip_with_the_reason_and_the_error_is_one_line(tmp_path):
+    """Issue 34 item 16: medmnistc imports without ImageMagick (importorskip passes), then wand cannot load
+    MagickWand. Here wand is kept from finding the library as on a machine without it (a plugin module that
+    makes ctypes find nothing): tests/test_analyze.py is skipped, saying why, and bench's error is one line."""
+    (tmp_path / "nomagick.py").write_text(NO_IMAGEMAGICK)
+    repo = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "nomagick", "-q", "-rs", "-p", "no:cacheprovider",
+                           str(repo / "tests" / "test_analyze.py")], env=env, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode in (0, 5) and "1 skipped" in proc.stdout and "failed" not in proc.stdout, proc.stdout  # 5: none ran
+    assert "needs ImageMagick's MagickWand library" in proc.stdout, proc.stdout
+    proc = subprocess.run([sys.executable, "-c", "import nomagick\nfrom bench import cli\nfrom bench.analyze import "
+                           "corrupt\ncorrupt.corruptions('breastmnist')"], env=env, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("bench.errors.BenchError: bench analyze robustness needs ImageMagick's MagickWand")
+    assert "apt-get install" in last and "You probably" in last  # wand's four lines, joined into this one
+
+
 # -------------------------------------------------------------------------------------- the CLI itself
 
 

@@ -22,7 +22,7 @@ from io import BytesIO
 
 import numpy as np
 
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 
 SEVERITIES = (1, 2, 3, 4, 5)
 INSTALL = ("pip install --no-deps medmnistc==0.1.0 wand (its pins would downgrade scikit-image and medmnist) and "
@@ -33,8 +33,9 @@ def _package():
     try:
         from medmnistc.corruptions import registry
         from medmnistc.utils.baselines import BASELINES
-    except ImportError as e:  # the package, or ImageMagick under wand
-        raise BenchError(f"bench analyze robustness needs the medmnistc package ({e}): {INSTALL}") from None
+    except ImportError as e:  # the package, or ImageMagick under wand (whose message is four lines)
+        what = "ImageMagick's MagickWand library" if "MagickWand" in str(e) else "the medmnistc package"
+        raise BenchError(f"bench analyze robustness needs {what} ({one_line(e)}): {INSTALL}") from None
     return registry, BASELINES
 
 
