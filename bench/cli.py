@@ -322,7 +322,7 @@ def _run_table(grid_runs, ids: list[str], status: dict, why: dict | None = None)
     print(head + ("  why" if why else ""))
     for cfg, rid in zip(grid_runs, ids):
         b, variant = cfg.booster, VARIANTS[cfg.booster.variant]
-        llm = Path(b.source).name if b.source and variant.llm != "none" else "-"
+        llm = Path(b.source).name if b.source and variant.has_layer else "-"  # adapters: only its width
         if b.source_sha256 and variant.has_layer:  # a GGUF file: its architecture and the layer's storage type
             from bench.models.gguf_file import describe
 
@@ -509,7 +509,6 @@ def cmd_list(args) -> int:
         steps = 3
         for cost_line in calibrate.describe(*calibrate.estimate(grid.runs, todo, args.jobs, steps), steps):
             print(cost_line)
-    print(line)
     return 0
 
 

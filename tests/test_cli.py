@@ -196,6 +196,22 @@ def test_unknown_grid_name_lists_shipped_grids(tmp_path, capsys):
     _assert_one_line_error(capsys, "unknown grid 'nope': use one of beyond-paper, ci, full, layers, paper, record, record-pilot, record2-search, scratch28, smoke", results)
 
 
+def test_bench_list_says_its_status_once_and_names_an_llm_only_where_a_run_has_a_layer(tmp_path, capsys):
+    """Issue 34 item 18: the status line was printed at the top and again at the bottom, and the adapters-only
+    control (FE and FD sized to the LLM's width, no LLM layer: the registry's llm="width") showed minilm-l6."""
+    from bench.grid import load_grid
+    from bench.models.registry import VARIANTS
+
+    assert cli.main(["list", "--grid", "smoke", "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("grid smoke: 3 runs") == 1, out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:5]}
+    grid = load_grid("smoke")
+    for cfg, rid in zip(grid.runs, grid.run_ids()):
+        llm = rows[rid][6]
+        assert llm == ("minilm-l6" if VARIANTS[cfg.booster.variant].llm == "layers" else "-"), (cfg.label, out)
+
+
 # ------------------------------------------------------------------------------------------------ help
 
 

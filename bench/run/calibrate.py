@@ -6,10 +6,16 @@ wall clock, which FLOPs predict badly for small models (threads, memory, Python 
 steps of the real Engine on a random batch of the run's shape, and one eval pass, with the torch threads one of
 `jobs` parallel workers gets, and scales per-image times by the images a run trains and evaluates.
 Not counted: loading data, the LLM layer (once per worker) and writing the store (seconds per run).
+
+The steps are timed on the machine as it is at that moment: other processes take their share of the cores
+then, and the grid's runs go as much slower as the machine is busier while they train (on a shared 2-core box,
+measured at load 1 and run at load 4, about 4x: issue 34 saw 5 min estimated, 19 min taken). So the estimate
+names the load average it was measured at, and says it holds at that load.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -34,6 +40,8 @@ class CpuEstimate:
     settings: int  # distinct models timed
     threads: int
     jobs: int
+    load: float = 0.0  # the 1-minute load average when the steps were timed
+    cores: int = 1  # the cores this process may use
 
     def wall_s(self) -> float:
         return self.seconds / self.jobs
@@ -83,11 +91,12 @@ def estimate(runs: list[RunConfig], todo: list[RunConfig], jobs: int = 1, steps:
              ) -> tuple[CpuEstimate, CpuEstimate]:
     """(whole grid, runs to do): each distinct setting timed once, with the threads one of `jobs` workers has."""
     threads = max(1, cores() // jobs)
+    load = os.getloadavg()[0]  # before our own steps add to it
     timed = timings(runs, threads, steps)
 
     def total(some: list[RunConfig]) -> CpuEstimate:
         seconds = sum(run_seconds(c, timed[setting(c)]) for c in some)
-        return CpuEstimate(seconds, len(some), len(timed), threads, jobs)
+        return CpuEstimate(seconds, len(some), len(timed), threads, jobs, load, cores())
 
     return total(runs), total(todo)
 
@@ -113,6 +122,8 @@ def describe(whole: CpuEstimate, todo: CpuEstimate, steps: int) -> list[str]:
         lines.append(f"  {what}: {c.runs} runs, {_clock(c.wall_s())} wall clock ({_clock(c.seconds)} of worker time)")
     lines.append("  (measured training and eval steps x the images each run trains and scores; data loading, LLM "
                  "loading and store writes not counted: bench/run/calibrate.py)")
+    lines.append(f"  (holds at the load it was measured at: load average {whole.load:.1f} on {whole.cores} cores; the "
+                 "runs take about as much longer as the machine is busier while they train)")
     return lines
 
 
