@@ -104,6 +104,29 @@ def test_ci_grid_serial_stores_every_run_whole(ci_env, ci_results, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (ci_results / store.RUNS).iterdir()} == before
 
 
+def test_a_run_shows_live_progress_one_line_per_epoch_when_not_a_terminal(ci_env, tmp_path, capsys, one_thread):
+    """Issue 34 item 17: `bench run` printed nothing between its first line and the first finished run (8 minutes
+    for smoke under load). Without a terminal (a log file, here pytest's capture) each run says it started and
+    then one line per epoch with the loss, val AUC and its ETA: never silent for more than an epoch, no flood."""
+    results = tmp_path / "results"
+    assert cli.main(ci_args(ci_env, results, "--set", "train.epochs=3", "--set", "data.task=breastmnist")) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = store.read_runs(results)
+    history = store.read_history(results)
+    progress = [line for line in out if line.startswith("  run ")]
+    assert len(progress) == len(rows) * 4, out  # started + 3 epochs, per run
+    finished = [line.split()[2] for line in out if line.startswith("[")]  # "[k/n] ok RUN_ID ...", in order
+    label = dict(zip(rows["run_id"], rows["label"]))
+    for i, rid in enumerate(finished):
+        mine = progress[4 * i: 4 * i + 4]
+        assert mine[0].endswith("started (3 epochs)") and f" {label[rid]} " in mine[0], mine
+        for epoch, line in enumerate(mine[1:]):
+            h = history[(history["run_id"] == rid) & (history["epoch"] == epoch)].iloc[0]
+            assert f"epoch {epoch + 1}/3 loss {h['train_loss']:.4f} val_auc {h['val_auc']:.4f}" in line, line
+            assert "so far, eta " in line
+        assert mine[-1].endswith("eta 0s)")
+
+
 def test_list_and_dry_run(ci_env, ci_results, tmp_path, capsys):
     results = copy_store(ci_results, tmp_path)
     grid = ci_grid(ci_env)

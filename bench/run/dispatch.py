@@ -233,15 +233,27 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
     slot_dir = None
 
     def epoch_bar(task: Task):
+        """The live progress of one run (serial backend): a tqdm bar of its epochs on a terminal; else one line
+        when it starts and one per epoch (epoch, loss, val AUC, the run's ETA), so a log is never silent for
+        more than an epoch and never floods."""
+        cfg, t_run = task.cfg, time.perf_counter()
+        epochs, head = cfg.train.epochs, f"  run {len(summary.rows) + 1}/{n} {describe(cfg)}"
         if bar.disable:
-            return None
-        inner = tqdm(total=task.cfg.train.epochs, unit="epoch", desc=f"  {task.cfg.label}", leave=False, position=1,
-                     dynamic_ncols=True)
+            print(f"{head}: started ({epochs} epochs)", flush=True)
+        else:
+            inner = tqdm(total=epochs, unit="epoch", desc=f"  {cfg.label}", leave=False, position=1,
+                         dynamic_ncols=True)
 
         def update(epoch, rec):
+            elapsed = time.perf_counter() - t_run
+            eta = _fmt_s(elapsed / (epoch + 1) * (epochs - epoch - 1))
+            if bar.disable:
+                print(f"{head}: epoch {epoch + 1}/{epochs} loss {rec['train_loss']:.4f} val_auc {rec['val_auc']:.4f} "
+                      f"({_fmt_s(elapsed)} so far, eta {eta})", flush=True)
+                return
             inner.update(1)
-            inner.set_postfix(val_auc=f"{rec['val_auc']:.3f}", loss=f"{rec['train_loss']:.3f}")
-            if epoch + 1 >= task.cfg.train.epochs:
+            inner.set_postfix(loss=f"{rec['train_loss']:.3f}", val_auc=f"{rec['val_auc']:.3f}", eta=eta)
+            if epoch + 1 >= epochs:
                 inner.close()
         return update
 
