@@ -3,7 +3,8 @@
 Everywhere: the devices torch sees and the precision each gets; one paper-mode training step (ViT-S at 224 px,
 DeiT-S's shape, with a frozen layer of the real LLaMA-7B shape: hidden 4096, MLP 11008, 32 heads; random weights
 from a transformers LlamaConfig, nothing downloaded), its FLOP/s from bench.cost's count and, on a known GPU, its MFU
-against the peak at its precision; the step's peak memory and the --runs-per-gpu it allows; a grid's data, timm and
+against the peak at its precision; the step's peak memory and the --runs-per-gpu it allows (with --grid, the step is
+that grid's heaviest run at its own batch, built the same shape with random weights); a grid's data, timm and
 LLM weights cached or reachable (--grid); the backend reachable (the Dask scheduler, `sinfo` for SLURM); the same tiny
 run twice, compared bit for bit (train.deterministic).
 On a GPU also: two pool workers sharing one GPU (--runs-per-gpu 2), a forced out-of-memory and its retry, memory
@@ -112,34 +113,40 @@ def precisions(device) -> Check:
     return Check("precision", "ok", "; ".join(lines) + (f"; {', '.join(emulated)} slower than bf16 GPUs" if emulated else ""))
 
 
-def paper_step(device, opts: Options, tmp: Path, say: Callable[[str], None]) -> tuple[Check, Check]:
-    """One paper-mode training step with a 7B-shaped frozen layer: (its speed, its memory)."""
+def paper_step(device, opts: Options, tmp: Path, say: Callable[[str], None], grid=None) -> tuple[Check, Check]:
+    """One training step, timed: (its speed, its memory). Of `grid`'s heaviest run at its own batch when a grid is
+    given (bench.doctor_inputs.grid_step), else paper mode with a 7B-shaped frozen layer."""
     import torch
 
     from bench import cost
     from bench.config import RunConfig, override, resolve
     from bench.data import task_spec, write_fixture
     from bench.data.loading import load_splits
+    from bench.doctor_inputs import grid_step
     from bench.models import build
     from bench.models.registry import layer_variants
     from bench.train import build_engine, precision, seed_everything
 
     gpu = device.type == "cuda"
-    batch = opts.batch or (32 if gpu else 1)
     steps = opts.steps or (10 if gpu else 1)
-    shape = TINY_LLAMA if opts.quick else LLAMA_7B
-    llm = write_llama_config(tmp / "llama-7b-shape", shape)
+    if grid is not None and not opts.quick:
+        cfg, what = grid_step(grid, tmp, gpu, opts.batch)
+        batch = cfg.train.batch_size
+    else:
+        batch = opts.batch or (32 if gpu else 1)
+        shape = TINY_LLAMA if opts.quick else LLAMA_7B
+        llm = write_llama_config(tmp / "llama-7b-shape", shape)
+        cfg = resolve(override(RunConfig(), {
+            "vit.arch": "tiny" if opts.quick else "small", "vit.paper_mode": True, "vit.depth": 1 if opts.quick else 12,
+            "booster.variant": layer_variants()[0], "booster.source": str(llm), "booster.init": "random",
+            "train.batch_size": batch}))
+        what = (f"ViT-{'Ti, depth 1' if opts.quick else 'S'} at 224 px + a {'tiny' if opts.quick else 'LLaMA-7B'}-"
+                f"shaped frozen layer (hidden {shape['hidden_size']}, MLP {shape['intermediate_size']}), batch {batch}")
+    what += f", {precision(device)}"
     data = tmp / "medmnist"
-    write_fixture(data, "breastmnist", 28, n=(max(64, batch), 16, 16))
-    spec = task_spec("breastmnist", 28)
+    write_fixture(data, cfg.data.task, cfg.data.size, n=(max(64, batch), 16, 16))
+    spec = task_spec(cfg.data.task, cfg.data.size)
     splits = load_splits(spec, data, download=False, splits=("train", "val"))
-    cfg = resolve(override(RunConfig(), {
-        "vit.arch": "tiny" if opts.quick else "small", "vit.paper_mode": True, "vit.depth": 1 if opts.quick else 12,
-        "booster.variant": layer_variants()[0], "booster.source": str(llm), "booster.init": "random",
-        "train.batch_size": batch}))
-    what = (f"ViT-{'Ti, depth 1' if opts.quick else 'S'} at 224 px + a {'tiny' if opts.quick else 'LLaMA-7B'}-shaped "
-            f"frozen layer (hidden {shape['hidden_size']}, MLP {shape['intermediate_size']}), batch {batch}, "
-            f"{precision(device)}")
     say(f"  building {what} ...")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     seed_everything(0)
@@ -366,7 +373,7 @@ def run_checks(opts: Options, say: Callable[[str], None] = print) -> list[Check]
         write_fixture(tmp / "medmnist", "breastmnist", 28, n=(64, 16, 16))
         add(devices(device))
         add(precisions(device))
-        for c in paper_step(device, opts, tmp, say):
+        for c in paper_step(device, opts, tmp, say, grid):
             add(c)
         add(grid_inputs(opts, grid))
         add(backend(opts))

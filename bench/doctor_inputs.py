@@ -1,5 +1,6 @@
-"""`bench doctor`'s "grid inputs": whether what a grid reads (data files, timm weights, LLMs) is whole here or can
-be fetched, checked as `bench run` would check it (data files by MD5, LLM folders by their weight files)."""
+"""`bench doctor`'s checks of a --grid: whether what it reads (data files, timm weights, LLMs) is whole here or can
+be fetched, checked as `bench run` would check it (data files by MD5, LLM folders by their weight files); and which
+of its runs the paper step builds, so the memory figure and --runs-per-gpu are about the grid's own model and batch."""
 
 from __future__ import annotations
 
@@ -117,3 +118,49 @@ def _reachable(url: str, timeout: float = 5.0) -> str:
         return "reachable"  # it answered
     except (OSError, ValueError) as e:
         return f"{url} unreachable: {str(e)[:120]}"
+
+
+def grid_step(grid, tmp: Path, gpu: bool, batch: int | None = None):
+    """(config, what) of the paper step for `grid`: its heaviest run (matmul FLOPs of a training step x its batch),
+    built the same shape without a file to download: random ViT weights, and a config-only copy of its LLM (its
+    config.json where it is here, else the shape bench.cost knows for the shipped LLMs) at booster.init=random. Its
+    own batch on a GPU (the memory figure and --runs-per-gpu are about it), 1 on a CPU unless `batch` is given."""
+    import shutil
+
+    from bench import cost
+    from bench.config import override, resolve
+    from bench.doctor import LLAMA_7B, write_llama_config
+    from bench.models.registry import VARIANTS
+
+    def weight(c) -> float:
+        m = cost.matmuls(c)
+        return (m.train_step if m is not None else 0.0) * c.train.batch_size
+
+    run = max(grid.runs, key=weight)
+    batch = batch or (run.train.batch_size if gpu else 1)
+    sets = {"vit.pretrained": False, "vit.weights": "", "vit.checkpoint": "", "vit.checkpoint_sha256": "",
+            "vit.head": "task", "train.batch_size": batch, "train.epochs": 1}
+    b, llm = run.booster, "no LLM layer"
+    if VARIANTS[b.variant].has_layer:
+        folder = tmp / "grid-llm"
+        config = cost._config_file(b.source, b.revision)
+        shape = cost.llm_shape(b.source, b.revision)
+        if config is not None and config.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(config, folder / "config.json")
+            llm = f"{Path(b.source).name}'s shape"
+        elif shape is not None and shape.model_type == "llama":
+            write_llama_config(folder, {**LLAMA_7B, "hidden_size": shape.hidden, "intermediate_size": shape.intermediate,
+                                        "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads,
+                                        "num_hidden_layers": shape.layers, "head_dim": shape.head_dim})
+            llm = f"{Path(b.source).name}'s shape"
+        else:
+            write_llama_config(folder, LLAMA_7B)
+            llm = f"a LLaMA-7B shape ({b.source}'s is not known here)"
+        sets.update({"booster.source": str(folder), "booster.revision": None, "booster.init": "random"})
+    cfg = resolve(override(run, sets))
+    v = cfg.vit
+    what = (f"grid {grid.name}'s heaviest run ({cfg.label}: {cfg.data.task}@{cfg.data.size}, vit {v.arch}"
+            f"{' paper mode' if v.paper_mode else ''}, {llm}, random weights), batch {batch}"
+            + ("" if gpu or batch == run.train.batch_size else f" (its own {run.train.batch_size} on a GPU)"))
+    return cfg, what

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import threading
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -512,6 +513,36 @@ def test_doctor_calls_corrupt_data_and_incomplete_llms_missing_and_lists_every_o
     assert "breastmnist.npz is corrupt" in c.detail and "org/config-only" in c.detail
     assert f"{cut / 'model.safetensors'} is truncated or corrupt" in c.detail
     assert all(f"{t}.npz" in c.detail for t in others) and "11 missing" in c.detail, c.detail
+
+
+def test_doctor_measures_the_grids_own_heaviest_model_and_batch(tmp_path, tiny_llm, one_thread):
+    """Issue 34 item 15: the memory figure and --runs-per-gpu were of ViT-S/224 at batch 32 whatever --grid said.
+    With a grid, the step is its heaviest run (here the rllm at 64 px, batch 16, over a baseline at 28 px, batch 8)
+    with its LLM's shape (the tiny LLaMA's config), at its own batch on a GPU."""
+    import json
+
+    import torch
+
+    from bench import doctor, doctor_inputs
+    from bench.grid import load_grid
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(f"name: g\ndefaults:\n  data: {{task: breastmnist}}\n  vit: {{arch: tiny, depth: 2}}\n"
+                         f"  booster: {{source: {tiny_llm('llama')}, layer: -1}}\nvariants:\n"
+                         "  baseline: {booster.variant: baseline, data.size: 28, train.batch_size: 8}\n"
+                         "  rllm: {booster.variant: rllm, data.size: 64, train.batch_size: 16}\nseeds: [0]\n")
+    grid = load_grid(str(grid_file))
+    cfg, what = doctor_inputs.grid_step(grid, tmp_path / "gpu", gpu=True)
+    assert (cfg.label, cfg.data.size, cfg.train.batch_size, cfg.booster.init) == ("rllm", 64, 16, "random")
+    hidden = json.loads((tiny_llm("llama") / "config.json").read_text())["hidden_size"]
+    assert json.loads((Path(cfg.booster.source) / "config.json").read_text())["hidden_size"] == hidden
+    assert "grid g's heaviest run (rllm: breastmnist@64" in what and "batch 16" in what
+    tmp = tmp_path / "cpu"
+    tmp.mkdir()
+    speed, memory = doctor.paper_step(torch.device("cpu"), doctor.Options(grid=str(grid_file)), tmp, lambda s: None,
+                                      grid)
+    assert speed.status == "ok" and "grid g's heaviest run (rllm: breastmnist@64" in speed.detail, speed.detail
+    assert "batch 1 (its own 16 on a GPU)" in speed.detail and "at batch 1)" in memory.detail, memory.detail
 
 
 def test_doctor_refuses_a_bad_grid_before_any_work(capsys, monkeypatch):
