@@ -127,6 +127,44 @@ def test_a_run_shows_live_progress_one_line_per_epoch_when_not_a_terminal(ci_env
         assert mine[-1].endswith("eta 0s)")
 
 
+def test_runs_in_other_processes_show_each_epoch_from_their_live_logs(tmp_path):
+    """With --jobs N, Dask or SLURM the epochs are in the workers: the dispatcher reads them from the live logs the
+    workers' RunLog writes. Each epoch line is shown once and only when whole; a retried run's log, started again
+    from nothing, is read from its start; a log not there yet (or removed at its commit) is skipped."""
+    from bench.run.progress import LiveLogs
+    from bench.run.worker import RunLog
+
+    a, b = tmp_path / "a.running.log", tmp_path / "b.running.log"
+    shown: list[str] = []
+    tail = LiveLogs({a: "rllm breastmnist@28", b: "baseline breastmnist@28"}, shown.append, every=3600)
+    log = RunLog(str(a))
+    log("run a, attempt 1")
+    log("epoch 1/2 train_loss=0.7000 val_auc=0.6000")
+    with open(a, "a") as f:
+        f.write("2026-01-01T00:00:00 epoch 2/2 train_lo")  # a line its worker is writing right now
+    tail.poll()
+    assert shown == ["  rllm breastmnist@28: epoch 1/2 train_loss=0.7000 val_auc=0.6000"]
+    with open(a, "a") as f:
+        f.write("ss=0.6000 val_auc=0.7000\n")
+    tail.poll()
+    tail.poll()
+    assert shown[1:] == ["  rllm breastmnist@28: epoch 2/2 train_loss=0.6000 val_auc=0.7000"]
+    log.close()
+    retry = RunLog(str(a))  # the retry: the file is written anew
+    retry("epoch 1/2 train_loss=0.9000 val_auc=0.5000")
+    retry.close()
+    tail.poll()
+    assert shown[2:] == ["  rllm breastmnist@28: epoch 1/2 train_loss=0.9000 val_auc=0.5000"]
+    a.unlink()  # committed: its live log is gone
+    other = RunLog(str(b))
+    other("epoch 1/1 train_loss=0.5000 val_auc=0.8000")
+    other.close()
+    tail.start()
+    tail.poll()
+    tail.stop()
+    assert shown[3:] == ["  baseline breastmnist@28: epoch 1/1 train_loss=0.5000 val_auc=0.8000"]
+
+
 def test_list_and_dry_run(ci_env, ci_results, tmp_path, capsys):
     results = copy_store(ci_results, tmp_path)
     grid = ci_grid(ci_env)

@@ -39,6 +39,7 @@ from bench.models.registry import VARIANTS
 from bench.run import backends, slurm
 from bench.run import gpus as gpu_rule
 from bench.run.preflight import preflight
+from bench.run.progress import LiveLogs
 from bench.run.worker import Task, execute, lost
 from bench.run.worker import now as worker_now
 from bench.store import layout, portable
@@ -259,8 +260,14 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
 
     t0 = time.perf_counter()
     stream = committing = None
+    tail = None
     try:
-        if opts.backend == "local" and (opts.jobs == 1 or n == 1):
+        serial = opts.backend == "local" and (opts.jobs == 1 or n == 1)
+        if not serial:  # workers in other processes: their epochs from the live logs they write
+            tail = LiveLogs({Path(t.live_log): describe(t.cfg) for t in tasks if t.live_log},
+                            lambda text: bar.write(text, file=sys.stdout))
+            tail.start()
+        if serial:
             stream = backends.serial(tasks, epoch_bar)
         elif opts.backend == "local":
             jobs = min(opts.jobs, n)
@@ -325,6 +332,8 @@ def _dispatch(tasks: list[Task], results: Path, before: dict, summary: Summary, 
              "rerun the same command to resume")
         raise
     finally:
+        if tail is not None:
+            tail.stop()
         bar.close()
         if slot_dir:
             shutil.rmtree(slot_dir, ignore_errors=True)
