@@ -150,9 +150,10 @@ def grid_step(grid, tmp: Path, gpu: bool, batch: int | None = None):
             shutil.copy(config, folder / "config.json")
             llm = f"{Path(b.source).name}'s shape"
         elif shape is not None and shape.model_type == "llama":
-            write_llama_config(folder, {**LLAMA_7B, "hidden_size": shape.hidden, "intermediate_size": shape.intermediate,
-                                        "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads,
-                                        "num_hidden_layers": shape.layers, "head_dim": shape.head_dim})
+            write_llama_config(folder, {**LLAMA_7B, "hidden_size": shape.hidden,
+                                        "intermediate_size": shape.intermediate, "num_attention_heads": shape.heads,
+                                        "num_key_value_heads": shape.kv_heads, "num_hidden_layers": shape.layers,
+                                        "head_dim": shape.head_dim})
             llm = f"{Path(b.source).name}'s shape"
         else:
             write_llama_config(folder, LLAMA_7B)

@@ -135,8 +135,9 @@ def load_start(model: nn.Module, path: str, strict: bool = True) -> None:
     """Copy the checkpoint's `model` tensors onto `model` (an RLLMViT built from the run's config), in place.
 
     strict: a checkpoint tensor with no place in the model, or a model tensor the checkpoint lacks, is a one-line
-    BenchError naming it; a shape that differs always is, and so is a checkpoint of which no tensor fits. The LLaMA layer's `llama.norm.weight` goes into a
-    pretrained final norm, or must be 1 where the model's norm is booster.llm_norm=unit (parameter-free)."""
+    BenchError naming it; a shape that differs always is, and so is a checkpoint of which no tensor fits. The LLaMA
+    layer's `llama.norm.weight` goes into a pretrained final norm, or must be 1 where the model's norm is
+    booster.llm_norm=unit (parameter-free)."""
     sd = read_checkpoint(path)["model"]
     llm = model.booster.llm if model.booster is not None else None
     if llm is not None and any(k.startswith("llama.layers.") for k in sd):
