@@ -48,7 +48,8 @@ def test_exclude_include_and_set(tmp_path):
     ("variants: {a: {booster.freeze: frozen}}\n", "variant 'a'.*no meaning for variant=baseline"),
     ("seeds: [0]\nexclude: [{seed: 0}]\n", "has no runs"),
     # issue 34 item 12: taken silently before, now refused naming the line
-    ("seeds: [0]\naxes: {data.task: [breastmnist]}\nseeds: [1]\n", r"g.yaml:3:1: .*'seeds' is given twice \(first on line 1\)"),
+    ("seeds: [0]\naxes: {data.task: [breastmnist]}\nseeds: [1]\n",
+     r"g.yaml:3:1: .*'seeds' is given twice \(first on line 1\)"),
     ("variants:\n  a: {train.lr: 0.1, train.lr: 0.2}\n", r"g.yaml:2:.*'train.lr' is given twice"),
     ("seeds: [0]\nname: ../../escaped\n", r"g.yaml:2: the grid's name '../../escaped' names its report folder"),
     ("name: [a, b]\n", r"g.yaml:1: the grid's name \['a', 'b'\]"),
