@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.doctor import Check, Options
+from bench.doctor_base import Check, Options
 
 
 def grid_inputs(opts: Options, grid=None) -> Check:
@@ -129,7 +129,7 @@ def grid_step(grid, tmp: Path, gpu: bool, batch: int | None = None):
 
     from bench import cost
     from bench.config import override, resolve
-    from bench.doctor import LLAMA_7B, write_llama_config
+    from bench.doctor_base import LLAMA_7B, write_llama_config
     from bench.models.registry import VARIANTS
 
     def weight(c) -> float:

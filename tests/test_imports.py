@@ -58,8 +58,8 @@ def import_graph() -> nx.DiGraph:
 
 def test_the_graph_sees_module_and_function_level_imports_but_not_type_hints():
     graph = import_graph()
-    assert graph.has_edge("bench.config", "bench.models.registry")  # module level
-    assert graph.has_edge("bench.config", "bench.models.checkpoint2d")  # inside resolve's helper
+    assert graph.has_edge("bench.config.schema", "bench.models.registry")  # module level
+    assert graph.has_edge("bench.config.resolve", "bench.models.checkpoint2d")  # inside resolve's helper
     assert not graph.has_edge("bench.models.backbones", "bench.config")  # `if TYPE_CHECKING:` only
 
 
