@@ -256,7 +256,9 @@ class Plain:
 
     def __init__(self, engine, x, y, batch: int):
         self.e, self.batch = engine, batch
-        self.x, self.y = engine.pipeline.eval(x), y
+        self.x = engine.pipeline.eval(x)
+        self.y = torch.nn.functional.one_hot(y[:, 0].long(), engine.pipeline.n_outputs).float() \
+            if engine.pipeline.soft_targets else y  # a soft-target loss (mixup recipes) on one-hot labels
 
     def step(self, i: int) -> None:
         e, n = self.e, len(self.x) // self.batch
