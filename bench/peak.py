@@ -2,10 +2,12 @@
 GPU the dense tensor-core figure of bench.cost.GPUS.
 
 A CPU's datasheet peak says little (clocks under load, AVX-512 frequency offsets, a VM's share of a core), so the
-peak is what torch.mm achieves on square matrices at the run's precision: the best of repeated products of sides 512
-and 1024 (small enough that one product fits in a scheduler time slice on a shared machine, large enough for
-oneDNN's best kernels: at 1 thread on this project's EPYC VM, ~95 GFLOP/s fp32 and ~440 bf16, where native).
-Measured once per (precision, threads) and process, ~0.3 s.
+peak is what torch.mm achieves on square matrices at the run's precision: the best of repeated products of sides 256,
+512 and 1024 (small enough that one product fits in a scheduler time slice on a shared machine, large enough for
+oneDNN's best kernels: at 1 thread on this project's EPYC VM, ~95 GFLOP/s fp32 and ~440 bf16, where native), at least
+`REPEATS` of each and for `SECONDS_PER_SIDE`. Measured once per (precision, threads) and process, ~0.5 s idle. On a
+loaded machine the best product still sees a whole core while the training steps share it: MFU figures are for an
+idle machine.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import time
 
 import torch
 
-SIDES = (512, 1024)
+SIDES = (256, 512, 1024)
 SECONDS_PER_SIDE = 0.1
+REPEATS = 10
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -31,8 +34,9 @@ def cpu_peak(precision: str, threads: int) -> float:
             g = torch.Generator().manual_seed(0)
             a, b = (torch.randn(n, n, generator=g).to(DTYPES[precision]) for _ in range(2))
             out = torch.mm(a, b)  # first call: oneDNN's kernel choice, page faults
-            end = time.perf_counter() + SECONDS_PER_SIDE
-            while time.perf_counter() < end:
+            end, done = time.perf_counter() + SECONDS_PER_SIDE, 0
+            while done < REPEATS or time.perf_counter() < end:
+                done += 1
                 t0 = time.perf_counter()
                 torch.mm(a, b, out=out)
                 best = max(best, 2 * n**3 / (time.perf_counter() - t0))
