@@ -73,7 +73,8 @@ def precision(device: torch.device) -> str:
     """The autocast dtype of a run on `device`: bf16 where the GPU computes it natively (compute capability >= 8.0:
     A100, H100, L40S, RTX 30xx+), fp16 with a GradScaler on older tensor-core GPUs (V100, T4: there bf16 is only
     emulated, several times slower), fp32 on GPUs without tensor cores; on CPU bf16 where it is native
-    (`cpu_bf16_native`: the record's models train 1.3-1.6x faster, benchmarks/train_throughput.py), else fp32."""
+    (`cpu_bf16_native`: the record's models train 2.0-2.5x faster per step, with the same val AUC curves;
+    benchmarks/README.md), else fp32."""
     if device.type == "cpu":
         return "bf16" if cpu_bf16_native() else "fp32"
     if device.type != "cuda":

@@ -75,8 +75,9 @@ def main(argv=None) -> int:
         sel_bf = np.array([res[s][True]["val_auc"] for s in a.seeds])
         speed = statistics.median(res[s][True]["img_s"] / res[s][False]["img_s"] for s in a.seeds)
         print(f"{name}: selected val AUC fp32 {sel_fp.mean():.4f} +- {sel_fp.std(ddof=1):.4f} (seed sd), bf16 "
-              f"{sel_bf.mean():.4f} +- {sel_bf.std(ddof=1):.4f}; per-seed bf16 - fp32: mean {np.mean(sel_bf - sel_fp):+.4f}, "
-              f"max |.| {np.abs(sel_bf - sel_fp).max():.4f}; curves: mean |bf16 - fp32| {np.abs(bf - fp).mean():.4f} vs "
+              f"{sel_bf.mean():.4f} +- {sel_bf.std(ddof=1):.4f}; per-seed bf16 - fp32: mean "
+              f"{np.mean(sel_bf - sel_fp):+.4f}, max |.| {np.abs(sel_bf - sel_fp).max():.4f}; curves: mean "
+              f"|bf16 - fp32| {np.abs(bf - fp).mean():.4f} vs "
               f"seed-to-seed sd {fp.std(axis=0, ddof=1).mean():.4f}; bf16 img/s / fp32 (median of seeds) {speed:.2f}x; "
               f"load1 {os.getloadavg()[0]:.1f}", flush=True)
     return 0

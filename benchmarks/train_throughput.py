@@ -51,8 +51,8 @@ from bench.models.build import build_model  # noqa: E402
 from bench.cost import train_mfu  # noqa: E402
 from bench.doctor import write_llama_config  # noqa: E402
 from bench.peak import peak_flops  # noqa: E402
-from bench.train import (autocast, build_engine, fit, learning_rate, make_optimizer, pick_device, precision,  # noqa: E402
-                         seed_everything)
+from bench.train import (autocast, build_engine, fit, learning_rate, make_optimizer, pick_device,  # noqa: E402
+                         precision, seed_everything)
 
 DEFAULT_DATA = Path(__file__).parents[1] / "../shared/data/medmnist"
 RECORD = {"vit.arch": "tiny", "vit.depth": 6, "vit.patch": 7, "train.batch_size": 64, "train.lr": 0.001,
@@ -62,7 +62,8 @@ SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_attention_heads
 RECORD_MODELS = {  # --side-by-side: (task, extra sets); "smollm2" = a random layer of SmolLM2-135M's shape
     "breast": ("breastmnist", {}),
     "breast+minilm": ("breastmnist", {"booster.variant": "rllm", "booster.source": "minilm-l6"}),
-    "breast+smollm2": ("breastmnist", {"booster.variant": "rllm", "booster.source": "SMOLLM2", "booster.init": "random"}),
+    "breast+smollm2": ("breastmnist", {"booster.variant": "rllm", "booster.source": "SMOLLM2",
+                                       "booster.init": "random"}),
     "adrenal3d": ("adrenalmnist3d", {}),
     "adrenal3d+minilm": ("adrenalmnist3d", {"booster.variant": "rllm", "booster.source": "minilm-l6"}),
 }
@@ -302,8 +303,8 @@ def side_by_side(a, device, smollm2_dir: Path) -> None:
         engine, _ = build_engine(cfg, spec, device)
         arms[f"plain {rule}"] = (Plain(engine, x, y, batch).step, rule)
         if not spec.is_3d:
-            nv = Naive(cfg, spec, a.data_root.resolve(), device, 0, math.ceil((a.warmup + a.steps) * batch / len(x)) + 1,
-                       False)
+            epochs = math.ceil((a.warmup + a.steps) * batch / len(x)) + 1
+            nv = Naive(cfg, spec, a.data_root.resolve(), device, 0, epochs, False)
             arms["reference fp32"] = (lambda i: nv.run(1), "fp32")
         times: dict[str, list[float]] = {k: [] for k in arms}
         l0 = load1()
