@@ -98,8 +98,8 @@ def autocast(device: torch.device, dtype: str):
 class _CPUBf16:
     """bf16 autocast on CPU, with scaled_dot_product_attention on its math backend (bmm and softmax, bf16 under
     autocast): torch's CPU flash-attention backward is ~8x slower in bf16 than in fp32 at the record's 17 tokens (43%
-    of a step); the math path makes bf16 ~2x faster than fp32 there instead of ~1.4x (benchmarks/train_throughput.py
-    --precision). fp32 keeps the flash kernel, which is faster there."""
+    of a step); the math path makes bf16 ~2x faster than fp32 there instead of ~1.4x (benchmarks/README.md, "The CPU path").
+    fp32 keeps the flash kernel, which is faster there."""
 
     def __enter__(self):
         self._stack = ExitStack()
