@@ -185,8 +185,9 @@ def test_the_runs_start_from_the_weights_file_and_restore_with_the_1000_way_head
         with torch.no_grad(), autocast(torch.device("cpu"), row["precision"]):  # as the run's test pass
             logits = model(Pipeline(cfg, spec, 224, 1000).eval(test.images))
         assert logits.shape == (len(test), 1000), variant
+        tol = 1e-5 if row["precision"] == "fp32" else 5e-3  # bf16 (a CPU run on native bf16): 8 mantissa bits
         np.testing.assert_allclose(logits[:, :2].double().softmax(-1).numpy(),
-                                   store.read_predictions(results, row["run_id"])["y_score"], rtol=0, atol=1e-5)
+                                   store.read_predictions(results, row["run_id"])["y_score"], rtol=0, atol=tol)
 
 
 def test_report_checks_the_claim_on_the_audit_history(paper_run):
