@@ -339,3 +339,13 @@ def _duration(hours: float) -> str:
     if hours < 48:
         return f"{hours:.1f} GPU-hours"
     return f"{hours:,.0f} GPU-hours ({hours / 24:,.1f} GPU-days)"
+
+
+def train_mfu(cfg: ResolvedConfig, img_per_s: float | None, peak_flops: float | None) -> float | None:
+    """Model FLOPs utilisation of training: the analytic FLOPs of `img_per_s` training images a second (forward and
+    backward, `Matmuls.train_step`) as a fraction of the device's matmul peak (bench.peak); None when a figure is
+    missing (no peak known, an LLM of unknown shape)."""
+    m = matmuls(cfg)
+    if m is None or not img_per_s or not peak_flops:
+        return None
+    return img_per_s * m.train_step / peak_flops

@@ -7,6 +7,7 @@ against the peak at its precision; the step's peak memory and the --runs-per-gpu
 that grid's heaviest run at its own batch, built the same shape with random weights); a grid's data, timm and
 LLM weights cached or reachable (--grid); the backend reachable (the Dask scheduler, `sinfo` for SLURM); the same tiny
 run twice, compared bit for bit (train.deterministic).
+On CPU the MFU is against the matmul peak measured in the process (bench.peak).
 On a GPU also: two pool workers sharing one GPU (--runs-per-gpu 2), a forced out-of-memory and its retry, memory
 handed back after a run. On a CPU machine those are listed as not run, with why.
 
@@ -64,7 +65,7 @@ def precisions(device) -> Check:
     from bench.train import precision
 
     if device.type != "cuda":
-        return Check("precision", "skip", "bf16 native: not checked, no GPU (runs on CPU are fp32)")
+        return cpu_precision()
     lines, emulated = [], []
     for i in range(torch.cuda.device_count()):
         d = torch.device("cuda", i)
@@ -74,6 +75,26 @@ def precisions(device) -> Check:
         if p != "bf16":
             emulated.append(f"cuda:{i}")
     return Check("precision", "ok", "; ".join(lines) + (f"; {', '.join(emulated)} slower than bf16 GPUs" if emulated else ""))
+
+
+def cpu_precision() -> Check:
+    """What the CPU computes bf16 with: native (AVX512-BF16 or AMX: runs are bf16) or not (fp32)."""
+    from bench.train import cpu_bf16_native
+
+    if cpu_bf16_native():
+        return Check("precision", "ok", "cpu bf16 (native bf16 matmuls: AVX512-BF16 or AMX; fp32 master weights)")
+    return Check("precision", "ok", "cpu fp32 (no native bf16: AVX512-BF16 or AMX, where torch would emulate it)")
+
+
+def cpu_mfu(flops: float, precision: str) -> str:
+    """The step's FLOP/s as a fraction of this process's measured matmul peak at its precision and threads."""
+    import torch
+
+    from bench.peak import cpu_peak
+
+    threads = torch.get_num_threads()
+    peak = cpu_peak(precision, threads)
+    return f", MFU {flops / peak:.1%} of this CPU's {peak / 1e9:.0f} GFLOP/s {precision} (torch.mm, {threads} threads)"
 
 
 def paper_step(device, opts: Options, tmp: Path, say: Callable[[str], None], grid=None) -> tuple[Check, Check]:
@@ -153,7 +174,7 @@ def paper_step(device, opts: Options, tmp: Path, say: Callable[[str], None], gri
         else:
             speed += f" (no peak known for {name}: add it to bench/cost.py GPUS for MFU)"
     else:
-        speed += " (no CPU peak: MFU is for GPUs)"
+        speed += cpu_mfu(flops, precision(device))
     if not finite:
         speed += f"; the loss is {float(loss)}"
     if gpu:

@@ -10,9 +10,12 @@ per-sample pipeline, same model, in one run.
                auto_augment='rand-m9-mstd0.5-inc1', interpolation='bicubic', re_prob=0.25, re_mode='pixel',
                re_count=1)` in DataLoader workers (W, persistent, pinned on CUDA) -> timm `Mixup` (same parameters) on
                the device batch -> the same model, loss, optimizer (and bf16 autocast on CUDA)
+    plain      the floor: the same model and step in a plain PyTorch loop on the split resized and normalised once
+               (`Pipeline.eval`), one-hot targets: no augmentation, no loader (train_throughput.Plain)
+All three at the device's precision (bench.train.precision: bf16 on a CPU with native bf16 too).
 
 Model: timm's vit_small_patch16_224 (3 input channels, 2 classes, random init), and with `--archs small tiny` also
-vit_tiny_patch16_224. The two pipelines alternate in blocks of `--steps` steps (`--rounds` times), so each pair of
+vit_tiny_patch16_224. The three pipelines alternate in blocks of `--steps` steps (`--rounds` times), so each set of
 blocks shares the machine's load; reported: img/s per block, the median of each pipeline, the median of the paired
 block ratios (the figure judged: goal >= 1.0 on CPU, >= 5x on a GPU), the load average beside every figure. Each
 reference block starts its own (non-persistent) workers, as each epoch of the paper's DeiT loader does, and they exit
@@ -32,19 +35,20 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench.config import RunConfig, override, resolve  # noqa: E402
 from bench.data import task_spec, write_fixture  # noqa: E402
 from bench.data.loading import load_splits  # noqa: E402
 from bench.data.augment import Pipeline  # noqa: E402
-from bench.train import Engine, pick_device  # noqa: E402
+from bench.train import Engine, autocast, pick_device, precision  # noqa: E402
+from train_throughput import Plain  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).parents[1] / "../shared/data/medmnist"
 RECIPE = {"vit.paper_mode": True, "data.rgb": True, "data.mean": "0.485,0.456,0.406",
@@ -106,8 +110,8 @@ def make_engine(arch: str, cfg: RunConfig, spec, device) -> Engine:
     model = make_model(arch, device)
     optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "lr_scale": 1.0}], lr=cfg.train.lr,
                                   weight_decay=0.05, fused=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    return Engine(model, model, optimizer, SoftTargetCrossEntropy(), autocast, Pipeline(cfg, spec, 224, 2))
+    return Engine(model, model, optimizer, SoftTargetCrossEntropy(), autocast(device, precision(device)),
+                  Pipeline(cfg, spec, 224, 2))
 
 
 class Reference:
@@ -121,7 +125,7 @@ class Reference:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.05, fused=True)
         self.criterion = SoftTargetCrossEntropy()
         self.mixup = reference_mixup(2)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        self.autocast = autocast(device, precision(device))
         self.loader = torch.utils.data.DataLoader(
             PilImages(images, labels, reference_transform()), batch_size=batch, shuffle=True, drop_last=True,
             num_workers=workers, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
@@ -263,28 +267,39 @@ def main(argv=None) -> int:
         def ref_block():
             return timed(device, ref.step, a.steps, batch, ref.start, ref.stop)
 
+        plain = Plain(make_engine(arch, cfg, spec, device), x, y, batch)  # the floor: no augmentation, no loader
+        plain_steps = iter(range(10**9))
+
+        def plain_block():
+            return timed(device, lambda: plain.step(next(plain_steps)), a.steps, batch)
+
         timed(device, ours_step, 1, batch)  # warm-up: first-call costs
         timed(device, ref.step, 1, batch, ref.start, ref.stop)
-        pairs = []
+        plain_block()
+        triples = []
         for r in range(a.rounds):
-            if r % 2 == 0:
-                o, f = ours_block(), ref_block()
-            else:
-                f, o = ref_block(), ours_block()
-            pairs.append((o, f))
+            blocks = [("o", ours_block), ("f", ref_block), ("p", plain_block)]
+            blocks = blocks[r % 3:] + blocks[: r % 3]  # rotate which goes first
+            got = {k: fn() for k, fn in blocks}
+            o, f, pl = got["o"], got["f"], got["p"]
+            triples.append((o, f, pl))
             print(f"  vit-{arch} round {r}: ours {o[0]:7.2f} img/s (load1 {o[1]:.1f}), reference {f[0]:7.2f} img/s "
-                  f"(load1 {f[1]:.1f}), ratio {o[0] / f[0]:.2f}x", flush=True)
-        ours_med = statistics.median(o[0] for o, _ in pairs)
-        ref_med = statistics.median(f[0] for _, f in pairs)
-        paired = statistics.median(o[0] / f[0] for o, f in pairs)
-        loads = [v[1] for pair in pairs for v in pair]
-        results.append((arch, ours_med, ref_med, paired, min(loads), max(loads)))
-    print("\n| model | ours img/s | reference img/s | ratio of medians | median of paired ratios | load1 |")
-    print("|---|---|---|---|---|---|")
-    for arch, o, f, paired, lo, hi in results:
-        print(f"| vit-{arch} | {o:.2f} | {f:.2f} | {o / f:.2f}x | **{paired:.2f}x** | {lo:.1f}-{hi:.1f} |")
+                  f"(load1 {f[1]:.1f}), plain loop {pl[0]:7.2f} img/s (load1 {pl[1]:.1f}); ours/reference "
+                  f"{o[0] / f[0]:.2f}x, ours/plain {o[0] / pl[0]:.2f}x", flush=True)
+        med = [statistics.median(t[i][0] for t in triples) for i in range(3)]
+        paired = statistics.median(o[0] / f[0] for o, f, _ in triples)
+        floor = statistics.median(o[0] / pl[0] for o, _, pl in triples)
+        loads = [v[1] for t in triples for v in t]
+        results.append((arch, *med, paired, floor, min(loads), max(loads)))
+    print(f"\n{precision(device)} on {device.type} (bench.train.precision), all three pipelines")
+    print("| model | ours img/s | reference img/s | plain loop img/s | ratio of medians | median of paired ratios "
+          "ours/reference | ours/plain (the floor, <= 1) | load1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arch, o, f, pl, paired, floor, lo, hi in results:
+        print(f"| vit-{arch} | {o:.2f} | {f:.2f} | {pl:.2f} | {o / f:.2f}x | **{paired:.2f}x** | {floor:.2f}x | "
+              f"{lo:.1f}-{hi:.1f} |")
     goal = 5.0 if device.type == "cuda" else 1.0
-    ok = all(r[3] >= goal for r in results)
+    ok = all(r[4] >= goal for r in results)
     print(f"\ngoal ours/reference >= {goal:g} on {device.type} (median of paired ratios): {'met' if ok else 'NOT met'}")
     return 0
 

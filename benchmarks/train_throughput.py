@@ -33,9 +33,11 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -46,9 +48,25 @@ from bench.data import task_spec  # noqa: E402
 from bench.data.loading import load_splits  # noqa: E402
 from bench.metrics import loss_fn  # noqa: E402
 from bench.models.build import build_model  # noqa: E402
-from bench.train import build_engine, fit, learning_rate, make_optimizer, pick_device, seed_everything  # noqa: E402
+from bench.cost import train_mfu  # noqa: E402
+from bench.doctor import write_llama_config  # noqa: E402
+from bench.peak import peak_flops  # noqa: E402
+from bench.train import (autocast, build_engine, fit, learning_rate, make_optimizer, pick_device,  # noqa: E402
+                         precision, seed_everything)
 
 DEFAULT_DATA = Path(__file__).parents[1] / "../shared/data/medmnist"
+RECORD = {"vit.arch": "tiny", "vit.depth": 6, "vit.patch": 7, "train.batch_size": 64, "train.lr": 0.001,
+          "train.weight_decay": 0.05, "train.warmup_epochs": 2}  # ablations/record.yaml's defaults
+SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                    num_hidden_layers=30, vocab_size=49152, rms_norm_eps=1e-5, max_position_embeddings=2048)
+RECORD_MODELS = {  # --side-by-side: (task, extra sets); "smollm2" = a random layer of SmolLM2-135M's shape
+    "breast": ("breastmnist", {}),
+    "breast+minilm": ("breastmnist", {"booster.variant": "rllm", "booster.source": "minilm-l6"}),
+    "breast+smollm2": ("breastmnist", {"booster.variant": "rllm", "booster.source": "SMOLLM2",
+                                       "booster.init": "random"}),
+    "adrenal3d": ("adrenalmnist3d", {}),
+    "adrenal3d+minilm": ("adrenalmnist3d", {"booster.variant": "rllm", "booster.source": "minilm-l6"}),
+}
 MODELS = {
     "vit-tiny": {},
     "vit-tiny+minilm": {"booster.variant": "rllm", "booster.source": "minilm-l6"},  # frozen last MiniLM layer
@@ -232,6 +250,113 @@ def step_pairs(cfg: RunConfig, splits, spec, device, data_root: Path, warm: int,
     return pairs
 
 
+class Plain:
+    """The floor: the Engine's own model, optimizer, loss and autocast in a plain PyTorch loop on the split already
+    normalised (`Pipeline.eval`, once, outside the timing) and in order: no augmentation, no lr groups, no index
+    gathers; what torch itself costs for the step."""
+
+    def __init__(self, engine, x, y, batch: int):
+        self.e, self.batch = engine, batch
+        self.x = engine.pipeline.eval(x)
+        self.y = torch.nn.functional.one_hot(y[:, 0].long(), engine.pipeline.n_outputs).float() \
+            if engine.pipeline.soft_targets else y  # a soft-target loss (mixup recipes) on one-hot labels
+
+    def step(self, i: int) -> None:
+        e, n = self.e, len(self.x) // self.batch
+        sl = slice((i % n) * self.batch, (i % n + 1) * self.batch)
+        e.optimizer.zero_grad(set_to_none=True)
+        with e.autocast:
+            logits = e.forward(self.x[sl])
+        e.criterion(logits, self.y[sl]).backward()
+        e.optimizer.step()
+
+
+def side_by_side(a, device, smollm2_dir: Path) -> None:
+    """Per record model, step by step in rotating order (each round shares its load): `Engine.step` at fp32 and at
+    bf16 (where native), the plain loop (the floor) at the precision rule's choice, and the reference pipeline (naive
+    w=0: per-sample torchvision transforms + DataLoader, fp32, 2D only). Median img/s, MFU against this process's
+    measured matmul peak at each arm's precision, and the median of paired ratios against ours at fp32 (today's path
+    before the CPU bf16 rule)."""
+    rule = precision(device)
+    threads = torch.get_num_threads()
+    peaks = {p: peak_flops(device, p) for p in {"fp32", rule}}
+    print(f"\nside by side (batch {RECORD['train.batch_size']}, {a.steps} timed rounds after {a.warmup}; precision "
+          f"rule here: {rule}; {threads} torch threads; matmul peak " + ", ".join(
+              f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items() if v) + f"; load1 {load1():.1f}):", flush=True)
+    for name in a.record_models:
+        task, extra = RECORD_MODELS[name]
+        extra = {k: str(smollm2_dir) if v == "SMOLLM2" else v for k, v in extra.items()}
+        spec = task_spec(task, 28)
+        splits = load_splits(spec, a.data_root.resolve(), download=False, splits=("train",))
+        cfg = resolve(override(RunConfig(), {**RECORD, "data.task": task, **extra}))
+        batch = min(cfg.train.batch_size, len(splits.train))
+        x, y = splits.train.images.to(device), splits.train.labels.to(device)
+        arms: dict[str, tuple[Callable[[int], None], str]] = {}
+        gen = torch.Generator(device=device).manual_seed(0)
+        idx = torch.randint(0, len(x), (a.warmup + a.steps, batch), generator=torch.Generator().manual_seed(0))
+        for p in dict.fromkeys(("fp32", rule)):
+            seed_everything(cfg.seed)
+            engine, _ = build_engine(cfg, spec, device)
+            engine.autocast = autocast(device, p)
+            arms[f"ours {p}"] = (lambda i, e=engine: e.step(x, y, idx[i].to(device), cfg.train.lr, gen), p)
+        seed_everything(cfg.seed)
+        engine, _ = build_engine(cfg, spec, device)
+        arms[f"plain {rule}"] = (Plain(engine, x, y, batch).step, rule)
+        if not spec.is_3d:
+            epochs = math.ceil((a.warmup + a.steps) * batch / len(x)) + 1
+            nv = Naive(cfg, spec, a.data_root.resolve(), device, 0, epochs, False)
+            arms["reference fp32"] = (lambda i: nv.run(1), "fp32")
+        times: dict[str, list[float]] = {k: [] for k in arms}
+        l0 = load1()
+        for i in range(a.warmup + a.steps):
+            names = list(arms)
+            names = names[i % len(names):] + names[: i % len(names)]
+            for k in names:
+                sync(device)
+                t0 = time.perf_counter()
+                arms[k][0](i)
+                sync(device)
+                if i >= a.warmup:
+                    times[k].append(time.perf_counter() - t0)
+        base = times["ours fp32"]
+        cells = []
+        for k, ts in times.items():
+            ips = batch / statistics.median(ts)
+            mfu = train_mfu(cfg, ips, peaks[arms[k][1]])
+            ratio = statistics.median(b / t for b, t in zip(base, ts))
+            cells.append(f"{k} {ips:.0f} img/s" + (f" MFU {mfu:.0%}" if mfu is not None else "") + f" {ratio:.2f}x")
+        print(f"| {name} | " + " | ".join(cells) + f" | load1 {l0:.1f}-{load1():.1f} |", flush=True)
+
+
+def gemm_shapes(rule: str, batches: list[int]) -> None:
+    """Why the MFU is what it is: the rate of ViT-tiny's linears (width 192: qkv 192->576, fc1 192->768, fc2 768->192)
+    as torch.mm on (batch x tokens) rows, against the square-matrix peak, at the record's 17 (2D) and 65 (3D) tokens
+    and the paper's 197; the best of repeated products, as the peak is measured."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[rule]
+    peak = peak_flops(torch.device("cpu"), rule)
+    print(f"\nGEMM rate of ViT-tiny's linears at {rule} (forward shapes, % of the {peak / 1e9:.0f} GFLOP/s peak; "
+          f"load1 {load1():.1f}):")
+    print("| tokens | " + " | ".join(f"batch {b}" for b in batches) + " |")
+    print("|---|" + "---|" * len(batches))
+    for tokens in (17, 65, 197):
+        cells = []
+        for b in batches:
+            m, flops, secs = b * tokens, 0.0, 0.0
+            for k, n in ((192, 576), (192, 768), (768, 192)):
+                a_, w = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+                torch.mm(a_, w)
+                best = min(_timed(lambda: torch.mm(a_, w)) for _ in range(max(3, 2_000_000 // m)))
+                flops, secs = flops + 2 * m * k * n, secs + best
+            cells.append(f"{flops / secs / peak:.0%}")
+        print(f"| {tokens} | " + " | ".join(cells) + " |", flush=True)
+
+
+def _timed(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
 def pipeline_only(splits, spec, data_root: Path, device, batch: int, aug: float, batches: int) -> dict[str, float]:
     """Median ms to produce one training batch on the device, without the model: ours (index the resident uint8
     split, `prepare_batch`) vs the naive DataLoader (num_workers=0: per-sample PIL transforms + collate + copy).
@@ -295,6 +420,11 @@ def main(argv=None) -> int:
                    help="also pair Engine.step with naive w=0 step by step (--steps x --repeats pairs per model)")
     p.add_argument("--epoch-pairs", action=argparse.BooleanOptionalAction, default=True,
                    help="the fit-level measurement, paired epoch by epoch")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="only the record models side by side: ours fp32 / bf16, the plain loop, the reference pipeline")
+    p.add_argument("--record-models", nargs="+", default=list(RECORD_MODELS), choices=list(RECORD_MODELS))
+    p.add_argument("--gemm-batches", type=int, nargs="*", default=[16, 64, 256],
+                   help="with --side-by-side: the batches of the GEMM-shape table ('' = none)")
     a = p.parse_args(argv)
 
     device = pick_device(a.device)
@@ -316,6 +446,12 @@ def main(argv=None) -> int:
           f"{'fixture' if splits.fixture else 'official md5'}); batch {a.batch_size}, {steps_per_epoch} steps/epoch, "
           f"{warm * steps_per_epoch} warm-up + {timed * steps_per_epoch} timed steps, {a.repeats} repeats")
     rows = []
+    if a.side_by_side:
+        with tempfile.TemporaryDirectory() as tmp:
+            side_by_side(a, device, write_llama_config(Path(tmp) / "smollm2-135m-shape", SMOLLM2_135M))
+        if a.gemm_batches and device.type == "cpu":
+            gemm_shapes(precision(device), a.gemm_batches)
+        return 0
     if a.pipeline_only:
         pipe = pipeline_only(splits, spec, data_root, device, min(a.batch_size, len(splits.train)), 1.0, 30)
         print(f"data pipeline alone (median ms per batch of {a.batch_size}, load1 {load1():.1f}): ours "

@@ -18,6 +18,17 @@ def _private_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _fp32_cpu(monkeypatch):
+    """In-process training at fp32 on every CPU: the tests' expected values are fp32 computations, and must not
+    depend on whether this CPU has native bf16 (bench.train.precision reads torch.cpu's probes). Tests of the bf16
+    path patch the probes back; subprocesses (CLI, workers) get the machine's rule."""
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The read-only directory of real MedMNIST files."""

@@ -63,6 +63,7 @@ def runs(results: Path) -> dict[str, dict]:
 def test_reloaded_model_gives_the_stored_predictions_and_the_frozen_layer_is_not_saved(trained):
     _, root, results, _ = trained
     from bench.data.loading import load_splits
+    from bench.train import autocast
 
     for variant, row in runs(results).items():
         path = layout.weights_path(results, row["run_id"])
@@ -75,7 +76,7 @@ def test_reloaded_model_gives_the_stored_predictions_and_the_frozen_layer_is_not
         assert bool(llm_keys) == (variant == "rllm")
         test = load_splits(spec, root, download=False, splits=("test",)).test
         x = (test.images.float() / 255 - 0.5) / 0.5  # medmnist's ToTensor + Normalize(0.5, 0.5), written out
-        with torch.no_grad():
+        with torch.no_grad(), autocast(torch.device("cpu"), row["precision"]):  # as the run's test pass
             y_score = model(x).double().softmax(-1).numpy()
         stored = store.read_predictions(results, row["run_id"])["y_score"]
         np.testing.assert_allclose(y_score, stored, rtol=0, atol=1e-5)

@@ -5,6 +5,7 @@ bf16 autocast, the classification of CUDA errors, the device check and the per-d
 from __future__ import annotations
 
 import gc
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -374,7 +375,34 @@ def test_precision_is_bf16_only_where_native(monkeypatch, capability, native_bf1
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability)
     assert precision(torch.device("cuda:0")) == expected
     assert asked["emulation"] is False
-    assert precision(torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
+                                                         (True, True, "bf16"), (False, False, "fp32")])
+def test_cpu_precision_is_bf16_only_with_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+    """AVX512-BF16 or AMX: bf16, with the math attention backend under autocast; else (AVX2, AVX-512 without BF16:
+    torch would emulate it) fp32 without autocast."""
+    from contextlib import nullcontext
+
+    from bench.train import autocast, precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert precision(cpu) == expected
+    ctx = autocast(cpu, precision(cpu))
+    if expected == "fp32":
+        assert isinstance(ctx, nullcontext)
+        return
+    q = torch.randn(2, 3, 17, 64, requires_grad=True)
+    flash = torch.nn.functional.scaled_dot_product_attention(q, q, q).grad_fn.name()
+    assert "Flash" in flash  # the default CPU kernel, whose bf16 backward is the slow one
+    for _ in range(2):  # reusable, as predict enters it once per batch
+        with ctx:
+            assert (q @ q.mT).dtype == torch.bfloat16
+            out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            assert out.dtype == torch.bfloat16 and "Flash" not in out.grad_fn.name()  # the math path: bmm, softmax
+        assert torch.is_autocast_enabled("cpu") is False
 
 
 def test_cost_uses_the_peak_of_the_precision_the_gpu_runs(monkeypatch):
@@ -455,10 +483,12 @@ def test_doctor_runs_the_cpu_path_and_says_what_it_could_not_check(tiny, capsys,
     lines = {ln[7:21].strip(): ln[:6] for ln in out.splitlines() if ln.startswith("[")}
     assert lines["devices"] == "[ ok ]" and lines["paper step"] == "[ ok ]" and lines["memory"] == "[ ok ]"
     assert lines["bit for bit"] == "[ ok ]" and lines["backend"] == "[ ok ]" and lines["grid inputs"] == "[ ok ]"
-    for gpu_only in ("precision", "two on one GPU", "OOM retry"):
+    assert lines["precision"] == "[ ok ]" and "cpu fp32 (no native bf16" in out  # conftest: fp32 in-process
+    for gpu_only in ("two on one GPU", "OOM retry"):
         assert lines[gpu_only] == "[skip]"
     assert "TFLOP/s" in out and "identical" in out and "no GPU here" in out
-    assert out.strip().splitlines()[-1].startswith("6 checks ok, 0 failed, 3 not run")
+    assert re.search(r"MFU \d+\.\d% of this CPU's \d+ GFLOP/s fp32 \(torch.mm, 1 threads\)", out)
+    assert out.strip().splitlines()[-1].startswith("7 checks ok, 0 failed, 2 not run")
 
 
 def test_doctor_fails_a_grid_whose_llm_is_neither_cached_nor_fetchable(tiny, tmp_path, monkeypatch):

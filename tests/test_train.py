@@ -106,6 +106,22 @@ def test_best_epoch_is_best_val_auc_ties_to_val_acc_then_earliest(tiny, monkeypa
     np.testing.assert_array_equal(chosen.y_score, _last_epoch_scores(_cfg(**{"train.epochs": expected + 1}), tiny))
 
 
+def test_a_runs_mfu_is_its_training_flops_per_second_over_the_measured_peak(tiny, monkeypatch, one_thread):
+    """mfu = train_img_per_s x the step's matmul FLOPs per image (closed form for ViT-tiny depth 1 at 28 px, patch 7:
+    17 tokens, width 192, MLP 768, 2 classes) / the CPU peak measured at the run's precision and threads."""
+    from bench import peak
+
+    spec, splits = tiny
+    asked = []
+    monkeypatch.setattr(peak, "cpu_peak", lambda precision, threads: asked.append((precision, threads)) or 2e9)
+    m = fit(_cfg(**{"train.epochs": 1}), splits, spec, torch.device("cpu")).metrics
+    assert asked == [("fp32", 1)]  # conftest: in-process runs are fp32
+    t, d = 17, 192
+    trained = 2 * t * (3 * d * d + d * d + 2 * 4 * d * d) + 4 * t * t * d + 2 * d * 2  # block linears, QK/AV, head: 3x
+    embed = 2 * 16 * 49 * d  # the patch embedding: no input gradient, 2x
+    assert m["mfu"] == pytest.approx(m["train_img_per_s"] * (3 * trained + 2 * embed) / 2e9, rel=1e-12)
+
+
 def _last_epoch_scores(cfg, tiny):
     """Test scores of the weights at the end of the last epoch (val selection forced onto it)."""
     spec, splits = tiny

@@ -51,7 +51,7 @@ class Probe:
     model: object  # RLLMViT, eval mode, on the device
     spec: object  # TaskSpec
     pipeline: object  # its eval transform (bench.data.augment.Pipeline)
-    autocast: object  # bf16 on CUDA as in training, else a null context
+    autocast: object  # the run's precision (its row), as in training
     device: object
 
     def logits(self, images, batch_size: int = 256):
@@ -65,18 +65,14 @@ class Probe:
 
 
 def load_probe(results: Path, run_id: str, device) -> Probe:
-    import contextlib
-
-    import torch
-
     from bench.data.augment import Pipeline
     from bench.models.restore import load_run_model
-    from bench.train import model_io
+    from bench.train import autocast, model_io, precision
 
     row = read_run(results, run_id)
     model, cfg, spec = load_run_model(row, layout.weights_path(results, run_id), device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    return Probe(row, model, spec, Pipeline(cfg, spec, *model_io(model, spec)), autocast, device)
+    dtype = row.get("precision") or precision(device)  # as its training evaluated
+    return Probe(row, model, spec, Pipeline(cfg, spec, *model_io(model, spec)), autocast(device, dtype), device)
 
 
 def test_split(spec, root: Path, runs: pd.DataFrame):

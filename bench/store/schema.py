@@ -24,6 +24,7 @@ METRICS = {
     "best_epoch": pa.int64(),  # selected on val: best val AUC, ties to val ACC, then the earliest
     "val_acc": pa.float64(), "val_auc": pa.float64(), "test_acc": pa.float64(), "test_auc": pa.float64(),
     "epochs_run": pa.int64(), "train_s": pa.float64(), "train_img_per_s": pa.float64(),
+    "mfu": pa.float64(),  # train_img_per_s x bench.cost's training FLOPs / the matmul peak at `precision` (bench.peak)
     "peak_mem_bytes": pa.int64(), "params_trainable": pa.int64(), "params_frozen": pa.int64(),
     "device": pa.string(), "micro_batch": pa.int64(),
     "precision": pa.string(),  # the autocast dtype the device got: bf16 (native), fp16 + GradScaler, fp32
