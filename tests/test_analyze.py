@@ -49,7 +49,8 @@ def test_the_report_imports_no_model_training_or_data_loading_code():
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             for name in names:
-                assert not name.startswith(("bench.train", "bench.models", "bench.analyze")), (path, name)
+                assert name in metadata or not name.startswith(("bench.train", "bench.models", "bench.analyze")), \
+                    (path, name)  # the report asks the torch-free registry what a variant is
                 assert not name.startswith("bench.data") or name == "bench.data.info", (path, name)
 
 

@@ -123,7 +123,8 @@ def test_a_target_below_the_test_set_floor_is_unreachable_at_any_number_of_seeds
 
 def _single_class_store(tmp_path):
     """baseline and rllm, 3 seeds; every baseline run and one rllm run predict class 0 for every test image."""
-    from bench.store import write_predictions, write_run
+    from bench.store import write_run
+    from bench.store.layout import predictions_path
     from report_helpers import config, row
 
     rng = np.random.default_rng(0)
@@ -139,7 +140,8 @@ def _single_class_store(tmp_path):
             score = np.stack([1 - p1, p1], 1)
             acc = float(np.mean((p1 > 0.5) == (y[:, 0] == 1)))
             r = row(cfg, acc=acc, auc=0.6 + 0.01 * seed + (0.1 if not one else 0))
-            write_predictions(results, r["run_id"], score, y)
+            predictions_path(results, r["run_id"]).parent.mkdir(parents=True, exist_ok=True)
+            np.savez(predictions_path(results, r["run_id"]), y_score=score, y_true=y)  # the store's npz layout
             write_run(results, r)
             single[r["run_id"]] = one
     return results, single
