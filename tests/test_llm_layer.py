@@ -662,7 +662,7 @@ def test_relative_layers_of_a_llama_config_in_loading_checks_and_cost(tmp_path, 
 
     def run(layer, num_layers=1):
         sets = {"booster.variant": "rllm", "booster.source": str(d), "booster.layer": layer,
-                "booster.num_layers": num_layers}
+                "booster.num_layers": num_layers, "booster.init": "random"}  # a config-only folder: no weights
         return resolve(override(RunConfig(), sets))
 
     preflight([run("middle"), run("last")], root, download=False)

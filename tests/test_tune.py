@@ -760,8 +760,9 @@ def test_dask_cluster_runs_the_studies(env, capsys, fake_fit, monkeypatch):
                                     "--scheduler", c.scheduler_address))
     finally:
         torch.set_num_threads(threads)
-    out = capsys.readouterr().out
-    assert rc == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert rc == 0, out + captured.err
     assert "2 worker loops on the Dask cluster" in out and "journal storage" in out
     for variant in ("baseline", "adapters"):
         doc = exported(env.results, variant)  # written by this process, not the workers

@@ -197,9 +197,10 @@ def connect(scheduler: str):
     try:  # a malformed address is Dask's to read (it would wait its whole timeout on one, then raise)
         scheme = scheduler.split("://", 1)[0] if "://" in scheduler else "tcp"
         get_backend(scheme)
-        port = get_address_host_port(scheduler)[1]
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} is out of range")
+        if scheme != "inproc":  # an in-process cluster's address has no host and port
+            port = get_address_host_port(scheduler)[1]
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} is out of range")
     except (ValueError, TypeError) as e:
         raise BenchError(f"--scheduler {scheduler!r} is not a Dask scheduler address ({one_line(e)}); give "
                          "tcp://HOST:PORT, e.g. tcp://10.0.0.1:8786") from None
