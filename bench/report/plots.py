@@ -76,7 +76,9 @@ def delta_bars(effects: pd.DataFrame, metric: str, labels: list[str], out: Path)
     nrow = -(-len(panels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, sharey=True, squeeze=False,
                              figsize=(ncol * max(4.0, 0.4 * len(rows) + 1.5), nrow * 3.8))
-    for ax, panel, color in zip(axes.flat, panels, sns.color_palette("deep", len(panels))):
+    colors = arm_colors(labels)
+    for ax, panel in zip(axes.flat, panels):
+        color = colors.get(panel.split(" · ")[0], "grey")
         sub = d[d["panel"] == panel]
         x = np.array([rows.index(r) for r in sub["row"]])
         mean = sub[f"{metric}_mean"].to_numpy(float)
@@ -130,6 +132,12 @@ def _mean_sd(data: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
 def _palette(n: int) -> list:
     """Distinct colours for n lines: seaborn's 'deep' has 10, beyond that evenly spaced hues."""
     return sns.color_palette("deep" if n <= 10 else "husl", n)
+
+
+def arm_colors(labels) -> dict:
+    """One colour per arm, the same in every figure: the report's label order (baseline first) over `_palette`."""
+    order = label_order(labels)
+    return dict(zip(order, _palette(len(order))))
 
 
 def _line(ax, points: pd.DataFrame, x: str, color, label: str) -> None:
@@ -208,7 +216,8 @@ def val_curves(history: pd.DataFrame, ok: pd.DataFrame, metric: str, out: Path) 
     task = data.groupby("row", sort=False)["run_id"].nunique().idxmax()
     data = data[data["row"] == task]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    sns.lineplot(data=data, x="epoch", y=col, hue="label", hue_order=label_order(data["label"]), errorbar="sd", ax=ax)
+    sns.lineplot(data=data, x="epoch", y=col, hue="label", hue_order=label_order(data["label"]), errorbar="sd", ax=ax,
+                 palette=arm_colors(ok["label"]))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"val {NAMES[metric]}")
     ax.legend(title="variant", bbox_to_anchor=(1.01, 1), loc="upper left")

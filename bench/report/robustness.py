@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report.controls import control_deltas, level_table
-from bench.report.plots import Plot, _save, plt, sns
+from bench.report.plots import Plot, _save, arm_colors, plt
 from bench.report.tables import MISSING, Section, Table, fmt_delta, fmt_p, label_order, row_name
 from bench.store import read_analysis
 
@@ -60,7 +60,7 @@ def robustness_section(results: Path, ok: pd.DataFrame, folder: Path) -> Section
         level_table("Clean and corrupted test metrics, mBE and rBE (mean ± sd over seeds)", runs, values,
                     MEASURES),
         _curves(rows.merge(runs[["task", "size", "setting", "label", "seed"]], left_on="run_id", right_index=True),
-                folder),
+                folder, arm_colors(ok["label"])),
     ]
     deltas = control_deltas(values, ok, list(MEASURES)[:4])
     if not deltas.empty:
@@ -85,11 +85,11 @@ def delta_table(title: str, deltas: pd.DataFrame, names: dict) -> Table:
                       "per measure (the report's contrasts and pairing); n = paired seeds.")
 
 
-def _curves(rows: pd.DataFrame, folder: Path) -> Plot:
-    """ACC and AUC vs severity (0 = clean; mean over corruptions), per task, one line per variant."""
+def _curves(rows: pd.DataFrame, folder: Path, colors: dict) -> Plot:
+    """ACC and AUC vs severity (0 = clean; mean over corruptions), per task, one line per variant, in the report's
+    colour of each arm; one legend for every line of every panel."""
     tasks = list(dict.fromkeys(rows[["task", "size", "setting"]].itertuples(index=False)))
     labels = label_order(rows["label"])
-    colors = dict(zip(labels, sns.color_palette("deep", len(labels))))
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6.6), squeeze=False)
     for j, key in enumerate(tasks):
         sub = rows[(rows[["task", "size", "setting"]].apply(tuple, axis=1)) == tuple(key)]
@@ -106,8 +106,12 @@ def _curves(rows: pd.DataFrame, folder: Path) -> Plot:
             ax.set_ylabel(f"test {metric.upper()}")
             if i == 0:
                 ax.set_title(row_name(*key), fontsize=10)
-    axes[0, -1].legend(fontsize=8, loc="best")
+    legend = {}
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
     fig.tight_layout()
+    fig.legend(legend.values(), legend.keys(), title="variant", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, folder, "robustness_curves")
     return Plot("Test ACC and AUC vs corruption severity", "robustness_curves",
                 "Mean over the corruptions at each severity (0: the clean test set), then mean ± sd over seeds "
