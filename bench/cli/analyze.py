@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.cli.options import add_data_root, add_results, add_grid
+from bench.cli.options import add_data_root, add_grid, add_results
 
 
 def register(sub) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from bench.cli.options import add_data_root
 
 

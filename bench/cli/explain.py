@@ -33,10 +33,10 @@ def register(sub) -> None:
 
 
 def cmd_explain(args) -> int:
+    from bench.analyze.explain import explain
     from bench.config import parse_sets
     from bench.grid import load_grid
     from bench.report import expected_runs
-    from bench.analyze.explain import explain
 
     expected, name = None, "all"
     if args.grid:

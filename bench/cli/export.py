@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-
-from bench.errors import BenchError
 from bench.cli.options import add_results
+from bench.errors import BenchError
 
 
 def register(sub) -> None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-
+from bench.cli.options import add_cost, add_grid, add_results, cost_lines, run_table
 from bench.errors import BenchError
-from bench.cli.options import add_results, add_grid, add_cost, run_table, cost_lines
 
 
 def register(sub) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.errors import BenchError
 from bench.cli.options import add_cost
+from bench.errors import BenchError
 
 
 def register(sub) -> None:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-
+from bench.cli.options import (
+    add_cost,
+    add_data_root,
+    add_grid,
+    add_results,
+    add_slurm,
+    cost_lines,
+    run_table,
+    slurm_options,
+)
 from bench.errors import BenchError
-from bench.cli.options import add_data_root, add_results, add_grid, add_cost, add_slurm, slurm_options, run_table, cost_lines
 
 
 def register(sub) -> None:
